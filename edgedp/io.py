@@ -1,0 +1,861 @@
+"""Reading dual-pixel (DP) pairs and writing results.
+
+Conventions (see CONVENTIONS.md):
+
+* Images come back as float32 tensors ``(C, H, W)``: ``C = 1`` for raw / gray data, ``C = 3`` for
+  RGB (channel order R, G, B; OpenCV's BGR is converted on read and write).  A DP pair is
+  **left** then **right**.
+* Sizes are always ``(H, W)`` (rows, columns); ``parse_size("1008x1344")`` is ``(1008, 1344)``.
+* User-caused problems raise :class:`~edgedp.errors.InputError` (reading) or
+  :class:`~edgedp.errors.OutputError` (writing) with a one-line message that names the file.
+
+Normalization (``read_dp_pair`` / ``read_normalized``):
+
+* **Raw mode** (``black_level`` or ``white_level`` given): ``v = (raw - black) / white`` with
+  ``black`` defaulting to 0 and ``white`` to ``2**bit_depth - 1`` (so a 16-bit file without a
+  white level is divided by 65535).  This is exactly the Pixel 4 protocol step 1 when called with
+  ``black_level=1024, white_level=16383``.  Values are *not* clipped: noise below the black
+  level is real signal statistics; clip only when writing.  Raw mode needs 16-bit integer (or
+  float, with an explicit ``white_level``) data; an 8-bit file is an error.
+* Otherwise: 16-bit ``/ 65535``, 8-bit ``/ 255`` (with an "8-bit input: precision is lost"
+  warning), float (``.npy``, ``.npz``, float TIFF) taken as is (must be finite).
+
+Flat field (Pixel 4 protocol step 2): with white-sheet frames ``(wl, wr)`` the right view is
+multiplied by ``box(wl - black) / box(wr - black)`` where ``box`` is the normalized
+:data:`FLAT_FIELD_BOX` x :data:`FLAT_FIELD_BOX` (101 x 101) mean filter with edge-replicated
+borders (``cv2.BORDER_REPLICATE``, the project's border convention).  The left view is the
+reference.  It is applied at the full frame size *before* cropping, so for the Pixel 4 crop
+(offsets 252 and 336 px, more than the 50 px filter radius) the border mode does not matter.
+
+Checks per view (on the region that is returned, i.e. after cropping): finite values, not all
+zero after normalization, and not saturated / blank: if at least :data:`SATURATION_FRACTION`
+(99 %) of the values equal the view's own maximum it is an error; from
+:data:`SATURATION_WARN_FRACTION` (1 %) on it is a warning (clipped highlights).
+
+Writes are atomic (temporary file in the target folder, then ``os.replace``) and refuse to
+overwrite an existing file unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io as _io
+import json
+import math
+import os
+import re
+import uuid
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from edgedp.errors import InputError, OutputError
+
+__all__ = [
+    "FLAT_FIELD_BOX",
+    "IMAGE_EXTENSIONS",
+    "SATURATION_FRACTION",
+    "SATURATION_WARN_FRACTION",
+    "DPPair",
+    "PairInfo",
+    "ReadOptions",
+    "find_pair",
+    "parse_size",
+    "prepare_output_dir",
+    "read_dp_pair",
+    "read_image",
+    "read_normalized",
+    "to_numpy_image",
+    "write_json",
+    "write_npy",
+    "write_png16",
+]
+
+#: Side of the flat-field box (mean) filter, Pixel 4 protocol step 2.
+FLAT_FIELD_BOX = 101
+#: A view with at least this fraction of values equal to its maximum is saturated or blank: error.
+SATURATION_FRACTION = 0.99
+#: From this fraction of values at the maximum on, a warning (clipped highlights) is recorded.
+SATURATION_WARN_FRACTION = 0.01
+
+#: File extensions read through OpenCV.
+CV2_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+#: All readable extensions (lower case).
+IMAGE_EXTENSIONS = CV2_EXTENSIONS + (".npy", ".npz")
+
+EIGHT_BIT_WARNING = "8-bit input: precision is lost"
+
+# Name patterns of the two views: suffix of the file stem (case kept when building the partner).
+_VIEW_SUFFIXES = (("_left", "_right"), ("_l", "_r"))
+
+
+# --------------------------------------------------------------------------------------------
+# Options and results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How :func:`read_dp_pair` normalizes, corrects and crops a pair.
+
+    Attributes:
+        black_level: raw sensor black level (e.g. 1024 for Pixel 4).  Giving it (or
+            ``white_level``) switches to raw mode: ``v = (raw - black) / white``, unclipped.
+        white_level: divisor after black subtraction (16383 for Pixel 4).  Default in raw mode:
+            ``2**bit_depth - 1`` of the file (65535 for 16-bit); float data needs it explicitly.
+        flat_field: white-sheet frames ``(left, right)``; the right view is multiplied by
+            ``box101(wl - black) / box101(wr - black)`` at full size, before the crop.
+        crop: ``(H, W)`` of a centred crop at offsets ``((H0 - H) // 2, (W0 - W) // 2)``.
+        min_size: smallest allowed H and W of the result (callers pass the largest kernel size).
+    """
+
+    black_level: float | None = None
+    white_level: float | None = None
+    flat_field: tuple[Path, Path] | None = None
+    crop: tuple[int, int] | None = None
+    min_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.black_level is not None and not math.isfinite(self.black_level):
+            raise InputError(f"black level must be a finite number, got {self.black_level}")
+        if self.white_level is not None and not (
+            math.isfinite(self.white_level) and self.white_level > 0
+        ):
+            raise InputError(f"white level must be a positive number, got {self.white_level}")
+        if self.crop is not None:
+            if len(self.crop) != 2 or min(int(self.crop[0]), int(self.crop[1])) < 1:
+                raise InputError(f"crop must be two positive sizes (H, W), got {self.crop}")
+            object.__setattr__(self, "crop", (int(self.crop[0]), int(self.crop[1])))
+        if self.flat_field is not None:
+            if len(self.flat_field) != 2:
+                raise InputError("flat field needs two frames (left, right)")
+            object.__setattr__(
+                self, "flat_field", (Path(self.flat_field[0]), Path(self.flat_field[1]))
+            )
+        if int(self.min_size) < 1:
+            raise ValueError(f"min_size must be >= 1, got {self.min_size}")
+
+    @property
+    def raw(self) -> bool:
+        """True when a black or white level is given (raw normalization)."""
+        return self.black_level is not None or self.white_level is not None
+
+
+@dataclass
+class PairInfo:
+    """What :func:`read_dp_pair` read and did.
+
+    Attributes:
+        left_path, right_path: the files read (the same ``.npz`` for a pair stored in one file).
+        original_size: ``(H0, W0)`` of the frames before cropping.
+        size: ``(H, W)`` of the returned views.
+        bit_depth: 8 or 16 for integer files, 32 for floating point data.
+        channels: C of the returned ``(C, H, W)`` views (1 or 3).
+        kind: ``"raw"`` (raw mode), ``"rgb"``, ``"gray"`` (integer files) or ``"float"``.
+        raw_min, raw_max: ``(left, right)`` native code values over the whole frame.
+        crop_offset: ``(y0, x0)`` of the returned region in the original frame.
+        black_level, white_level: the levels used in raw mode (``None`` otherwise).
+        flat_field: the white-sheet frames applied, if any.
+        flat_gain_range: ``(min, max)`` of the right-view gain over the returned region.
+        warnings: human-readable warnings (8-bit input, clipped highlights, ...).
+    """
+
+    left_path: Path
+    right_path: Path
+    original_size: tuple[int, int]
+    size: tuple[int, int]
+    bit_depth: int
+    channels: int
+    kind: str
+    raw_min: tuple[float, float]
+    raw_max: tuple[float, float]
+    crop_offset: tuple[int, int] = (0, 0)
+    black_level: float | None = None
+    white_level: float | None = None
+    flat_field: tuple[Path, Path] | None = None
+    flat_gain_range: tuple[float, float] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DPPair:
+    """A normalized DP pair: ``left`` and ``right`` are float32 ``(C, H, W)`` tensors on the CPU.
+
+    Values are ~[0, 1]; in raw mode they are unclipped (slightly negative noise is kept).
+    """
+
+    left: Tensor
+    right: Tensor
+    info: PairInfo
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _input_error(message: str) -> InputError:
+    return InputError(_one_line(message))
+
+
+def _output_error(message: str) -> OutputError:
+    return OutputError(_one_line(message))
+
+
+def _bit_depth(array: np.ndarray, path: Path, role: str) -> int:
+    if array.dtype == np.uint8:
+        return 8
+    if array.dtype == np.uint16:
+        return 16
+    if np.issubdtype(array.dtype, np.floating):
+        return 32
+    raise _input_error(
+        f"{role} {path} has unsupported data type {array.dtype} "
+        "(expected 8-bit, 16-bit unsigned or floating point)"
+    )
+
+
+def _array_to_hwc(array: np.ndarray, path: Path, role: str) -> np.ndarray:
+    """``.npy``/``.npz`` arrays: (H, W), (H, W, C) or (C, H, W) with C in {1, 3} -> (H, W[, 3])."""
+    if array.ndim == 2:
+        return array
+    if array.ndim == 3:
+        if array.shape[-1] in (1, 3):
+            hwc = array
+        elif array.shape[0] in (1, 3):
+            hwc = np.moveaxis(array, 0, -1)
+        else:
+            hwc = None
+        if hwc is not None:
+            return hwc[..., 0] if hwc.shape[-1] == 1 else hwc
+    raise _input_error(
+        f"{role} {path} has unsupported array shape {tuple(array.shape)} "
+        "(expected (H, W), (H, W, 3) or (3, H, W))"
+    )
+
+
+def _load_npz(path: Path, key: str | None, role: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = list(npz.files)
+            if key is not None:
+                if key in keys:
+                    return npz[key]
+                if len(keys) == 1:  # a single image stands for either view
+                    return npz[keys[0]]
+                raise _input_error(
+                    f"{role} {path} has no array '{key}' (it holds: {', '.join(keys) or 'nothing'})"
+                )
+            if len(keys) == 1:
+                return npz[keys[0]]
+            if "left" in keys and "right" in keys:
+                raise _input_error(
+                    f"{role} {path} holds a DP pair ('left', 'right'): read it with read_dp_pair"
+                )
+            raise _input_error(
+                f"{role} {path} holds {len(keys)} arrays ({', '.join(keys) or 'none'}); "
+                "expected one image or 'left' and 'right'"
+            )
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise _input_error(f"cannot read {role} {path}: {err}") from err
+
+
+def _read(path: Path | str, role: str, key: str | None = None) -> tuple[np.ndarray, int]:
+    """Read one file -> ((H, W) or (H, W, 3) RGB array in its native dtype, bit depth)."""
+    path = Path(path)
+    if not path.exists():
+        raise _input_error(f"{role} {path} does not exist")
+    if not path.is_file():
+        raise _input_error(f"{role} {path} is not a file")
+    ext = path.suffix.lower()
+    if ext not in IMAGE_EXTENSIONS:
+        raise _input_error(
+            f"{role} {path} has unsupported extension '{path.suffix}' "
+            f"(supported: {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    if ext == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise _input_error(f"cannot read {role} {path}: {err}") from err
+        if not isinstance(array, np.ndarray):
+            raise _input_error(f"cannot read {role} {path}: not a single array")
+        array = _array_to_hwc(array, path, role)
+    elif ext == ".npz":
+        array = _array_to_hwc(_load_npz(path, key, role), path, role)
+    else:
+        try:
+            array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        except cv2.error as err:
+            raise _input_error(f"cannot read {role} {path}: {err}") from err
+        if array is None:
+            raise _input_error(f"cannot read {role} {path}: corrupt or unsupported image data")
+        if array.ndim == 3:
+            channels = array.shape[2]
+            if channels == 1:
+                array = array[..., 0]
+            elif channels == 2:  # gray + alpha
+                warnings.warn(f"{role} {path}: alpha channel ignored", stacklevel=3)
+                array = array[..., 0]
+            elif channels in (3, 4):
+                if channels == 4:
+                    warnings.warn(f"{role} {path}: alpha channel ignored", stacklevel=3)
+                array = cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB)
+            else:
+                raise _input_error(f"{role} {path} has {channels} channels (expected 1 or 3)")
+    bits = _bit_depth(array, path, role)
+    if array.size == 0:
+        raise _input_error(f"{role} {path} is empty")
+    if bits == 32 and not np.isfinite(array).all():
+        raise _input_error(f"{role} {path} contains NaN or infinite values")
+    return np.ascontiguousarray(array), bits
+
+
+def read_image(path: Path | str, *, key: str | None = None) -> tuple[np.ndarray, int]:
+    """Read one image file in its native dtype.
+
+    Supports PNG/TIFF/JPEG/BMP (8- or 16-bit, gray or colour, float TIFF) through OpenCV, and
+    ``.npy`` / ``.npz`` arrays ((H, W), (H, W, 3) or (3, H, W); an ``.npz`` with one array, or
+    the array ``key``).  An alpha channel is dropped.
+
+    Returns:
+        ``(array, bit_depth)``: array ``(H, W)`` or ``(H, W, 3)`` in **RGB** order, dtype
+        uint8 / uint16 / float; bit depth 8, 16 or 32 (any floating point data).
+
+    Raises:
+        InputError: missing, unreadable or corrupt file, unsupported extension, dtype or shape,
+            non-finite float values.
+    """
+    return _read(path, "image", key)
+
+
+def _normalize(
+    array: np.ndarray, bits: int, options: ReadOptions, path: Path, role: str
+) -> tuple[np.ndarray, float | None, float | None]:
+    """Native array -> float64 normalized values; returns (values, black, white) used."""
+    values = array.astype(np.float64)
+    if options.raw:
+        if bits == 8:
+            raise _input_error(
+                f"{role} {path} is an 8-bit image where 16-bit raw is expected "
+                "(a black/white level was given)"
+            )
+        black = float(options.black_level or 0.0)
+        if options.white_level is not None:
+            white = float(options.white_level)
+        elif bits == 32:
+            raise _input_error(
+                f"{role} {path} is floating point: raw mode needs an explicit white level"
+            )
+        else:
+            white = float(2**bits - 1)
+        return (values - black) / white, black, white
+    if bits == 16:
+        return values / 65535.0, None, None
+    if bits == 8:
+        return values / 255.0, None, None
+    return values, None, None
+
+
+def _crop_offsets(
+    size: tuple[int, int], crop: tuple[int, int] | None, path: Path
+) -> tuple[int, int, int, int]:
+    """Return (y0, x0, H, W) of the centred crop, exactly the protocol's ``(H0 - H) // 2``."""
+    h0, w0 = size
+    if crop is None:
+        return 0, 0, h0, w0
+    h, w = crop
+    if h > h0 or w > w0:
+        raise _input_error(f"crop {h}x{w} is larger than the image {path} ({h0}x{w0}, HxW)")
+    return (h0 - h) // 2, (w0 - w) // 2, h, w
+
+
+def _check_view(
+    native: np.ndarray,
+    normalized: np.ndarray,
+    path: Path,
+    role: str,
+    black: float | None,
+    notes: list[str],
+) -> None:
+    """All-zero / saturated checks on the returned region (native and normalized values)."""
+    if float(normalized.max()) <= 0.0:
+        if black is not None:
+            raise _input_error(
+                f"{role} {path} has no signal: all values are at or below the black level {black:g}"
+            )
+        raise _input_error(f"{role} {path} is all zero")
+    top = native.max()
+    fraction = float(np.count_nonzero(native == top)) / native.size
+    if fraction >= SATURATION_FRACTION:
+        raise _input_error(
+            f"{role} {path} is saturated or blank: {fraction:.1%} of its values equal "
+            f"its maximum {float(top):g}"
+        )
+    if fraction >= SATURATION_WARN_FRACTION:
+        notes.append(
+            f"{role} {path}: {fraction:.1%} of values at the maximum {float(top):g} "
+            "(clipped highlights?)"
+        )
+
+
+def _box_mean(image: np.ndarray) -> np.ndarray:
+    """Normalized FLAT_FIELD_BOX x FLAT_FIELD_BOX mean, edge-replicated borders, same size."""
+    return cv2.blur(
+        image, (FLAT_FIELD_BOX, FLAT_FIELD_BOX), borderType=cv2.BORDER_REPLICATE
+    )
+
+
+def _flat_field_gain(
+    options: ReadOptions, size: tuple[int, int], channels: int, black: float, notes: list[str]
+) -> np.ndarray:
+    """Per-pixel gain for the right view: box(wl - black) / box(wr - black), full size."""
+    assert options.flat_field is not None
+    means = []
+    depths = []
+    for frame_path, side in zip(options.flat_field, ("left", "right")):
+        role = f"flat-field {side} frame"
+        array, bits = _read(frame_path, role)
+        if options.raw and bits == 8:
+            raise _input_error(
+                f"{role} {frame_path} is an 8-bit image where 16-bit raw is expected"
+            )
+        if array.shape[:2] != size:
+            raise _input_error(
+                f"{role} {frame_path} is {array.shape[0]}x{array.shape[1]} but the DP pair is "
+                f"{size[0]}x{size[1]} (HxW, before cropping)"
+            )
+        frame_channels = 1 if array.ndim == 2 else array.shape[2]
+        if frame_channels != channels:
+            raise _input_error(
+                f"{role} {frame_path} has {frame_channels} channel(s) "
+                f"but the DP pair has {channels}"
+            )
+        depths.append(bits)
+        if depths[0] != bits:
+            raise _input_error(
+                f"flat-field frames differ in bit depth: {options.flat_field[0]} is "
+                f"{depths[0]}-bit, {frame_path} is {bits}-bit"
+            )
+        # Only the ratio matters, so the white level (or 2**bits - 1) cancels: subtract the
+        # black level from native values as the protocol writes it.
+        signal = array.astype(np.float64) - black
+        _check_view(array, signal, frame_path, role, black if options.raw else None, notes)
+        mean = _box_mean(signal)
+        if not float(mean.min()) > 0.0:
+            raise _input_error(
+                f"{role} {frame_path} has no signal above the black level in places "
+                "(its 101x101 mean is not positive everywhere)"
+            )
+        means.append(mean)
+    return means[0] / means[1]
+
+
+def _to_tensor(image: np.ndarray) -> Tensor:
+    """(H, W) or (H, W, C) float -> float32 (C, H, W) tensor."""
+    chw = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+    return torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))
+
+
+def _view_key(path: Path, side: str) -> str | None:
+    # A pair stored in one .npz: the same file for both views, arrays 'left' and 'right'.
+    return side if path.suffix.lower() == ".npz" else None
+
+
+def read_dp_pair(
+    left: Path | str, right: Path | str, options: ReadOptions = ReadOptions()
+) -> DPPair:
+    """Read, validate, normalize, flat-field correct and crop a DP pair.
+
+    Steps (the Pixel 4 protocol steps 1-2 plus its crop, when given ``black_level=1024,
+    white_level=16383``, the white-sheet frames and ``crop=(1008, 1344)``):
+
+    1. read both views (an ``.npz`` holding arrays ``left`` and ``right`` may be passed as both
+       ``left`` and ``right``); they must agree in size, channels and bit depth;
+    2. normalize (module docstring): raw ``(raw - black) / white`` unclipped, else /65535, /255
+       (warning) or float as is;
+    3. flat field at full size: ``right *= box101(wl - black) / box101(wr - black)``;
+    4. centred crop at ``((H0 - H) // 2, (W0 - W) // 2)``;
+    5. check each returned view: not all zero, not saturated/blank, at least ``min_size``.
+
+    Returns:
+        :class:`DPPair` with float32 ``(C, H, W)`` tensors (C = 1 gray/raw, 3 RGB) and a
+        :class:`PairInfo`.
+
+    Raises:
+        InputError: with a one-line message naming the file, for every problem above.
+    """
+    left, right = Path(left), Path(right)
+    notes: list[str] = []
+    left_raw, left_bits = _read(left, "left view", _view_key(left, "left"))
+    right_raw, right_bits = _read(right, "right view", _view_key(right, "right"))
+
+    if left_raw.shape[:2] != right_raw.shape[:2]:
+        raise _input_error(
+            f"left/right size mismatch: {left} is {left_raw.shape[0]}x{left_raw.shape[1]}, "
+            f"{right} is {right_raw.shape[0]}x{right_raw.shape[1]} (HxW)"
+        )
+    left_c = 1 if left_raw.ndim == 2 else left_raw.shape[2]
+    right_c = 1 if right_raw.ndim == 2 else right_raw.shape[2]
+    if left_c != right_c:
+        raise _input_error(
+            f"left/right channel mismatch: {left} has {left_c} channel(s), {right} has {right_c}"
+        )
+    if left_bits != right_bits:
+        raise _input_error(
+            f"left/right bit depth mismatch: {left} is {left_bits}-bit, {right} is {right_bits}-bit"
+        )
+    bits, channels = left_bits, left_c
+    size = (int(left_raw.shape[0]), int(left_raw.shape[1]))
+
+    left_v, black, white = _normalize(left_raw, left_bits, options, left, "left view")
+    right_v, _, _ = _normalize(right_raw, right_bits, options, right, "right view")
+    if bits == 8:
+        notes.append(EIGHT_BIT_WARNING)
+        warnings.warn(f"{EIGHT_BIT_WARNING} ({left}, {right})", UserWarning, stacklevel=2)
+
+    y0, x0, h, w = _crop_offsets(size, options.crop, left)
+    if h < options.min_size or w < options.min_size:
+        raise _input_error(
+            f"image {left} is {h}x{w} (HxW) after cropping, smaller than the minimum "
+            f"{options.min_size} px per side (the largest blur kernel)"
+        )
+    region = (slice(y0, y0 + h), slice(x0, x0 + w))
+
+    gain_range = None
+    if options.flat_field is not None:
+        gain = _flat_field_gain(options, size, channels, black or 0.0, notes)
+        right_v = right_v * gain
+        gain_region = gain[region]
+        gain_range = (float(gain_region.min()), float(gain_region.max()))
+
+    left_v, right_v = left_v[region], right_v[region]
+    for native, values, path, role in (
+        (left_raw[region], left_v, left, "left view"),
+        (right_raw[region], right_v, right, "right view"),
+    ):
+        _check_view(native, values, path, role, black, notes)
+    if bits == 32 and not options.raw:
+        lo = min(float(left_v.min()), float(right_v.min()))
+        hi = max(float(left_v.max()), float(right_v.max()))
+        if lo < 0.0 or hi > 1.0:
+            notes.append(f"float input outside [0, 1]: values span {lo:g} .. {hi:g}")
+
+    if options.raw:
+        kind = "raw"
+    elif bits == 32:
+        kind = "float"
+    else:
+        kind = "rgb" if channels == 3 else "gray"
+    info = PairInfo(
+        left_path=left,
+        right_path=right,
+        original_size=size,
+        size=(h, w),
+        bit_depth=bits,
+        channels=channels,
+        kind=kind,
+        raw_min=(float(left_raw.min()), float(right_raw.min())),
+        raw_max=(float(left_raw.max()), float(right_raw.max())),
+        crop_offset=(y0, x0),
+        black_level=black,
+        white_level=white,
+        flat_field=options.flat_field,
+        flat_gain_range=gain_range,
+        warnings=notes,
+    )
+    return DPPair(left=_to_tensor(left_v), right=_to_tensor(right_v), info=info)
+
+
+def read_normalized(
+    path: Path | str, options: ReadOptions = ReadOptions(), *, key: str | None = None
+) -> Tensor:
+    """Read one image with :func:`read_dp_pair`'s normalization, crop and checks (no flat field).
+
+    E.g. the Pixel 4 ground truth: ``read_normalized(gt_path)`` is ``gt / 65535`` as
+    ``(1, H, W)``.  The 8-bit warning goes through :func:`warnings.warn` only.
+
+    Returns:
+        float32 ``(C, H, W)`` tensor.
+    """
+    if options.flat_field is not None:
+        raise ValueError("read_normalized does not apply a flat field; use read_dp_pair")
+    path = Path(path)
+    native, bits = _read(path, "image", key)
+    values, black, _ = _normalize(native, bits, options, path, "image")
+    if bits == 8:
+        warnings.warn(f"{EIGHT_BIT_WARNING} ({path})", UserWarning, stacklevel=2)
+    y0, x0, h, w = _crop_offsets(native.shape[:2], options.crop, path)
+    if h < options.min_size or w < options.min_size:
+        raise _input_error(
+            f"image {path} is {h}x{w} (HxW) after cropping, smaller than the minimum "
+            f"{options.min_size} px per side"
+        )
+    region = (slice(y0, y0 + h), slice(x0, x0 + w))
+    notes: list[str] = []
+    _check_view(native[region], values[region], path, "image", black, notes)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return _to_tensor(values[region])
+
+
+def _swap_case(found: str, other: str) -> str:
+    """``other`` in the case style of ``found``: L -> R, Left -> Right, left -> right."""
+    letters = found.lstrip("_")
+    if letters.isupper():
+        return other.upper()
+    if letters[:1].isupper():
+        head = other[: len(other) - len(other.lstrip("_"))]
+        body = other.lstrip("_")
+        return head + body[:1].upper() + body[1:]
+    return other
+
+
+def _partner_name(stem: str, suffix: str) -> tuple[str, str] | None:
+    """For a stem naming a view, return (left_name, right_name) keeping its case.
+
+    ``X_L``/``X_R``, ``X_left``/``X_right`` and bare ``left``/``right`` (``edgedp synth`` output).
+    """
+    lower = stem.lower()
+    for left_tag, right_tag in _VIEW_SUFFIXES + (("left", "right"),):
+        for tag, other in ((left_tag, right_tag), (right_tag, left_tag)):
+            bare = not tag.startswith("_")
+            if (lower == tag) if bare else (lower.endswith(tag) and len(stem) > len(tag)):
+                found = stem[len(stem) - len(tag):]
+                base = stem[: len(stem) - len(tag)]
+                names = (base + found + suffix, base + _swap_case(found, other) + suffix)
+                return names if tag == left_tag else (names[1], names[0])
+    return None
+
+
+def _partner_folder(path: Path) -> tuple[Path, Path] | None:
+    """DPDD folder layout, e.g. ``test_l/source/X.png`` <-> ``test_r/source/X.png``."""
+    parts = path.parts
+    # Only the parent and grandparent folders: DPDD keeps views in <split>_l/source/.
+    for index in range(len(parts) - 2, max(len(parts) - 4, -1), -1):
+        part = parts[index]
+        for tag, other in (("_l", "_r"), ("_r", "_l")):
+            if part.lower().endswith(tag) and len(part) > len(tag):
+                swapped = part[: -len(tag)] + (other.upper() if part[-1].isupper() else other)
+                partner = Path(*parts[:index], swapped, *parts[index + 1:])
+                return (path, partner) if tag == "_l" else (partner, path)
+    return None
+
+
+def find_pair(path: Path | str) -> tuple[Path, Path]:
+    """Given one view, return ``(left, right)`` paths of its DP pair.
+
+    Recognized names (case kept): ``X_L.ext`` / ``X_R.ext`` (DPDD style), ``X_left.ext`` /
+    ``X_right.ext``, ``left.ext`` / ``right.ext`` (``edgedp synth`` output); else the DPDD
+    folder layout ``<split>_l/source/X.ext`` / ``<split>_r/source/X.ext``.  An ``.npz``
+    holding arrays ``left`` and ``right`` is its own partner: ``(path, path)``.
+
+    Raises:
+        InputError: the file does not exist, the name does not say which view it is, or the
+            partner is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        state = "is not a file" if path.exists() else "does not exist"
+        raise _input_error(f"DP view {path} {state}")
+    if path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if "left" in npz.files and "right" in npz.files:
+                    return path, path
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise _input_error(f"cannot read DP view {path}: {err}") from err
+    names = _partner_name(path.stem, path.suffix)
+    if names is not None:
+        pair = (path.with_name(names[0]), path.with_name(names[1]))
+    else:
+        pair = _partner_folder(path)
+    if pair is None:
+        raise _input_error(
+            f"cannot tell which DP view {path} is: expected a name ending in _L/_R or "
+            "_left/_right (or an .npz with arrays 'left' and 'right')"
+        )
+    for view, side in zip(pair, ("left", "right")):
+        if not view.is_file():
+            raise _input_error(f"the {side} view {view} for {path} is missing")
+    return pair
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX×,]\s*(\d+)\s*$")
+
+
+def parse_size(text: str, *, what: str = "size") -> tuple[int, int]:
+    """Parse ``"HxW"`` (e.g. ``"1008x1344"`` -> ``(1008, 1344)``); also ``"H,W"``.
+
+    Raises:
+        InputError: not two positive integers; the message names ``what`` (e.g. "--crop").
+    """
+    match = _SIZE_RE.match(str(text))
+    if match is None:
+        raise _input_error(f"invalid {what} '{text}': expected HxW, e.g. 1008x1344")
+    h, w = int(match.group(1)), int(match.group(2))
+    if h < 1 or w < 1:
+        raise _input_error(f"invalid {what} '{text}': expected HxW with positive sizes")
+    return h, w
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def to_numpy_image(image: Tensor | np.ndarray) -> np.ndarray:
+    """Tensor/array ``(H, W)``, ``(C, H, W)`` or ``(1, C, H, W)`` -> ``(H, W)`` or ``(H, W, C)``.
+
+    ``C = 1`` gives ``(H, W)``.  Tensors are detached and moved to the CPU.  The result is
+    float (float32 unless the input was float64).
+    """
+    if isinstance(image, Tensor):
+        array = image.detach().cpu().numpy()
+    else:
+        array = np.asarray(image)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3:
+        array = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
+    elif array.ndim != 2:
+        raise ValueError(f"expected an image (H, W) or (C, H, W), got shape {tuple(array.shape)}")
+    if array.dtype != np.float64:
+        array = array.astype(np.float32)
+    return np.ascontiguousarray(array)
+
+
+def _atomic_write(path: Path | str, data: bytes, overwrite: bool) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, then ``os.replace`` it into place."""
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise _output_error(f"output {path} is a folder")
+    if path.exists() and not overwrite:
+        raise _output_error(f"output {path} exists (use --overwrite)")
+    if not folder.is_dir():
+        raise _output_error(f"output folder {folder} does not exist (for {path.name})")
+    temp = folder / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        # os.open with mode 0o666 lets the umask decide permissions, as for a plain open().
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        raise _output_error(f"cannot write to folder {folder} ({err.strerror or err})") from err
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except OSError as err:
+        temp.unlink(missing_ok=True)
+        raise _output_error(f"cannot write {path} ({err.strerror or err})") from err
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_png16(path: Path | str, image: Tensor | np.ndarray, *, overwrite: bool = False) -> Path:
+    """Write a linear 16-bit PNG: ``value = round(clip(x, 0, 1) * 65535)``.
+
+    Args:
+        path: target, must end in ``.png``.
+        image: ``(H, W)``, ``(1, H, W)`` gray or ``(3, H, W)`` RGB (tensor or array, [0, 1]).
+        overwrite: replace an existing file; otherwise an existing file is an OutputError.
+
+    Raises:
+        OutputError: the file exists, the folder is missing or not writable, wrong extension.
+        ValueError: the image has NaNs or an unsupported shape (a programming error).
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise _output_error(f"output {path} must end in .png")
+    array = to_numpy_image(image)
+    if array.ndim == 3 and array.shape[2] != 3:
+        raise ValueError(f"write_png16 needs 1 or 3 channels, got {array.shape[2]}")
+    if np.isnan(array).any():
+        raise ValueError(f"image for {path} contains NaN")
+    codes = np.rint(np.clip(array.astype(np.float64), 0.0, 1.0) * 65535.0).astype(np.uint16)
+    if codes.ndim == 3:
+        codes = cv2.cvtColor(codes, cv2.COLOR_RGB2BGR)
+    ok, buffer = cv2.imencode(".png", codes)
+    if not ok:
+        raise _output_error(f"cannot encode PNG for {path}")
+    return _atomic_write(path, buffer.tobytes(), overwrite)
+
+
+def write_npy(path: Path | str, array: Tensor | np.ndarray, *, overwrite: bool = False) -> Path:
+    """Write an array (tensors are detached, moved to CPU) as ``.npy``, atomically.
+
+    The file is written exactly at ``path`` (no ``.npy`` is appended).
+    """
+    if isinstance(array, Tensor):
+        array = array.detach().cpu().numpy()
+    buffer = _io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    return _atomic_write(path, buffer.getvalue(), overwrite)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu().tolist()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def write_json(path: Path | str, obj: Any, *, overwrite: bool = False) -> Path:
+    """Write ``obj`` as indented UTF-8 JSON, atomically.
+
+    Paths become strings, dataclasses dicts, arrays/tensors lists, numpy scalars numbers.
+    Non-finite floats are written as ``NaN`` / ``Infinity`` (Python's json extension).
+    """
+    text = json.dumps(obj, indent=2, default=_json_default, ensure_ascii=False) + "\n"
+    return _atomic_write(path, text.encode("utf-8"), overwrite)
+
+
+def prepare_output_dir(path: Path | str) -> Path:
+    """Create ``path`` (with parents) if needed and check that a file can be written into it.
+
+    Raises:
+        OutputError: it exists as a file, cannot be created, or is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise _output_error(f"output folder {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _output_error(f"cannot create output folder {path} ({err.strerror or err})") from err
+    probe = path / f".edgedp-write-test.{uuid.uuid4().hex[:12]}"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"ok")
+    except OSError as err:
+        reason = err.strerror or err
+        raise _output_error(f"output folder {path} is not writable ({reason})") from err
+    finally:
+        probe.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,206 @@
+"""Image-quality metrics and the Pixel 4 evaluation protocol.
+
+Implements exactly steps 3-5 of ``shared/data/pixel4/README.md``:
+
+* PSNR with data range 1,
+* SSIM identical to ``skimage.metrics.structural_similarity(x, gt, data_range=1,
+  gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`` (Gaussian window with
+  sigma 1.5 truncated at 3.5 sigma, i.e. 11 taps, ``reflect`` borders, the 5-pixel border of the
+  SSIM map cropped before averaging),
+* MAE = mean absolute error,
+* the output clipped to [0, 1] first,
+* registration: the integer shift ``(dy, dx)`` within ``+-max_shift`` that minimizes the MSE of
+  ``out[m+dy : h-m+dy, m+dx : w-m+dx]`` against ``gt[m:h-m, m:w-m]`` (``m = max_shift``).
+
+Shift convention: ``shift = (dy, dx)`` means ``out[y + dy, x + dx]`` is compared with
+``gt[y, x]``, i.e. the output's content lies ``dy`` rows below and ``dx`` columns right of the
+ground truth's (``out = np.roll(gt, (1, 2), axis=(0, 1))`` scores ``shift == (1, 2)``).
+
+Inputs are single-channel ``(H, W)`` numpy arrays or torch tensors with values in [0, 1]; all
+computations run in float64 numpy (torch tensors are detached and moved to the CPU).
+
+Identical images have MSE 0 and therefore ``psnr == inf`` (no epsilon is added, as in
+scikit-image); SSIM is then 1 and MAE 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = ["psnr", "ssim", "mae", "Scores", "ProtocolScores", "evaluate"]
+
+ArrayLike = np.ndarray | torch.Tensor
+
+# SSIM constants (Wang et al. 2004 / scikit-image defaults).
+_K1 = 0.01
+_K2 = 0.03
+_SIGMA = 1.5
+_TRUNCATE = 3.5
+_RADIUS = int(_TRUNCATE * _SIGMA + 0.5)  # 5, as scipy.ndimage computes it
+_WIN = 2 * _RADIUS + 1  # 11
+
+
+def _as_f64(x: ArrayLike, name: str) -> np.ndarray:
+    """Return ``x`` as a 2-D float64 numpy array (torch tensors detached, moved to CPU)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    # Contiguous: cv2 rejects negative / column strides (e.g. ``img[:, ::-1]``).
+    arr = np.ascontiguousarray(x, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a single-channel (H, W) image, got shape {arr.shape}")
+    return arr
+
+
+def _pair(x: ArrayLike, gt: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    a = _as_f64(x, "x")
+    b = _as_f64(gt, "gt")
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: x {a.shape} vs gt {b.shape}")
+    return a, b
+
+
+def _psnr_from_mse(mse: float, data_range: float) -> float:
+    if mse == 0.0:
+        return math.inf
+    return float(10.0 * math.log10(data_range * data_range / mse))
+
+
+def psnr(x: ArrayLike, gt: ArrayLike, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)``.
+
+    ``x``, ``gt``: ``(H, W)``.  Returns ``inf`` for identical images.  No clipping here.
+    """
+    a, b = _pair(x, gt)
+    return _psnr_from_mse(float(np.mean((a - b) ** 2)), data_range)
+
+
+def _gaussian_kernel() -> np.ndarray:
+    # Same taps as scipy.ndimage.gaussian_filter(sigma=1.5, truncate=3.5).
+    u = np.arange(-_RADIUS, _RADIUS + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (u / _SIGMA) ** 2)
+    return k / k.sum()
+
+
+_GAUSS = _gaussian_kernel()
+
+
+def _gauss_filter(img: np.ndarray) -> np.ndarray:
+    # cv2.BORDER_REFLECT (fedcba|abcdef) == scipy.ndimage mode="reflect", used by scikit-image.
+    # The kernel is symmetric, so correlation == convolution.
+    return cv2.sepFilter2D(img, cv2.CV_64F, _GAUSS, _GAUSS, borderType=cv2.BORDER_REFLECT)
+
+
+def ssim(x: ArrayLike, gt: ArrayLike, data_range: float = 1.0) -> float:
+    """Mean SSIM, equal to scikit-image's Gaussian-weighted, population-covariance SSIM.
+
+    Matches ``structural_similarity(x, gt, data_range=data_range, gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False)``: Gaussian window sigma 1.5, 11 taps, ``reflect``
+    borders, the SSIM map's 5-pixel border is cropped before the mean.
+    ``x``, ``gt``: ``(H, W)`` with ``H, W >= 11``.
+    """
+    a, b = _pair(x, gt)
+    if min(a.shape) < _WIN:
+        raise ValueError(f"SSIM needs images of at least {_WIN}x{_WIN}, got {a.shape}")
+    ux = _gauss_filter(a)
+    uy = _gauss_filter(b)
+    uxx = _gauss_filter(a * a)
+    uyy = _gauss_filter(b * b)
+    uxy = _gauss_filter(a * b)
+    vx = uxx - ux * ux
+    vy = uyy - uy * uy
+    vxy = uxy - ux * uy
+    c1 = (_K1 * data_range) ** 2
+    c2 = (_K2 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    r = _RADIUS
+    return float(s[r:-r, r:-r].mean(dtype=np.float64))
+
+
+def mae(x: ArrayLike, gt: ArrayLike) -> float:
+    """Mean absolute error over all pixels of ``(H, W)`` images."""
+    a, b = _pair(x, gt)
+    return float(np.mean(np.abs(a - b)))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Metrics of one comparison.
+
+    ``shift = (dy, dx)``: the output pixel ``(y + dy, x + dx)`` was compared with ground-truth
+    pixel ``(y, x)``; ``(0, 0)`` for raw scores.  ``psnr`` may be ``inf`` (identical images).
+    """
+
+    psnr: float
+    ssim: float
+    mae: float
+    shift: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ProtocolScores:
+    """README protocol result: ``registered`` (headline, best integer shift, interior crop)
+    and ``raw`` (no shift, whole image)."""
+
+    registered: Scores
+    raw: Scores
+
+
+def _scores(a: np.ndarray, b: np.ndarray, shift: tuple[int, int]) -> Scores:
+    mse = float(np.mean((a - b) ** 2))
+    return Scores(
+        psnr=_psnr_from_mse(mse, 1.0),
+        ssim=ssim(a, b),
+        mae=float(np.mean(np.abs(a - b))),
+        shift=shift,
+    )
+
+
+def _best_shift(out: np.ndarray, gt: np.ndarray, m: int) -> tuple[int, int]:
+    """Integer shift in ``[-m, m]^2`` minimizing the MSE on the common interior.
+
+    Ties (e.g. constant images) go to the smallest ``|dy| + |dx|``, then row-major order.
+    """
+    h, w = gt.shape
+    ref = gt[m : h - m, m : w - m]
+    best: tuple[float, int, int, int] | None = None
+    diff = np.empty_like(ref)
+    for dy in range(-m, m + 1):
+        for dx in range(-m, m + 1):
+            np.subtract(out[m + dy : h - m + dy, m + dx : w - m + dx], ref, out=diff)
+            # einsum: sum of squares without a temporary (and much faster than BLAS vdot on a
+            # busy machine); float64 accumulation.
+            sse = float(np.einsum("ij,ij->", diff, diff))
+            key = (sse, abs(dy) + abs(dx), dy, dx)
+            if best is None or key < best:
+                best = key
+    assert best is not None
+    return best[2], best[3]
+
+
+def evaluate(output: ArrayLike, gt: ArrayLike, *, max_shift: int = 4) -> ProtocolScores:
+    """Score ``output`` against ``gt`` with the Pixel 4 protocol (data README steps 3-5).
+
+    ``output``, ``gt``: ``(H, W)`` in [0, 1]; ``output`` is clipped to [0, 1] first.
+    ``registered``: best integer shift ``(dy, dx)`` within ``+-max_shift`` by MSE, metrics on
+    ``out[m+dy : h-m+dy, m+dx : w-m+dx]`` vs ``gt[m:h-m, m:w-m]`` with ``m = max_shift``.
+    ``raw``: no shift, whole image.
+    """
+    out, ref = _pair(output, gt)
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    out = np.clip(out, 0.0, 1.0)
+    m = int(max_shift)
+    h, w = ref.shape
+    if min(h, w) - 2 * m < _WIN:
+        raise ValueError(f"image {ref.shape} too small for max_shift={m}")
+    dy, dx = _best_shift(out, ref, m)
+    registered = _scores(
+        out[m + dy : h - m + dy, m + dx : w - m + dx], ref[m : h - m, m : w - m], (dy, dx)
+    )
+    raw = _scores(out, ref, (0, 0))
+    return ProtocolScores(registered=registered, raw=raw)
