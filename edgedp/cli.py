@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Callable, Optional, TypeVar
@@ -258,4 +259,470 @@ def synth(
         f"wrote {out}: {config.size[0]}x{config.size[1]}, {config.focus} focus, {config.kernel} kernels, "
         f"blur radius {scene.params['defocus_range_px'][0]:+.1f}..{scene.params['defocus_range_px'][1]:+.1f} px, "
         f"disparity {lo:+.2f}..{hi:+.2f} px"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# fit
+
+
+def presets() -> dict:
+    """``--preset`` name -> :class:`edgedp.fit.FitConfig`: the ONE place these numbers live.
+
+    ``fast``: stage 2 only, 60 iterations; ``default``: stage 2, 100 iterations; ``best``: stage 2
+    and stage 3 (learned kernels).  Measured on the Pixel 4 dev scenes (tools/bench_pixel.py): more
+    stage 2 iterations than ~100 do not raise PSNR (200 gave 30.13 dB on scene 001 against 30.21
+    with 60), and stage 3 gained about 0.1 dB on scene 001 for about a minute, so it is in ``best``.
+    """
+    from .fit import FitConfig
+
+    return {
+        "fast": FitConfig(stage2_iterations=60, stage3_iterations=0),
+        "default": FitConfig(stage2_iterations=100, stage3_iterations=0),
+        "best": FitConfig(stage2_iterations=150, stage3_iterations=60),
+    }
+
+
+def preset_config(name: str):
+    """The :class:`edgedp.fit.FitConfig` of ``--preset name``; InputError for an unknown name."""
+    table = presets()
+    if name not in table:
+        raise InputError(f"unknown --preset '{name}' (choose {', '.join(table)})")
+    return table[name]
+
+
+class PresetChoice(str, Enum):
+    fast = "fast"
+    default = "default"
+    best = "best"
+
+
+class FitFocusChoice(str, Enum):
+    auto = "auto"
+    front = "front"
+    both = "both"
+
+
+class DeviceChoice(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+#: What ``edgedp fit`` writes into OUTDIR (the bundle is the folder ``scene/``).
+FIT_OUTPUTS = ("allinfocus.png", "defocus.npy", "defocus.png", "preview.png", "scene", "report.json")
+#: Smallest H and W a fit accepts (G_D works at 1/16 of the full resolution).
+MIN_FIT_SIZE = 16
+
+_ITERATIONS_RE = re.compile(r"^\s*(\d+)\s*(?:,\s*(\d+)\s*)?$")
+_GRID_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+_CHANNEL_NAMES = {"red": 0, "green": 1, "blue": 2}
+
+
+def parse_iterations(text: str) -> tuple[int, int | None]:
+    """``"S2"`` or ``"S2,S3"`` -> (stage 2 steps >= 1, stage 3 steps >= 0 or None)."""
+    match = _ITERATIONS_RE.match(str(text))
+    if match is None or int(match.group(1)) < 1:
+        raise InputError(
+            f"invalid --iterations '{text}': expected S2 or S2,S3 (optimizer steps of stage 2 (>= 1) and stage 3), e.g. 300,60"
+        )
+    return int(match.group(1)), None if match.group(2) is None else int(match.group(2))
+
+
+def parse_patches(text: str) -> tuple[int, int]:
+    """``"RxC"`` -> (rows, cols), both >= 1."""
+    match = _GRID_RE.match(str(text))
+    if match is None or min(int(match.group(1)), int(match.group(2))) < 1:
+        raise InputError(f"invalid --patches '{text}': expected RxC (rows x columns of the kernel grid), e.g. 6x8")
+    return int(match.group(1)), int(match.group(2))
+
+
+def parse_channel(text: str, channels: int) -> str | int:
+    """``--channel`` for an input of ``channels`` channels -> ``"luminance"`` or a channel index."""
+    value = str(text).strip().lower()
+    if value == "luminance":
+        return "luminance"
+    if value in _CHANNEL_NAMES:
+        index = _CHANNEL_NAMES[value]
+    elif value.isdigit():
+        index = int(value)
+    else:
+        raise InputError(f"invalid --channel '{text}': expected luminance, green or a channel number 0..2")
+    if channels == 1:
+        if index != 0:
+            raise InputError(f"--channel {text}: the input has one channel (only RGB input has a choice)")
+        return "luminance"
+    if not 0 <= index < channels:
+        raise InputError(f"--channel {text}: the input has channels 0..{channels - 1}")
+    return index
+
+
+def fit_config_from_options(
+    preset: str = "default",
+    *,
+    iterations: str | None = None,
+    layers: int | None = None,
+    max_kernel: int | None = None,
+    max_radius: float | None = None,
+    patches: str | None = None,
+    focus: str | None = None,
+    kernel: str | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+):
+    """The FitConfig of ``edgedp fit``: the preset, then each given flag (``dataclasses.replace``).
+
+    Raises:
+        InputError: a bad flag value, with a one-line message naming the flag.
+    """
+    import dataclasses
+    import math
+
+    config = preset_config(preset)
+    changes: dict = {}
+    if iterations is not None:
+        s2, s3 = parse_iterations(iterations)
+        changes["stage2_iterations"] = s2
+        if s3 is not None:
+            changes["stage3_iterations"] = s3
+    if layers is not None:
+        if layers < 2:
+            raise InputError(f"--layers {layers}: need at least 2 layers")
+        changes["layers"] = int(layers)
+    if max_kernel is not None and max_radius is not None:
+        raise InputError("--max-kernel and --max-radius both set the blur range: give one of them")
+    if max_kernel is not None:
+        if max_kernel < 3 or max_kernel % 2 == 0:
+            raise InputError(f"--max-kernel {max_kernel}: the kernel size must be odd and at least 3 (e.g. 35)")
+        changes["max_radius"] = (max_kernel - 1) / 2
+    if max_radius is not None:
+        if not (math.isfinite(max_radius) and max_radius > 0):
+            raise InputError(f"--max-radius {max_radius}: must be a positive number of pixels")
+        changes["max_radius"] = float(max_radius)
+    if patches is not None:
+        changes["patches"] = parse_patches(patches)
+    if focus is not None:
+        changes["focus"] = focus
+    if kernel is not None:
+        changes["kernel_model"] = kernel
+    if device is not None:
+        changes["device"] = device
+    if seed is not None:
+        if seed < 0:
+            raise InputError(f"--seed {seed}: must be >= 0")
+        changes["seed"] = int(seed)
+    return dataclasses.replace(config, **changes)
+
+
+def check_device(device: str) -> None:
+    """InputError when ``device`` is ``cuda`` and this torch has no usable CUDA device."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+            raise InputError(f"--device cuda: CUDA is not available ({why}, torch {torch.__version__}); use --device cpu")
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def input_info(pair, options, fit_channel: str | int) -> dict:
+    """What ``edgedp fit`` read, for report.json and the bundle's ``input``."""
+    info = pair.info
+    return {
+        "left": str(info.left_path),
+        "right": str(info.right_path),
+        "kind": info.kind,
+        "bit_depth": info.bit_depth,
+        "channels": info.channels,
+        "original_size_hw": list(info.original_size),
+        "size_hw": list(info.size),
+        "crop_hw": list(options.crop) if options.crop else None,
+        "crop_offset_yx": list(info.crop_offset),
+        "black_level": info.black_level,
+        "white_level": info.white_level,
+        "flat_field": [str(p) for p in info.flat_field] if info.flat_field else None,
+        "flat_gain_range": list(info.flat_gain_range) if info.flat_gain_range else None,
+        "raw_min": list(info.raw_min),
+        "raw_max": list(info.raw_max),
+        "warnings": list(info.warnings),
+        "fit_channel": ("luminance" if info.channels == 3 else "single") if fit_channel == "luminance" else fit_channel,
+    }
+
+
+class FitProgress:
+    """A :data:`edgedp.fit.ProgressCallback` drawing one rich progress bar per stage on stderr.
+
+    When stderr is not a terminal (logs, CI) it prints a plain line at each quarter of a stage.
+    """
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.live = self.console.is_terminal
+        self.progress = None
+        self.tasks: dict[str, int] = {}
+        self.printed: dict[str, int] = {}
+
+    def __enter__(self) -> "FitProgress":
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description:<8}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[loss]}"),
+                console=self.console,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, stage: str, step: int, total: int, loss: float | None) -> None:
+        text = "" if loss is None else f"loss {_short(loss)}"
+        if self.progress is not None:
+            if stage not in self.tasks:
+                self.tasks[stage] = self.progress.add_task(stage, total=max(total, 1), loss=text)
+            self.progress.update(self.tasks[stage], completed=step, total=max(total, 1), loss=text)
+            return
+        quarter = (4 * step) // max(total, 1)
+        if quarter > self.printed.get(stage, 0):
+            self.printed[stage] = quarter
+            typer.echo(f"{stage}: {step}/{total} it{', ' + text if text else ''}", err=True)
+
+
+def _short(value: float | None) -> str:
+    """1.23e-4 style (no zero-padded exponent)."""
+    if value is None:
+        return "-"
+    mantissa, _, exponent = f"{value:.2e}".partition("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def stage_line(index: int, stage) -> str:
+    """``stage 2  defocus map   300 it   41.2 s   loss 1.23e-4`` for a StageReport."""
+    name = str(stage.name)
+    words = name.split()
+    if len(words) >= 2 and words[0] == "stage" and words[1].isdigit():
+        head, rest = f"stage {words[1]}", " ".join(words[2:])
+    else:
+        head, rest = f"stage {index}", name
+    return f"{head}  {rest:<14}{stage.iterations:>6} it {stage.seconds:>8.1f} s   loss {_short(stage.final_loss)}"
+
+
+def _warm_start_message(err: InputError, path: Path) -> InputError:
+    text = str(err)
+    if text.startswith("warm start"):
+        return InputError(f"--warm-start {path}: {text[len('warm start'):].strip()}")
+    return err
+
+
+@app.command()
+@user_errors
+def fit(
+    left: LeftArg,
+    right: RightArg,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (created if needed).", show_default=False)],
+    black_level: BlackLevelOpt = None,
+    white_level: WhiteLevelOpt = None,
+    flat_field: FlatFieldOpt = None,
+    crop: CropOpt = None,
+    preset: Annotated[PresetChoice, typer.Option(help="Speed/quality preset (iterations per stage); flags below override it.")] = PresetChoice.default,
+    iterations: Annotated[
+        Optional[str], typer.Option(help="Optimizer steps per stage: S2 or S2,S3 (stage 3 off with S3 = 0). Default: the preset's.")
+    ] = None,
+    layers: Annotated[
+        Optional[int], typer.Option(help="Layers per side of focus. Default: one per pixel of blur radius.", show_default=False)
+    ] = None,
+    max_kernel: Annotated[
+        Optional[int], typer.Option(help="Largest kernel size K (odd); sets the largest blur radius to (K-1)/2.", show_default=False)
+    ] = None,
+    max_radius: Annotated[
+        Optional[float],
+        typer.Option(help="Largest blur radius in px. Default: from the DP disparity of the pair.", show_default=False),
+    ] = None,
+    patches: Annotated[Optional[str], typer.Option(help="Stage 3 kernel grid RxC (default 6x8).", show_default=False)] = None,
+    focus: Annotated[
+        Optional[FitFocusChoice],
+        typer.Option(help="auto (decide from the DP disparity; default), front (blur behind the focal plane only) or both.", show_default=False),
+    ] = None,
+    kernel: Annotated[
+        Optional[SynthKernel], typer.Option(help="Parametric DP kernel model (default butterworth).", show_default=False)
+    ] = None,
+    device: Annotated[DeviceChoice, typer.Option(help="Where the fit runs.")] = DeviceChoice.cpu,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of every random initialization (default 0).", show_default=False)] = None,
+    warm_start: Annotated[
+        Optional[Path],
+        typer.Option(help="G_D weights to start from: a scene bundle folder (OUTDIR/scene) or its scene.npz, a .npz or .pt state dict.", show_default=False),
+    ] = None,
+    channel: Annotated[
+        str,
+        typer.Option(
+            help="RGB input: the channel the fit runs on, luminance, green (or red/blue) or a number 0..2. "
+            "The fit runs on the luminance by default; the fitted defocus map and kernels are then applied to every channel."
+        ),
+    ] = "luminance",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs in OUT.")] = False,
+) -> None:
+    """Fit a DP pair zero-shot: all-in-focus image, defocus map, scene bundle.
+
+    Writes into OUT: allinfocus.png (16-bit linear, on the normalized input's scale; RGB for RGB
+    input), defocus.npy (float32 signed blur radius in px, > 0 behind the focal plane),
+    defocus.png (colour map with legend), preview.png (input | all-in-focus | defocus),
+    scene/ (the fitted scene bundle, see edgedp.bundle) and report.json (settings, per-stage time
+    and losses, peak memory). Progress goes to stderr, the summary to stdout.
+
+    Examples:
+
+      edgedp fit left.png right.png -o out
+
+      edgedp fit 001_left.png 001_right.png -o out/001 --black-level 1024 --white-level 16383 --flat-field white_sheet_left.png white_sheet_right.png --crop 1008x1344 --preset fast --overwrite
+
+      edgedp fit left.png right.png -o out --focus both --max-kernel 35 --iterations 500,100 --warm-start other/scene
+    """
+    import dataclasses
+    import math
+    import time
+    from datetime import datetime, timezone
+
+    import numpy as np
+    import torch
+
+    from . import fit as fit_module
+    from .bundle import read_gd_state, save_bundle, versions
+    from .io import prepare_output_dir, read_dp_pair, write_json, write_npy, write_png8, write_png16
+    from .visualize import defocus_figure, preview_image
+
+    started = time.perf_counter()
+    config = fit_config_from_options(
+        preset.value,
+        iterations=iterations,
+        layers=layers,
+        max_kernel=max_kernel,
+        max_radius=max_radius,
+        patches=patches,
+        focus=focus.value if focus is not None else None,
+        kernel=kernel.value if kernel is not None else None,
+        device=device.value,
+        seed=seed,
+    )
+    check_device(config.device)
+
+    # Outputs first: refuse before the (long) fit, not after it.
+    out = prepare_output_dir(out)
+    targets = {name: out / name for name in FIT_OUTPUTS}
+    bundle_dir = targets["scene"]
+    if not overwrite:
+        for name, path in targets.items():
+            existing = (bundle_dir / "scene.npz", bundle_dir / "scene.json") if name == "scene" else (path,)
+            for p in existing:
+                if p.exists():
+                    raise OutputError(f"{p} exists (use --overwrite)")
+    prepare_output_dir(bundle_dir)
+
+    min_size = MIN_FIT_SIZE
+    if config.max_radius is not None:
+        min_size = max(min_size, 2 * math.ceil(config.max_radius) + 1)
+    options = read_options(black_level, white_level, flat_field, crop, min_size=min_size)
+    pair = read_dp_pair(left, right, options)
+    fit_channel = parse_channel(channel, pair.left.shape[0])
+    if fit_channel != "luminance":
+        if "channel" not in {f.name for f in dataclasses.fields(fit_module.FitConfig)}:
+            raise InputError(f"--channel {channel}: this version fits on the luminance only")
+        config = dataclasses.replace(config, channel=fit_channel)
+    gd_init = read_gd_state(warm_start) if warm_start is not None else None
+    read_seconds = time.perf_counter() - started
+
+    t_fit = time.perf_counter()
+    try:
+        with FitProgress() as progress:
+            result = fit_module.fit_scene(pair.left, pair.right, config, gd_init=gd_init, progress=progress)
+    except InputError as err:
+        raise (_warm_start_message(err, warm_start) if warm_start is not None else err) from None
+    fit_seconds = time.perf_counter() - t_fit
+
+    t_write = time.perf_counter()
+    info = input_info(pair, options, fit_channel)
+    blurry = (pair.left + pair.right) / 2  # the protocol's input baseline
+    write_png16(targets["allinfocus.png"], result.allinfocus, overwrite=overwrite)
+    write_npy(targets["defocus.npy"], result.defocus.detach().cpu().numpy().astype(np.float32), overwrite=overwrite)
+    # Colours span the layers' radii, so a colour means the same radius in every fit of that
+    # range, and a front+back fit always gets the diverging map.
+    span = {"vmin": float(result.radii.min()), "vmax": float(result.radii.max())}
+    if not span["vmax"] > span["vmin"]:
+        span = {}
+    write_png8(targets["defocus.png"], defocus_figure(result.defocus, **span), overwrite=overwrite)
+    write_png8(targets["preview.png"], preview_image(blurry, result.allinfocus, result.defocus, **span), overwrite=overwrite)
+    save_bundle(result, bundle_dir, input_info=info, overwrite=overwrite)
+    write_seconds = time.perf_counter() - t_write
+
+    total_seconds = time.perf_counter() - started
+    peak = peak_rss_bytes()
+    radii = result.radii.detach().cpu()
+    report = {
+        "command": "fit",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "settings": {
+            "left": str(left),
+            "right": str(right),
+            "out": str(out),
+            "preset": preset.value,
+            "iterations": iterations,
+            "layers": layers,
+            "max_kernel": max_kernel,
+            "max_radius": max_radius,
+            "patches": patches,
+            "focus": focus.value if focus is not None else None,
+            "kernel": kernel.value if kernel is not None else None,
+            "device": device.value,
+            "seed": seed,
+            "warm_start": str(warm_start) if warm_start is not None else None,
+            "channel": channel,
+            "overwrite": overwrite,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "config_requested": config,
+        "config": result.config,
+        "focus": {"requested": config.focus, "decided": result.focus},
+        "layers": {"count": int(radii.numel()), "radii_px": radii.tolist(), "kernel_size": int(result.kernels.shape[-1])},
+        "disparity": result.disparity,
+        "stages": result.stages,
+        "seconds": {"read": read_seconds, "fit": fit_seconds, "write": write_seconds, "total": total_seconds},
+        "peak_rss_bytes": peak,
+        "peak_rss_mib": peak / 2**20,
+        "input": info,
+        "outputs": {name: name + ("/" if name == "scene" else "") for name in FIT_OUTPUTS},
+    }
+    write_json(targets["report.json"], report, overwrite=overwrite)
+
+    for index, stage in enumerate(result.stages, start=1):
+        typer.echo(stage_line(index, stage))
+    d = result.disparity or {}
+    disparity = f"DP disparity {d.get('low', float('nan')):+.2f} .. {d.get('high', float('nan')):+.2f} px"
+    if config.focus == "auto":
+        typer.echo(f"focus    auto -> {result.focus} ({disparity}, {d.get('side', '?')})")
+    else:
+        typer.echo(f"focus    {result.focus} (as requested; {disparity})")
+    typer.echo(
+        f"layers   {radii.numel()}, blur radius {float(radii.min()):+.1f} .. {float(radii.max()):+.1f} px, "
+        f"kernels {result.kernels.shape[-1]}x{result.kernels.shape[-1]}"
+    )
+    typer.echo(
+        f"wrote    {out}: {', '.join(n + ('/' if n == 'scene' else '') for n in FIT_OUTPUTS)} "
+        f"({total_seconds:.1f} s, peak RSS {peak / 2**30:.2f} GiB)"
     )

@@ -76,6 +76,7 @@ __all__ = [
     "write_json",
     "write_npy",
     "write_png16",
+    "write_png8",
 ]
 
 #: Side of the flat-field box (mean) filter, Pixel 4 protocol step 2.
@@ -793,6 +794,32 @@ def write_png16(path: Path | str, image: Tensor | np.ndarray, *, overwrite: bool
     if codes.ndim == 3:
         codes = cv2.cvtColor(codes, cv2.COLOR_RGB2BGR)
     ok, buffer = cv2.imencode(".png", codes)
+    if not ok:
+        raise _output_error(f"cannot encode PNG for {path}")
+    return _atomic_write(path, buffer.tobytes(), overwrite)
+
+
+def write_png8(path: Path | str, rgb: np.ndarray, *, overwrite: bool = False) -> Path:
+    """Write an 8-bit PNG for display (figures, previews), atomically.
+
+    Args:
+        path: target, must end in ``.png``.
+        rgb: ``uint8`` array ``(H, W, 3)`` in **RGB** order, or ``(H, W)`` gray.
+        overwrite: replace an existing file; otherwise an existing file is an OutputError.
+
+    Raises:
+        OutputError: the file exists, the folder is missing or not writable, wrong extension.
+        ValueError: not a uint8 ``(H, W)`` / ``(H, W, 3)`` array (a programming error).
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise _output_error(f"output {path} must end in .png")
+    array = np.asarray(rgb)
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        raise ValueError(f"write_png8 needs uint8 (H, W) or (H, W, 3), got {array.dtype} {array.shape}")
+    if array.ndim == 3:
+        array = cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGB2BGR)
+    ok, buffer = cv2.imencode(".png", array)
     if not ok:
         raise _output_error(f"cannot encode PNG for {path}")
     return _atomic_write(path, buffer.tobytes(), overwrite)

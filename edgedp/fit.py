@@ -1,0 +1,463 @@
+"""Zero-shot fit of one DP capture: the three stages of METHOD.md.
+
+Stage 1 (:mod:`edgedp.latent`): per-layer latent map in closed form (Fourier-domain least squares).
+Stage 2: the defocus CNN G_D (:mod:`edgedp.networks`) predicts MPI alphas; with the latent map
+fixed, the re-rendered DP pair is ``y_v = sum_i d_i * B_i^v`` with ``B_i^v = x_i conv f_i^v``
+precomputed once, so each iteration costs the CNN plus an element-wise sum.
+Stage 3 (:mod:`edgedp.kernel_fit`): scene-specific non-uniform kernels from generator CNNs.
+
+Conventions: CONVENTIONS.md (views left then right, signed radius > 0 behind the focal plane).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Optional
+
+import torch
+from torch import Tensor
+
+from .disparity import estimate_disparity
+from .errors import InputError
+from .kernels import ButterworthParams, both_radii, front_radii, kernel_disparity, kernel_pyramid
+from .latent import default_latent_reg, solve_latent_map
+from .networks import DefocusNet, alphas_from_logits, gd_input, upsample_logits
+from .physics import blur_stack_fft, over_weights
+
+LUMINANCE = (0.2126, 0.7152, 0.0722)
+"""Rec. 709 weights of linear RGB: the channel an RGB fit runs on."""
+
+ProgressCallback = Callable[[str, int, int, Optional[float]], None]
+"""``progress(stage, step, total, loss)``: called as a stage advances (step 1..total)."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Settings of a fit; ``None`` means "derive from the data" (documented per field).
+
+    Attributes:
+        focus: ``auto`` decides from the DP disparity (both signs present -> ``both``), ``front``
+            (all blur behind the focal plane: radii 0..R) or ``both`` (radii -R..R).
+        max_radius: largest blur radius R in px; ``None``: from the disparity estimate,
+            ``R = high_disparity / disparity_per_radius`` of the kernel model, so the layer range
+            follows the physics of the capture, not a constant.
+        layers: number of layers (front: N + 1, radii spaced evenly in [0, R]; both: 2N + 1 in
+            [-R, R]); ``None``: one per pixel of radius (R + 1, or 2R + 1), as in the thesis (18
+            layers for 35 x 35 kernels).
+        kernel_model, butterworth: parametric DP kernel of stages 1-2 and of stage 3's warm start.
+        latent_reg: weight of the gradient prior of stage 1; ``None``: from the noise level.
+        gd_scale: G_D sees the DP pair down-scaled by this factor (its output is 1/8 of its
+            input, bilinearly up-sampled to full resolution).
+        gd_width: channel multiplier of G_D (1.0 = the thesis' Fig. 3.4 widths).
+        stage2_iterations, stage3_iterations: optimizer steps (stage 3 off when 0).
+        lr: Adam learning rate of stage 2.
+        tv_weight: weight of the TV of the defocus image D = sum_i (2 r_i + 1) d_i.
+        smooth_weight: weight of the edge-aware smoothness of the all-in-focus image.
+        prior_weight: weight of the cross-entropy between G_D's compositing weights and the
+            Stage 1 layer posterior ``q_i ~ exp(-e_i / T)`` (``e_i``: re-render error of layer i
+            alone, averaged over ``prior_window`` px; ``T``: half the mean best error).  It
+            steers G_D quickly to the layers that explain the DP pair; the re-render loss then
+            decides.  Loss terms are relative to the mean best single-layer re-render error.
+        fuse_window: window (px) of the per-pixel likelihood fused with G_D's weights after
+            stage 2 (:func:`fuse_with_likelihood`); 0 keeps G_D's weights as they are.
+        patches: (rows, cols) of the stage 3 kernel grid (thesis: 6 x 8).
+        seed: seed of every random initialization (same seed, same output).
+        device: ``cpu`` or ``cuda``.
+        channel: what an RGB fit runs on: ``luminance`` (Rec. 709 weights of linear RGB) or a
+            channel index; the fitted defocus map and kernels are applied to every channel.
+    """
+
+    focus: Literal["auto", "front", "both"] = "auto"
+    max_radius: float | None = None
+    layers: int | None = None
+    kernel_model: Literal["butterworth", "disk"] = "butterworth"
+    butterworth: ButterworthParams = field(default_factory=ButterworthParams)
+    latent_reg: float | None = None
+    gd_scale: int = 2
+    gd_width: float = 0.5
+    stage2_iterations: int = 300
+    stage3_iterations: int = 0
+    lr: float = 2e-3
+    tv_weight: float = 1e-4
+    smooth_weight: float = 1e-3
+    prior_weight: float = 0.1
+    prior_window: int = 15
+    fuse_window: int = 15
+    patches: tuple[int, int] = (6, 8)
+    seed: int = 0
+    device: str = "cpu"
+    channel: str | int = "luminance"
+
+
+@dataclass
+class StageReport:
+    """What one stage did: name, wall seconds, iterations, final loss, a thinned loss curve."""
+
+    name: str
+    seconds: float
+    iterations: int
+    final_loss: float | None
+    losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class FitResult:
+    """Everything a fit produced; tensors on the CPU, float32.
+
+    Attributes:
+        allinfocus: (C, H, W) all-in-focus image on the input's scale.
+        defocus: (H, W) signed blur radius in px, ``sum_i d_i r_i``.
+        weights: (L, H, W) compositing weights d_i (sum to 1 over layers).
+        alphas: (L, H, W) MPI alphas (``weights = over_weights(alphas)``, alpha_0 = 1).
+        latent: (C, L, H, W) latent map (per layer sharp estimates), per channel.
+        radii: (L,) signed blur radius of each layer (px).
+        kernels: (2, L, K, K) parametric kernels [left, right].
+        patch_kernels: (Pr, Pc, 2, L, K, K) stage 3 kernels, or None.
+        gd_state: G_D's state dict; gd_config: how to rebuild G_D (:func:`networks.build_gd`).
+        focus: ``front`` or ``both`` (what ``auto`` decided).
+        config: the FitConfig used (with data-derived fields filled in).
+        stages: per-stage reports.
+        disparity: the DP disparity estimate summary (low, median, high, side).
+    """
+
+    allinfocus: Tensor
+    defocus: Tensor
+    weights: Tensor
+    alphas: Tensor
+    latent: Tensor
+    radii: Tensor
+    kernels: Tensor
+    patch_kernels: Tensor | None
+    gd_state: dict[str, Tensor]
+    gd_config: dict
+    focus: str
+    config: FitConfig
+    stages: list[StageReport]
+    disparity: dict
+
+
+def fit_scene(
+    left: Tensor,
+    right: Tensor,
+    config: FitConfig = FitConfig(),
+    *,
+    gd_init: dict[str, Tensor] | None = None,
+    progress: ProgressCallback | None = None,
+) -> FitResult:
+    """Fit one DP capture.
+
+    Args:
+        left, right: (C, H, W) in [0, 1] (C = 1 or 3; with 3 the fit runs on the luminance and
+            the fitted defocus map and kernels are applied to every channel).
+        config: settings; data-derived fields (``None``) are filled in the result's config.
+        gd_init: G_D weights to start from (warm start); shapes must match.
+        progress: optional callback ``(stage, step, total, loss)``.
+    """
+    if left.shape != right.shape or left.dim() != 3:
+        raise InputError(f"left {tuple(left.shape)} and right {tuple(right.shape)} must both be (C, H, W)")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but CUDA is not available")
+    report = progress or (lambda *args: None)
+    stages: list[StageReport] = []
+    left = left.to(device=device, dtype=torch.float32)
+    right = right.to(device=device, dtype=torch.float32)
+    views = torch.stack([fit_channel(left, config.channel), fit_channel(right, config.channel)])  # (2, H, W)
+
+    # Blur range from the DP disparity (physics, not a constant).
+    t0 = time.perf_counter()
+    est = estimate_disparity(views[0], views[1])
+    focus, radii = layer_radii(config, est.low, est.high, est.side)
+    config = dataclasses.replace(config, focus=focus, max_radius=float(radii.abs().max()), layers=int(radii.numel()))
+    if gd_init is not None:  # fail before the long stages, not after
+        load_gd_state(DefocusNet(int(radii.numel()), config.gd_width), gd_init)
+    kernels = kernel_pyramid(radii, config.kernel_model, config.butterworth, device=device)
+    lam = config.latent_reg if config.latent_reg is not None else default_latent_reg(views)
+    config = dataclasses.replace(config, latent_reg=lam)
+
+    # Stage 1: closed-form latent map on the fit channel.
+    latent = solve_latent_map(views, kernels, lam)  # (L, H, W)
+    report("stage 1", 1, 1, None)
+    stages.append(StageReport("stage 1 latent map", time.perf_counter() - t0, 1, None))
+
+    # Stage 2: G_D.
+    t0 = time.perf_counter()
+    net, alphas, weights, losses = fit_defocus_map(views, latent, kernels, radii, config, gd_init=gd_init, progress=report)
+    stages.append(StageReport("stage 2 defocus map", time.perf_counter() - t0, config.stage2_iterations, losses[-1] if losses else None, _thin(losses)))
+
+    patch_kernels = None
+    if config.stage3_iterations > 0:
+        from .kernel_fit import fit_patch_kernels
+
+        t0 = time.perf_counter()
+        patch_kernels, latent, losses = fit_patch_kernels(views, latent, weights, kernels, radii, config, progress=report)
+        stages.append(StageReport("stage 3 kernels", time.perf_counter() - t0, config.stage3_iterations, losses[-1] if losses else None, _thin(losses)))
+
+    # Every channel: its own latent map with the fitted kernels, composited with the fitted weights.
+    channels = left.shape[0]
+    if channels == 1:
+        latents = latent[None]
+    else:
+        latents = torch.stack([
+            _channel_latent(torch.stack([left[c], right[c]]), kernels, patch_kernels, lam) for c in range(channels)
+        ])
+    allinfocus = (latents * weights[None]).sum(1)
+    defocus = (weights * radii[:, None, None].to(weights)).sum(0)
+    return FitResult(
+        allinfocus=allinfocus.cpu(),
+        defocus=defocus.cpu(),
+        weights=weights.cpu(),
+        alphas=alphas.cpu(),
+        latent=latents.cpu(),
+        radii=radii.cpu().float(),
+        kernels=kernels.cpu(),
+        patch_kernels=None if patch_kernels is None else patch_kernels.cpu(),
+        gd_state={k: v.detach().cpu() for k, v in net.state_dict().items()},
+        gd_config=net.config() | {"input_scale": config.gd_scale},
+        focus=focus,
+        config=config,
+        stages=stages,
+        disparity={"low": est.low, "median": est.median, "high": est.high, "side": est.side},
+    )
+
+
+def fit_channel(image: Tensor, channel: str | int = "luminance") -> Tensor:
+    """The channel a fit runs on: (C, H, W) -> (H, W): the luminance of linear RGB (or channel 0
+    of a single-channel image), or the given channel index."""
+    if channel != "luminance":
+        index = int(channel)
+        if not 0 <= index < image.shape[0]:
+            raise InputError(f"channel {index} does not exist in a {image.shape[0]}-channel image")
+        return image[index]
+    if image.shape[0] == 3:
+        w = torch.tensor(LUMINANCE, dtype=image.dtype, device=image.device)
+        return (image * w[:, None, None]).sum(0)
+    return image[0]
+
+
+def disparity_per_radius(model: str, params: ButterworthParams) -> float:
+    """DP disparity (px) per px of blur radius of the layer kernels (0.645 for the default
+    Butterworth model, 0.5 for the disk): maps a measured disparity to a blur radius."""
+    radius = 16.0
+    pair = kernel_pyramid([radius], model, params, dtype=torch.float64)[:, 0]
+    return float(kernel_disparity(pair)) / radius
+
+
+def layer_radii(config: FitConfig, low: float, high: float, side: str) -> tuple[str, Tensor]:
+    """Decide the focus side and the layers' signed radii (L,) from the disparity range.
+
+    ``auto``: ``both`` when the disparity has both signs or only negative ones (content in front
+    of the focal plane), else ``front``.  R = max |disparity| / disparity_per_radius, rounded up,
+    clamped to [2, 40] px (8 px when the disparity is unknown, e.g. a textureless image).
+    """
+    focus = config.focus
+    if focus == "auto":
+        focus = "both" if side in ("both", "front") else "front"
+    if config.max_radius is not None:
+        radius = float(config.max_radius)
+    else:
+        extent = max(abs(low), abs(high)) if focus == "both" else high
+        if not math.isfinite(extent):
+            radius = 8.0
+        else:
+            radius = float(min(max(math.ceil(extent / disparity_per_radius(config.kernel_model, config.butterworth)), 2), 40))
+    if focus == "both":
+        total = config.layers if config.layers is not None else 2 * int(math.ceil(radius)) + 1
+        radii = both_radii(radius, max((total - 1) // 2, 1))
+    else:
+        count = config.layers if config.layers is not None else int(math.ceil(radius)) + 1
+        radii = front_radii(radius, max(count, 2))
+    return focus, radii
+
+
+def fit_defocus_map(
+    views: Tensor,
+    latent: Tensor,
+    kernels: Tensor,
+    radii: Tensor,
+    config: FitConfig,
+    *,
+    gd_init: dict[str, Tensor] | None = None,
+    progress: ProgressCallback | None = None,
+) -> tuple[DefocusNet, Tensor, Tensor, list[float]]:
+    """Stage 2: fit G_D's weights so that ``sum_i d_i (x_i conv f_i^v)`` re-renders the views.
+
+    Loss (Eq. 10 + regularizers), per pixel of the full-resolution image:
+    ``sum_v ||y_v - sum_i d_i B_i^v||^2 / (H W)`` (``B_i^v = x_i conv f_i^v``, fixed)
+    ``+ smooth_weight * sum_p e(p) ||grad x(p)||^2 / (H W)`` with ``x = sum_i d_i x_i`` and the
+    edge-aware weight ``e = exp(-|grad y| / s)`` (small on the input's edges, ``s`` = 3x its mean
+    gradient) ``+ tv_weight * TV(D)``, ``D = sum_i (2|r_i| + 1) d_i`` on the block grid.
+
+    Speed: G_D's output is smooth (bilinear up-sampling of a grid 8 * gd_scale px apart), so the
+    weights are taken constant over ``block x block`` pixels and both quadratic terms reduce to
+    per-block Gram matrices computed once: ``d^T G_b d - 2 c_b^T d + const`` (exact for
+    block-constant weights).  An iteration then costs the CNN plus O(L^2) per block instead of
+    several passes over (L, H, W) tensors (measured 3.5 s -> see the fit report).
+
+    Returns (G_D, alphas (L, H, W), weights (L, H, W), losses per iteration).
+    """
+    report = progress or (lambda *args: None)
+    h, w = views.shape[-2:]
+    layers = latent.shape[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        net = DefocusNet(layers, config.gd_width).to(views.device)
+    if gd_init is not None:
+        load_gd_state(net, gd_init)
+    block = STAGE2_BLOCK
+    blurred = blur_stack_fft(latent[None], kernels)[0]  # (2, L, H, W): fixed while G_D learns
+    gram, cross, const, layer_error = stage2_quadratic_form(views, latent, blurred, block, config.smooth_weight)
+    hb, wb = cross.shape[-2:]
+    # Scale of the data term: the mean best single-layer re-render error (per pixel).
+    best = layer_error.min(0).values
+    scale = float(best.sum()) + 1e-12
+    prior = layer_posterior(layer_error, max(1, round(config.prior_window / block)))
+    inp = gd_input(views[None], config.gd_scale)
+    size_weight = (2 * radii.abs() + 1).to(views)[:, None, None]
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    losses: list[float] = []
+    total = config.stage2_iterations
+    for step in range(total):
+        opt.zero_grad(set_to_none=True)
+        alphas = alphas_from_logits(_block_logits(net(inp), (hb, wb), config.gd_scale, block))
+        d = over_weights(alphas)[0]  # (L, hb, wb)
+        loss = ((d * torch.einsum("ijhw,jhw->ihw", gram, d)).sum() - 2 * (cross * d).sum() + const) / scale
+        if config.tv_weight > 0:
+            defocus = (d * size_weight).sum(0)
+            loss = loss + config.tv_weight * (defocus.diff(dim=-1).abs().mean() + defocus.diff(dim=-2).abs().mean())
+        if config.prior_weight > 0:
+            loss = loss - config.prior_weight * (prior * d.clamp_min(1e-8).log()).sum(0).mean()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        report("stage 2", step + 1, total, losses[-1])
+    with torch.no_grad():
+        alphas = alphas_from_logits(upsample_logits(net(inp), (h, w), config.gd_scale))
+        weights = over_weights(alphas)[0]
+        if config.fuse_window > 0:
+            weights = fuse_with_likelihood(weights, blurred, views, config.fuse_window)
+            alphas = alphas_from_weights(weights)
+        else:
+            alphas = alphas[0]
+    return net, alphas, weights, losses
+
+
+def fuse_with_likelihood(weights: Tensor, blurred: Tensor, views: Tensor, window: int) -> Tensor:
+    """Per-pixel refinement of G_D's weights: ``d_i ~ d_i^GD * q_i`` (normalized over layers)
+    with ``q = softmax(-e / T)`` the full-resolution layer likelihood from each layer's
+    re-render error ``e_i`` box-averaged over ``window`` px (``T`` half the mean best error).
+
+    G_D's map is smooth at its grid spacing (8 * gd_scale px); the likelihood restores
+    pixel-accurate depth edges where the data decides, and defers to G_D where it does not.
+    Inputs (L, H, W), (2, L, H, W), (2, H, W); returns (L, H, W).
+    """
+    error = (blurred - views[:, None]).square().sum(0)  # (L, H, W)
+    posterior = layer_posterior(error, window) * weights.clamp_min(1e-6)
+    return posterior / posterior.sum(0, keepdim=True)
+
+
+def alphas_from_weights(weights: Tensor) -> Tensor:
+    """Invert the over operator: alphas (L, H, W) whose :func:`over_weights` are ``weights``
+    (which sum to 1 over layers): ``a_i = d_i / sum_{j <= i} d_j``, ``a_0 = 1``."""
+    below = weights.cumsum(0)
+    return (weights / below.clamp_min(1e-12)).clamp(0, 1)
+
+
+STAGE2_BLOCK = 4
+"""Pixels per side of the blocks over which stage 2 takes the compositing weights as constant."""
+
+
+def _block_logits(logits: Tensor, grid: tuple[int, int], scale: int, block: int) -> Tensor:
+    """G_D logits (1, L, h8, w8) sampled at the centres of ``block``-px blocks -> (1, L, hb, wb):
+    the same bilinear up-sampling as :func:`upsample_logits`, evaluated on the block grid."""
+    factor = 8 * scale
+    hs, ws = logits.shape[-2] * factor // block, logits.shape[-1] * factor // block
+    up = torch.nn.functional.interpolate(logits, size=(hs, ws), mode="bilinear", align_corners=False)
+    return up[..., : grid[0], : grid[1]]
+
+
+def stage2_quadratic_form(
+    views: Tensor, latent: Tensor, blurred: Tensor, block: int, smooth_weight: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-block Gram matrices of stage 2's loss for block-constant weights d.
+
+    ``blurred`` (2, L, H, W) is the latent map blurred by each layer's kernels.
+    Returns ``gram`` (L, L, hb, wb) = sum over the block's pixels of ``sum_v B_i^v B_j^v +
+    smooth_weight * e * grad x_i . grad x_j``, ``cross`` (L, hb, wb) = ``sum_v B_i^v y_v``, the
+    scalar ``const = sum_v ||y_v||^2`` and ``layer_error`` (L, hb, wb), each layer's re-render
+    error alone; images are zero-padded to whole blocks (padding adds 0).
+    """
+    h, w = views.shape[-2:]
+    ph, pw = (-h) % block, (-w) % block
+
+    def pool(x: Tensor) -> Tensor:  # (..., H, W) -> (..., hb, wb) block sums
+        x = torch.nn.functional.pad(x, (0, pw, 0, ph))
+        lead = x.shape[:-2]
+        y = torch.nn.functional.avg_pool2d(x.reshape(-1, 1, *x.shape[-2:]), block) * (block * block)
+        return y.reshape(*lead, *y.shape[-2:])
+
+    layers = latent.shape[0]
+    mean_view = views.mean(0)
+    gy_in = torch.nn.functional.pad(mean_view.diff(dim=-2), (0, 0, 0, 1))
+    gx_in = torch.nn.functional.pad(mean_view.diff(dim=-1), (0, 1))
+    grad_in = (gx_in.square() + gy_in.square()).sqrt()
+    edge = torch.exp(-grad_in / (3 * grad_in.mean() + 1e-12))
+    gx = torch.nn.functional.pad(latent.diff(dim=-1), (0, 1))
+    gy = torch.nn.functional.pad(latent.diff(dim=-2), (0, 0, 0, 1))
+    hb, wb = (h + ph) // block, (w + pw) // block
+    gram = torch.empty(layers, layers, hb, wb, dtype=views.dtype, device=views.device)
+    for i in range(layers):
+        prod = blurred[:, i : i + 1] * blurred[:, i:]  # (2, L - i, H, W)
+        row = prod.sum(0)
+        if smooth_weight > 0:
+            row = row + smooth_weight * edge * (gx[i : i + 1] * gx[i:] + gy[i : i + 1] * gy[i:])
+        sums = pool(row)
+        gram[i, i:] = sums
+        gram[i:, i] = sums
+    cross = pool((blurred * views[:, None]).sum(0))
+    const = views.square().sum()
+    layer_error = pool((blurred - views[:, None]).square().sum(0))  # (L, hb, wb)
+    return gram, cross, const, layer_error
+
+
+def layer_posterior(layer_error: Tensor, window: int) -> Tensor:
+    """Soft per-block choice of layer from Stage 1 alone: (L, hb, wb) errors -> (L, hb, wb)
+    probabilities ``softmax(-e / T)`` of the box-averaged (``window`` blocks) errors, with ``T``
+    half the mean of the best layer's error (a scale-free temperature)."""
+    e = layer_error
+    if window > 1:
+        e = torch.nn.functional.avg_pool2d(e[None], 2 * (window // 2) + 1, 1, window // 2, count_include_pad=False)[0]
+    temperature = 0.5 * float(e.min(0).values.mean()) + 1e-20
+    return torch.softmax(-e / temperature, dim=0)
+
+
+def load_gd_state(net: DefocusNet, state: dict[str, Tensor]) -> None:
+    """Load G_D weights; a missing key or a shape mismatch is a one-line InputError."""
+    own = net.state_dict()
+    for key, value in own.items():
+        if key not in state:
+            raise InputError(f"warm start has no G_D parameter {key!r}")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise InputError(
+                f"warm start G_D parameter {key!r} has shape {tuple(state[key].shape)}, expected {tuple(value.shape)} "
+                f"(other layer count or width?)"
+            )
+    net.load_state_dict({k: state[k].to(own[k]) for k in own})
+
+
+def _channel_latent(views: Tensor, kernels: Tensor, patch_kernels: Tensor | None, lam: float) -> Tensor:
+    if patch_kernels is None:
+        return solve_latent_map(views, kernels, lam)
+    from .kernel_fit import solve_latent_map_patchwise
+
+    return solve_latent_map_patchwise(views, patch_kernels, lam)
+
+
+def _thin(values: list[float], keep: int = 200) -> list[float]:
+    if len(values) <= keep:
+        return list(values)
+    step = len(values) / keep
+    return [values[int(i * step)] for i in range(keep)] + [values[-1]]
