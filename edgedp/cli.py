@@ -726,3 +726,152 @@ def fit(
         f"wrote    {out}: {', '.join(n + ('/' if n == 'scene' else '') for n in FIT_OUTPUTS)} "
         f"({total_seconds:.1f} s, peak RSS {peak / 2**30:.2f} GiB)"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# export / verify
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    engine = "engine"
+
+
+def _scene_folder(path: Path) -> Path:
+    """A fit OUTDIR (with scene/) or the scene bundle folder itself."""
+    if not path.exists():
+        raise InputError(f"scene folder {path} does not exist (expected a fit OUTDIR or its scene/ folder)")
+    if not path.is_dir():
+        raise InputError(f"{path} is not a folder (expected a fit OUTDIR or its scene/ folder)")
+    if (path / "scene" / "scene.json").is_file() and not (path / "scene.json").is_file():
+        return path / "scene"
+    if not (path / "scene.json").is_file():
+        raise InputError(f"{path} holds no scene bundle (no scene.json or scene/scene.json): run edgedp fit first")
+    return path
+
+
+def _print_verification(results: dict) -> bool:
+    ok = True
+    for name, r in results.items():
+        passed = bool(r.get("passed"))
+        ok &= passed
+        tol = f"atol {r['atol']:.0e}" + (f", rtol {r['rtol']:.0e}" if "rtol" in r else "")
+        typer.echo(
+            f"verify   {name:<8} max abs {r['max_abs']:.2e}  max rel {r['max_rel']:.2e}  ({tol}) "
+            f"{'ok' if passed else 'FAILED'}"
+        )
+    return ok
+
+
+def _polygraphy_hint(out: Path, graphs: dict) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("polygraphy") is None:
+        return
+    for name, g in graphs.items():
+        cmd = f"polygraphy run {out / g['file']} --onnxrt --trt"
+        if name == "gd" and g.get("dynamic"):
+            m = int(g.get("multiple_of", 8))
+            cmd += f" --input-shapes pair:[1,2,{m * 32},{m * 32}]"
+        typer.echo(f"device   {cmd}")
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    scene: Annotated[Path, typer.Argument(help="Fit output folder (OUTDIR) or its scene/ bundle folder.", show_default=False)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (created if needed).", show_default=False)],
+    format: Annotated[ExportFormat, typer.Option("--format", help="onnx: ONNX files; engine: ONNX, then TensorRT engines (needs TensorRT and a GPU).")] = ExportFormat.onnx,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17: the last TensorRT 8.5 / JetPack 5.1 parses).")] = 17,
+    half: Annotated[bool, typer.Option(help="Engines: allow FP16 kernels.")] = False,
+    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="gd.onnx with dynamic H and W (multiples of 8) or the scene's size.")] = True,
+    workspace: Annotated[int, typer.Option(help="Engines: TensorRT builder workspace limit (MiB).")] = 1024,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Run the graphs in ONNX Runtime (CPU) and compare with PyTorch.")] = True,
+    atol: Annotated[float, typer.Option(help="Verification: absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Verification: tolerance relative to the largest reference value.")] = 1e-3,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing export in OUT.")] = False,
+) -> None:
+    """Bake a fitted scene into render.onnx, refocus.onnx and gd.onnx (+ export.json).
+
+    render.onnx re-renders the DP pair from a latent map (compositing weights and kernels baked
+    in); refocus.onnx re-blurs the all-in-focus image for a new focus (signed blur radius, px) and
+    aperture scale; gd.onnx is G_D (DP pair in, alphas and defocus out). export.json describes
+    them for the export/ runners. Verification failures exit with status 1.
+
+    Examples:
+
+      edgedp export out -o out/export
+
+      edgedp export out/scene -o out/export --opset 17 --static --no-verify --overwrite
+
+      edgedp export out -o out/engines --format engine --half --workspace 2048
+    """
+    from .bundle import load_bundle
+    from .onnx_export import ExportConfig, export_scene
+
+    if opset < 13:
+        raise InputError(f"--opset {opset}: need 13 or newer")
+    if workspace < 1:
+        raise InputError(f"--workspace {workspace}: must be >= 1 MiB")
+    bundle = load_bundle(_scene_folder(scene))
+    side = export_scene(
+        bundle, out, ExportConfig(opset=opset, atol=atol, rtol=rtol), overwrite=overwrite, dynamic=dynamic, verify=verify
+    )
+    graphs = side["graphs"]
+    typer.echo(f"wrote    {out}: {', '.join(g['file'] for g in graphs.values())}, export.json (opset {side['opset']})")
+    for note in side.get("notes", []):
+        typer.echo(f"note     {note}")
+    ok = _print_verification(side["verification"]) if verify else True
+    if format is ExportFormat.engine:
+        from .onnx_export import SIDECAR_NAME, _write_json
+        from .tensorrt import build_engine
+
+        for name, g in graphs.items():
+            shapes = None
+            if name == "gd" and g.get("dynamic"):
+                m = int(g.get("multiple_of", 8))
+                hh, ww = side["height"] // m * m, side["width"] // m * m
+                shapes = {"pair": ((1, 2, m, m), (1, 2, max(hh, m), max(ww, m)), (1, 2, max(2 * hh, m), max(2 * ww, m)))}
+            engine = out / (Path(g["file"]).stem + ".engine")
+            build_engine(out / g["file"], engine, half=half, workspace_mib=workspace, dynamic_shapes=shapes)
+            g["engine"] = engine.name
+            typer.echo(f"engine   {engine}")
+        side["engine"] = {"half": half, "workspace_mib": workspace}
+        _write_json(out / SIDECAR_NAME, side)
+    _polygraphy_hint(out, graphs)
+    if not ok:
+        typer.echo("error: verification failed (see above)", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("verify")
+@user_errors
+def verify_cmd(
+    export_dir: Annotated[Path, typer.Argument(help="Folder written by edgedp export (with export.json).", show_default=False)],
+    scene: Annotated[
+        Optional[Path], typer.Option(help="Scene bundle to compare with (default: the one recorded in export.json).", show_default=False)
+    ] = None,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Tolerance relative to the largest reference value.")] = 1e-3,
+) -> None:
+    """Re-run an export's graphs in ONNX Runtime (CPU) and compare with PyTorch.
+
+    Prints max abs / rel error per graph; exits 1 when one is over the tolerances.
+
+    Examples:
+
+      edgedp verify out/export
+
+      edgedp verify out/export --scene out/scene --atol 1e-5
+    """
+    from .bundle import load_bundle
+    from .onnx_export import read_sidecar, verify_export
+
+    side = read_sidecar(export_dir)
+    folder = scene if scene is not None else Path(side.get("bundle", ""))
+    bundle = load_bundle(_scene_folder(folder))
+    ok = _print_verification(verify_export(export_dir, bundle, atol=atol, rtol=rtol))
+    _polygraphy_hint(export_dir, side["graphs"])
+    if not ok:
+        typer.echo("error: verification failed (see above)", err=True)
+        raise typer.Exit(1)

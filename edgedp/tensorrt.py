@@ -1,0 +1,270 @@
+"""TensorRT side of the export: engine building and the TensorRT 8.5 ONNX operator allowlist.
+
+Importable without TensorRT: ``tensorrt`` is imported only inside :func:`build_engine`, which
+stops with one :class:`~edgedp.errors.EdgedpError` line naming what is missing (TensorRT itself:
+JetPack on a Jetson, or ``pip install tensorrt`` from NVIDIA's index on an x86 machine; or a CUDA
+GPU).  :func:`unsupported_trt_ops` needs only ``onnx``.
+
+An engine is specific to the GPU, TensorRT version and (for dynamic inputs) optimization profile
+it was built with: build it on the device (``export/build_engines.sh`` does the same with
+``trtexec``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .errors import EdgedpError, InputError, OutputError
+
+__all__ = ["TRT85_MAX_OPSET", "TRT85_ONNX_OPS", "build_engine", "onnx_ops", "unsupported_trt_ops"]
+
+#: ONNX operators TensorRT 8.5 parses: every row marked "Y" in the operator support matrix of
+#: onnx-tensorrt, branch release/8.5-GA, docs/operators.md
+#: (https://github.com/onnx/onnx-tensorrt/blob/release/8.5-GA/docs/operators.md; its first line:
+#: "TensorRT 8.5 supports operators up to Opset 17").  Rows marked "N" there (among them DFT,
+#: STFT, LayerNormalization, IsInf, Hardmax, the Sequence* and Optional* ops, the window
+#: functions) are left out; CumProd is not in the table at all.  Per-op restrictions of that table
+#: that matter here: AveragePool / MaxPool 2D or 3D only; Resize modes nearest / linear with
+#: half_pixel, pytorch_half_pixel, tf_half_pixel_for_nn, asymmetric or align_corners; CumSum, Slice
+#: and Squeeze need constant axes.
+TRT85_ONNX_OPS: frozenset[str] = frozenset(
+    """
+    Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
+    Cast Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
+    DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor
+    Gather GatherElements GatherND Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater
+    GreaterOrEqual GridSample GRU HardSwish HardSigmoid Identity If ImageScaler
+    InstanceNormalization IsNaN LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN LSTM
+    LpNormalization LpPool MatMul Max MaxPool Mean MeanVarianceNormalization Min Mod Mul Neg
+    NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu QuantizeLinear
+    RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1
+    ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
+    ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign Round ScaledTanh Scan Scatter
+    ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
+    Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose
+    Trilu Unsqueeze Upsample Where Xor
+    """.split()
+)
+#: Same source: "TensorRT 8.5 supports operators up to Opset 17" (JetPack 5.1 ships TensorRT 8.5).
+TRT85_MAX_OPSET = 17
+_TRT85_RESIZE_COORDS = frozenset({"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"})
+_TRT85_RESIZE_MODES = frozenset({"nearest", "linear"})
+
+_TRT_MISSING = (
+    "TensorRT is not installed (import tensorrt failed): on a Jetson install JetPack (5.1 = TensorRT 8.5, "
+    "6.x = 8.6/10.x) and use its python3; on x86 'pip install tensorrt' from NVIDIA's package index (NVIDIA's TensorRT install guide)"
+    ", or build on the device with export/build_engines.sh (trtexec)"
+)
+_GPU_MISSING = (
+    "no CUDA GPU found (libcuda could not be loaded or reports 0 devices): TensorRT engines are built on the "
+    "GPU that runs them (a Jetson or an NVIDIA GPU with its driver)"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Operator check (onnx only)
+# --------------------------------------------------------------------------------------------
+
+
+def _load_onnx(onnx_path):
+    try:
+        import onnx
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise EdgedpError("onnx is not installed: pip install 'edgedp[export]'") from err
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such ONNX file")
+    return onnx.load(str(path), load_external_data=False)
+
+
+def _walk(graph):
+    """Every node of ``graph`` and of its subgraphs (If / Loop / Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.g is not None and len(attr.g.node):
+                yield from _walk(attr.g)
+            for g in attr.graphs:
+                yield from _walk(g)
+
+
+def onnx_ops(onnx_path) -> list[str]:
+    """Sorted distinct op types of the graph (``domain::Op`` for non-default domains)."""
+    model = _load_onnx(onnx_path)
+    return sorted({(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type) for n in _walk(model.graph)})
+
+
+def unsupported_trt_ops(onnx_path, *, version: str = "8.5") -> list[str]:
+    """What in ``onnx_path`` TensorRT ``version`` (only "8.5" is tabulated) would not parse.
+
+    Returns sorted strings: op types not in :data:`TRT85_ONNX_OPS` (ops of other domains as
+    ``domain::Op``), ``"opset N > 17"`` when the default-domain opset exceeds 17, and Resize nodes
+    with a mode / coordinate transformation outside the table's restrictions
+    (``"Resize(mode=cubic)"``).  An empty list means the graph passes.
+    """
+    if str(version) not in ("8.5", "8.5.x"):
+        raise InputError(f"TensorRT version {version!r}: only the 8.5 operator table is known (JetPack 5.1)")
+    model = _load_onnx(onnx_path)
+    bad: set[str] = set()
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version > TRT85_MAX_OPSET:
+            bad.add(f"opset {imp.version} > {TRT85_MAX_OPSET}")
+    for node in _walk(model.graph):
+        if node.domain not in ("", "ai.onnx"):
+            bad.add(f"{node.domain}::{node.op_type}")
+            continue
+        if node.op_type not in TRT85_ONNX_OPS:
+            bad.add(node.op_type)
+        elif node.op_type == "Resize":
+            attrs = {a.name: a.s.decode() for a in node.attribute if a.s}
+            mode = attrs.get("mode", "nearest")
+            coord = attrs.get("coordinate_transformation_mode", "half_pixel")
+            if mode not in _TRT85_RESIZE_MODES:
+                bad.add(f"Resize(mode={mode})")
+            if coord not in _TRT85_RESIZE_COORDS:
+                bad.add(f"Resize(coordinate_transformation_mode={coord})")
+    return sorted(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# Engine building (TensorRT Python API)
+# --------------------------------------------------------------------------------------------
+
+
+def _import_tensorrt():
+    try:
+        import tensorrt as trt  # noqa: PLC0415 - optional, device-side dependency
+    except ImportError as err:
+        raise EdgedpError(_TRT_MISSING) from err
+    return trt
+
+
+def _cuda_device_count() -> int:
+    """CUDA devices reported by the driver API (libcuda), without torch (a Jetson's pip torch may
+    be a CPU build while the GPU is there)."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        try:
+            if lib.cuInit(0) != 0:
+                return 0
+            count = ctypes.c_int(0)
+            if lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+                return 0
+            return int(count.value)
+        except AttributeError:
+            return 0
+    return 0
+
+
+def _dims(shape) -> tuple[int, ...]:
+    return tuple(int(d) for d in shape)
+
+
+def _check_profile(name: str, net_shape: tuple[int, ...], prof) -> tuple[tuple[int, ...], ...]:
+    try:
+        mn, opt, mx = (tuple(int(d) for d in s) for s in prof)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"dynamic_shapes[{name!r}] must be (min, opt, max) shapes, got {prof!r}") from err
+    for s in (mn, opt, mx):
+        if len(s) != len(net_shape):
+            raise InputError(f"dynamic_shapes[{name!r}]: shape {s} has rank {len(s)}, input {name} {net_shape}")
+        for d, n in zip(s, net_shape):
+            if n >= 0 and d != n:
+                raise InputError(f"dynamic_shapes[{name!r}]: {s} does not match the fixed dims of {net_shape}")
+    if not all(a <= b <= c for a, b, c in zip(mn, opt, mx)) or min(mn) < 1:
+        raise InputError(f"dynamic_shapes[{name!r}]: need 1 <= min <= opt <= max per dim, got {mn} {opt} {mx}")
+    return mn, opt, mx
+
+
+def build_engine(
+    onnx_path,
+    engine_path,
+    *,
+    half: bool = False,
+    workspace_mib: int = 1024,
+    dynamic_shapes: Mapping[str, Sequence[Sequence[int]]] | None = None,
+) -> Path:
+    """Build a serialized TensorRT engine from ``onnx_path`` and write it to ``engine_path``.
+
+    ``half``: also allow FP16 kernels (``BuilderFlag.FP16``; inputs / outputs stay float32).
+    ``workspace_mib``: limit of the builder's scratch memory pool (``MemoryPoolType.WORKSPACE``;
+    ``max_workspace_size`` on TensorRT < 8.4).  ``dynamic_shapes``: ``{input name: (min, opt,
+    max)}`` full shapes for every input with a dynamic dim (``gd.onnx``'s ``pair``: e.g.
+    ``{"pair": ((1, 2, 256, 256), (1, 2, 1008, 1344), (1, 2, 2016, 2688))}``, multiples of the
+    sidecar's ``multiple_of``); one optimization profile is built from them.
+
+    Raises :class:`EdgedpError` (one line) when TensorRT or a CUDA GPU is missing, when the ONNX
+    parser rejects the graph, or when the build fails; :class:`InputError` for bad arguments.
+    Returns the engine path.
+    """
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if not onnx_path.is_file():
+        raise InputError(f"{onnx_path}: no such ONNX file")
+    if int(workspace_mib) < 1:
+        raise InputError(f"workspace_mib must be >= 1, got {workspace_mib}")
+    trt = _import_tensorrt()
+    if _cuda_device_count() < 1:
+        raise EdgedpError(_GPU_MISSING)
+    if not engine_path.parent.is_dir():
+        raise OutputError(f"{engine_path.parent}: output folder does not exist")
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    if builder is None:
+        raise EdgedpError("TensorRT could not create a builder (no usable CUDA GPU or driver mismatch)")
+    # Explicit batch: required by the ONNX parser on 8.x; deprecated (always on) in 10.x.
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+    network = builder.create_network(0 if flag is None else 1 << int(flag))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)).replace("\n", " ") for i in range(parser.num_errors)]
+        raise EdgedpError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors[0] if errors else 'unknown error'}")
+
+    config = builder.create_builder_config()
+    limit = int(workspace_mib) << 20
+    if hasattr(config, "set_memory_pool_limit"):  # TensorRT >= 8.4
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, limit)
+    else:  # pragma: no cover - TensorRT < 8.4
+        config.max_workspace_size = limit
+    if half:
+        if not getattr(builder, "platform_has_fast_fp16", True):
+            logger.log(trt.Logger.WARNING, "edgedp: this GPU has no fast FP16; building with FP16 anyway")
+        config.set_flag(trt.BuilderFlag.FP16)
+
+    dynamic_shapes = dict(dynamic_shapes or {})
+    inputs = {network.get_input(i).name: _dims(network.get_input(i).shape) for i in range(network.num_inputs)}
+    unknown = sorted(set(dynamic_shapes) - set(inputs))
+    if unknown:
+        raise InputError(f"dynamic_shapes names {unknown}, the graph's inputs are {sorted(inputs)}")
+    dyn = {name: shape for name, shape in inputs.items() if any(d < 0 for d in shape)}
+    if dyn:
+        missing = sorted(set(dyn) - set(dynamic_shapes))
+        if missing:
+            raise InputError(
+                f"{onnx_path}: input(s) {missing} have dynamic dims {[dyn[n] for n in missing]}: pass dynamic_shapes"
+                " {name: (min, opt, max)}"
+            )
+        profile = builder.create_optimization_profile()
+        for name, shape in dyn.items():
+            profile.set_shape(name, *_check_profile(name, shape, dynamic_shapes[name]))
+        config.add_optimization_profile(profile)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EdgedpError(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log above)")
+    fd, tmp = tempfile.mkstemp(prefix=engine_path.name + ".", suffix=".tmp", dir=engine_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(memoryview(serialized))
+        os.replace(tmp, engine_path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{engine_path}: cannot write: {err.strerror or err}") from err
+    return engine_path

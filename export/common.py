@@ -1,0 +1,751 @@
+"""Shared helpers for the device-side runners ``run_onnx.py`` and ``run_trt.py``.
+
+Runs on the device: imports only the standard library and numpy (OpenCV is used for PNG I/O when
+importable, otherwise a tiny built-in zlib/struct PNG codec).  It must never import torch or
+edgedp.
+
+Everything that knows the layout of the export folder written by ``edgedp export`` lives here
+(``load_export`` / ``ExportInfo``): sidecar name, format name and version, graph keys and file
+names.  If the exporter changes a name, change it here only.
+
+Conventions (from the project's CONVENTIONS.md): images are float32 in [0, 1], shape
+``(1, C, H, W)`` inside the graphs; a DP pair is stacked ``[left, right]``; the defocus map is a
+signed blur radius in pixels (``r > 0`` behind the focal plane).
+
+User-caused problems raise :class:`RunnerError` with a one-line message; :func:`main_guard`
+turns it into ``error: ...`` on stderr and exit code 2 (the CLI convention of edgedp).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+# --- schema of the export folder (keep every name here) -------------------------------------
+SIDECAR_NAME = "export.json"
+FORMAT_NAME = "edgedp-export"
+SUPPORTED_FORMAT_VERSIONS = (1,)
+GRAPH_NAMES = ("render", "refocus", "gd")
+DEFAULT_FILES = {"render": "render", "refocus": "refocus", "gd": "gd"}  # stem; + .onnx / .engine
+DEFAULT_MULTIPLE_OF = 16
+
+EXIT_USER_ERROR = 2
+
+
+class RunnerError(Exception):
+    """A user-caused problem (missing file, bad sidecar, bad input shape, unwritable output)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+# --- sidecar ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GraphInfo:
+    """One graph of the export: ``name`` (render/refocus/gd), ``entry`` (its sidecar dict)."""
+
+    name: str
+    entry: dict
+    folder: Path
+
+    def file(self, suffix: str) -> Path:
+        """Path of the graph's file with ``suffix`` (``.onnx`` or ``.engine``).
+
+        ``.onnx`` uses the sidecar's ``file``; an engine sits beside it with the same stem
+        (or the sidecar's ``engine`` key, where the exporter writes one)."""
+        onnx_name = str(self.entry.get("file") or DEFAULT_FILES[self.name] + ".onnx")
+        if suffix == ".onnx":
+            name = onnx_name
+        else:
+            name = str(self.entry.get("engine") or Path(onnx_name).stem + suffix)
+        return self.folder / name
+
+    @property
+    def inputs(self) -> dict:
+        return dict(self.entry.get("inputs") or {})
+
+    @property
+    def outputs(self) -> dict:
+        return dict(self.entry.get("outputs") or {})
+
+    @property
+    def test_input(self) -> Path | None:
+        name = self.entry.get("test_input")
+        return self.folder / str(name) if name else None
+
+    @property
+    def multiple_of(self) -> int:
+        value = self.entry.get("multiple_of", DEFAULT_MULTIPLE_OF)
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            raise RunnerError(f"{SIDECAR_NAME}: graphs.{self.name}.multiple_of is not an integer: {value!r}")
+        if value < 1:
+            raise RunnerError(f"{SIDECAR_NAME}: graphs.{self.name}.multiple_of must be >= 1, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """The validated sidecar of an export folder."""
+
+    folder: Path
+    data: dict
+    graphs: dict = field(default_factory=dict)
+
+    @property
+    def height(self) -> int | None:
+        return _opt_int(self.data.get("height"))
+
+    @property
+    def width(self) -> int | None:
+        return _opt_int(self.data.get("width"))
+
+    @property
+    def layers(self) -> int | None:
+        return _opt_int(self.data.get("layers"))
+
+    @property
+    def radii(self) -> list[float]:
+        radii = self.data.get("radii") or []
+        try:
+            return [float(r) for r in radii]
+        except (TypeError, ValueError):
+            raise RunnerError(f"{SIDECAR_NAME}: 'radii' must be a list of numbers")
+
+    @property
+    def scene_id(self) -> str:
+        return str(self.data.get("scene_id", "?"))
+
+    def graph(self, name: str) -> GraphInfo:
+        """The graph ``name``; a one-line error if the export does not contain it."""
+        if name not in self.graphs:
+            have = ", ".join(sorted(self.graphs)) or "none"
+            raise RunnerError(
+                f"{self.folder / SIDECAR_NAME}: this export has no '{name}' graph (graphs: {have}); "
+                f"re-export with it"
+            )
+        return self.graphs[name]
+
+
+def _opt_int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def load_export(folder: str | Path) -> ExportInfo:
+    """Read and validate ``folder/export.json``; one-line :class:`RunnerError` on any problem."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise RunnerError(f"{folder}: export folder not found")
+    if not folder.is_dir():
+        raise RunnerError(f"{folder}: not a folder (pass the folder written by 'edgedp export')")
+    path = folder / SIDECAR_NAME
+    if not path.is_file():
+        raise RunnerError(f"{path}: sidecar not found (is {folder} an 'edgedp export' folder?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunnerError(f"{path}: cannot read: {err}")
+    except json.JSONDecodeError as err:
+        raise RunnerError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})")
+    if not isinstance(data, dict):
+        raise RunnerError(f"{path}: expected a JSON object at the top level")
+    fmt = data.get("format")
+    if fmt != FORMAT_NAME:
+        raise RunnerError(f"{path}: format is {fmt!r}, expected {FORMAT_NAME!r}")
+    version = data.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        supported = ", ".join(str(v) for v in SUPPORTED_FORMAT_VERSIONS)
+        raise RunnerError(
+            f"{path}: format_version {version!r} is not supported by this runner (supported: {supported}); "
+            f"use the export/ runners from the same edgedp version"
+        )
+    graphs_raw = data.get("graphs")
+    if not isinstance(graphs_raw, dict):
+        raise RunnerError(f"{path}: 'graphs' must be an object")
+    graphs = {}
+    for name, entry in graphs_raw.items():
+        if name not in GRAPH_NAMES or entry is None:
+            continue  # unknown graphs from a newer exporter are ignored
+        if not isinstance(entry, dict):
+            raise RunnerError(f"{path}: graphs.{name} must be an object")
+        graphs[name] = GraphInfo(name=name, entry=entry, folder=folder)
+    return ExportInfo(folder=folder, data=data, graphs=graphs)
+
+
+def graph_file(graph: GraphInfo, suffix: str, hint: str) -> Path:
+    """The graph's file, which must exist (``hint`` says how to make it)."""
+    path = graph.file(suffix)
+    if not path.is_file():
+        raise RunnerError(f"{path}: {graph.name} {suffix[1:]} file not found; {hint}")
+    return path
+
+
+# --- shapes ----------------------------------------------------------------------------------
+def check_shape(array: np.ndarray, expected: Any, what: str) -> None:
+    """Check ``array.shape`` against a sidecar shape (ints fixed, strings/None/-1 free)."""
+    if not isinstance(expected, (list, tuple)):
+        return
+    ok = len(array.shape) == len(expected) and all(
+        not isinstance(e, int) or e < 0 or e == s for s, e in zip(array.shape, expected)
+    )
+    if not ok:
+        want = "(" + ", ".join(str(e) for e in expected) + ")"
+        raise RunnerError(f"{what}: shape {tuple(array.shape)} does not match the graph input {want}")
+
+
+def load_npy(path: str | Path, what: str) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise RunnerError(f"{path}: {what} not found")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise RunnerError(f"{path}: cannot read {what} as .npy: {err}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise RunnerError(f"{path}: {what} is not numeric (dtype {array.dtype})")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int, mode: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """Make the last two dims of ``image`` multiples of ``multiple``.
+
+    ``mode='pad'`` extends by edge replication (the project's border convention) and returns
+    the original ``(H, W)`` to crop back to; ``mode='crop'`` crops centrally.
+    """
+    h, w = image.shape[-2:]
+    if mode == "crop":
+        nh, nw = (h // multiple) * multiple, (w // multiple) * multiple
+        if nh == 0 or nw == 0:
+            raise RunnerError(f"input {h}x{w} is smaller than one {multiple}x{multiple} block; use --fit pad")
+        top, left = (h - nh) // 2, (w - nw) // 2
+        out = image[..., top : top + nh, left : left + nw]
+        return np.ascontiguousarray(out), (nh, nw)
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        pad = [(0, 0)] * (image.ndim - 2) + [(0, ph), (0, pw)]
+        image = np.pad(image, pad, mode="edge")
+    return np.ascontiguousarray(image), (h, w)
+
+
+def normalize_raw(raw: np.ndarray, black: float, white: float | None, bit_depth: int) -> np.ndarray:
+    """Raw codes to linear [0, 1]: ``v = (raw - black) / white``, clipped.
+
+    ``white`` defaults to the container's full scale minus the black level
+    (``2**bit_depth - 1 - black``), so a plain 16-bit PNG maps to ``raw / 65535``.
+    """
+    if white is None:
+        white = float(2**bit_depth - 1) - black
+    if white <= 0:
+        raise RunnerError(f"--white-level must be > 0 (got {white})")
+    return np.clip((raw.astype(np.float32) - np.float32(black)) / np.float32(white), 0.0, 1.0)
+
+
+# --- PNG I/O ----------------------------------------------------------------------------------
+def _cv2():
+    if os.environ.get("EDGEDP_NO_CV2"):
+        return None
+    try:
+        import cv2  # noqa: PLC0415
+
+        return cv2
+    except Exception:  # noqa: BLE001 - any broken OpenCV install falls back to the built-in codec
+        return None
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Encode uint8/uint16 ``(H, W)`` grey or ``(H, W, 3)`` RGB as PNG (filter 0, zlib)."""
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"PNG needs uint8 or uint16, got {array.dtype}")
+    if array.ndim == 2:
+        colour = 0
+        channels = 1
+    elif array.ndim == 3 and array.shape[2] == 3:
+        colour = 2
+        channels = 3
+    else:
+        raise ValueError(f"PNG needs (H, W) or (H, W, 3), got {array.shape}")
+    h, w = array.shape[:2]
+    depth = 16 if array.dtype == np.uint16 else 8
+    rows = np.ascontiguousarray(array.astype(">u2" if depth == 16 else np.uint8)).reshape(h, w * channels)
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows.view(np.uint8).reshape(h, -1)], axis=1)
+    header = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _paeth_row(line: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarray:
+    out = line.astype(np.int32)
+    up = prev.astype(np.int32)
+    for i in range(len(out)):
+        a = out[i - bpp] if i >= bpp else 0
+        b = up[i]
+        c = up[i - bpp] if i >= bpp else 0
+        p = a + b - c
+        pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+        pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
+        out[i] = (out[i] + pred) & 0xFF
+    return out.astype(np.uint8)
+
+
+def decode_png(data: bytes, name: str = "PNG") -> np.ndarray:
+    """Decode a non-interlaced grey / grey+alpha / RGB / RGBA PNG of depth 8 or 16.
+
+    Returns uint8 or uint16, ``(H, W)`` or ``(H, W, C)``.  Used only where OpenCV is absent.
+    """
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise RunnerError(f"{name}: not a PNG file")
+    pos, idat, header = 8, [], None
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+    if header is None:
+        raise RunnerError(f"{name}: PNG without IHDR")
+    w, h, depth, colour, _, _, interlace = header
+    channels = {0: 1, 4: 2, 2: 3, 6: 4}.get(colour)
+    if channels is None or depth not in (8, 16) or interlace:
+        raise RunnerError(
+            f"{name}: unsupported PNG (colour type {colour}, depth {depth}, interlace {interlace}); "
+            f"install OpenCV (pip install opencv-python-headless) to read it"
+        )
+    try:
+        raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8)
+    except zlib.error as err:
+        raise RunnerError(f"{name}: corrupt PNG data: {err}")
+    bpp = channels * depth // 8
+    stride = w * bpp
+    if raw.size != h * (stride + 1):
+        raise RunnerError(f"{name}: truncated PNG data")
+    raw = raw.reshape(h, stride + 1)
+    out = np.zeros((h, stride), np.uint8)
+    prev = np.zeros(stride, np.uint8)
+    for y in range(h):
+        ftype, line = raw[y, 0], raw[y, 1:]
+        if ftype == 0:
+            cur = line.copy()
+        elif ftype == 1:  # Sub: running sum per byte lane, mod 256
+            lanes = line.reshape(-1, bpp).astype(np.uint32)
+            cur = (np.cumsum(lanes, axis=0) & 0xFF).astype(np.uint8).reshape(-1)
+        elif ftype == 2:
+            cur = (line.astype(np.uint16) + prev).astype(np.uint8)
+        elif ftype == 3:  # Average: sequential
+            cur = line.astype(np.int32)
+            up = prev.astype(np.int32)
+            for i in range(stride):
+                a = cur[i - bpp] if i >= bpp else 0
+                cur[i] = (cur[i] + ((a + up[i]) >> 1)) & 0xFF
+            cur = cur.astype(np.uint8)
+        elif ftype == 4:
+            cur = _paeth_row(line, prev, bpp)
+        else:
+            raise RunnerError(f"{name}: bad PNG filter type {ftype}")
+        out[y] = cur
+        prev = cur
+    if depth == 16:
+        img = out.view(">u2").astype(np.uint16).reshape(h, w, channels)
+    else:
+        img = out.reshape(h, w, channels)
+    return img[..., 0] if channels == 1 else img
+
+
+def read_image(path: str | Path, what: str) -> tuple[np.ndarray, int]:
+    """Read a single-channel image (PNG 8/16-bit, or .npy) as float32 ``(H, W)`` raw codes.
+
+    Returns ``(image, bit_depth)``; ``bit_depth`` is 16/8 for PNGs and 0 for .npy (already
+    float: no container scale; values taken as they are unless --white-level is given).
+    Colour PNGs are reduced to their mean channel (DP pairs are single-channel raw views).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RunnerError(f"{path}: {what} not found")
+    if path.suffix.lower() == ".npy":
+        array = load_npy(path, what)
+        array = np.squeeze(array)
+        if array.ndim != 2:
+            raise RunnerError(f"{path}: {what} must be a single (H, W) image, got shape {tuple(np.load(path).shape)}")
+        return array, 0
+    if path.suffix.lower() != ".png":
+        raise RunnerError(f"{path}: {what} must be a .png or .npy file")
+    cv2 = _cv2()
+    if cv2 is not None:
+        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if array is None:
+            raise RunnerError(f"{path}: cannot read {what} as PNG")
+    else:
+        try:
+            array = decode_png(path.read_bytes(), str(path))
+        except OSError as err:
+            raise RunnerError(f"{path}: cannot read {what}: {err}")
+    depth = 16 if array.dtype == np.uint16 else 8
+    if array.ndim == 3:
+        colour = array[..., :3] if array.shape[2] >= 3 else array[..., :1]
+        array = colour.astype(np.float32).mean(axis=2)
+    return array.astype(np.float32), depth
+
+
+def check_writable(path: str | Path, overwrite: bool) -> Path:
+    """Refuse to overwrite without ``--overwrite``; the folder must exist or be creatable."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise RunnerError(f"{path}: exists; pass --overwrite to replace it")
+    if path.exists() and path.is_dir():
+        raise RunnerError(f"{path}: is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunnerError(f"{path.parent}: cannot create output folder: {err.strerror or err}")
+    if not os.access(path.parent, os.W_OK):
+        raise RunnerError(f"{path.parent}: output folder is not writable")
+    return path
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise RunnerError(f"{path}: cannot write: {err.strerror or err}")
+
+
+def to_uint16(image: np.ndarray) -> np.ndarray:
+    """Float [0, 1] → uint16 codes (clipped, rounded)."""
+    return np.round(np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+def write_png16(path: str | Path, image: np.ndarray, overwrite: bool) -> Path:
+    """Write a float [0, 1] image ``(H, W)`` (leading singleton dims dropped) as a 16-bit PNG."""
+    image = np.asarray(image)
+    image = image.reshape(image.shape[-2:]) if image.size == image.shape[-2] * image.shape[-1] else image
+    if image.ndim != 2:
+        raise RunnerError(f"{path}: expected a single-channel image, got shape {image.shape}")
+    path = check_writable(path, overwrite)
+    _write_bytes(path, _encode(to_uint16(image)))
+    return path
+
+
+def write_png8_rgb(path: str | Path, rgb: np.ndarray, overwrite: bool) -> Path:
+    path = check_writable(path, overwrite)
+    _write_bytes(path, _encode(np.asarray(rgb, np.uint8)))
+    return path
+
+
+def _encode(array: np.ndarray) -> bytes:
+    cv2 = _cv2()
+    if cv2 is not None:
+        if array.ndim == 3:
+            array = cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGB2BGR)
+        ok, buffer = cv2.imencode(".png", array)
+        if ok:
+            return buffer.tobytes()
+    return encode_png(array)
+
+
+def write_npy(path: str | Path, array: np.ndarray, overwrite: bool) -> Path:
+    path = check_writable(path, overwrite)
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, np.float32))
+    _write_bytes(path, buffer.getvalue())
+    return path
+
+
+def colorize_defocus(defocus: np.ndarray, limit: float | None = None) -> np.ndarray:
+    """Signed defocus ``(H, W)`` → RGB uint8 with a diverging map (blue < 0, white 0, red > 0).
+
+    ``limit`` is the radius that saturates the colours (default: max |defocus|).
+    """
+    d = np.asarray(defocus, np.float32)
+    if limit is None or limit <= 0:
+        limit = float(np.max(np.abs(d))) or 1.0
+    t = np.clip(d / limit, -1.0, 1.0)
+    pos, neg = np.clip(t, 0, 1), np.clip(-t, 0, 1)
+    r = 1.0 - neg * 0.8
+    g = 1.0 - 0.8 * (pos + neg)
+    b = 1.0 - pos * 0.8
+    rgb = np.stack([r, g, b], axis=-1)
+    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+# --- timing and CLI glue ------------------------------------------------------------------------
+def timed(fn: Callable[[], Any], repeat: int, label: str) -> Any:
+    """Call ``fn`` ``repeat`` times (>= 1), print per-call times, return the last result."""
+    if repeat < 1:
+        raise RunnerError(f"--repeat must be >= 1 (got {repeat})")
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    ms = [t * 1000 for t in times]
+    if repeat == 1:
+        print(f"time {label}: {ms[0]:.1f} ms")
+    else:
+        rest = ms[1:]
+        print(
+            f"time {label}: first {ms[0]:.1f} ms, then mean {sum(rest) / len(rest):.1f} ms, "
+            f"min {min(rest):.1f} ms over {len(rest)} calls"
+        )
+    return result
+
+
+def sweep_values(radii: list[float], n: int) -> list[float]:
+    """``n`` focus positions spread evenly across the scene's radii range."""
+    if n < 1:
+        raise RunnerError(f"--sweep must be >= 1 (got {n})")
+    if not radii:
+        raise RunnerError(f"{SIDECAR_NAME}: no 'radii' in the sidecar; pass --focus instead of --sweep")
+    lo, hi = min(radii), max(radii)
+    if n == 1:
+        return [(lo + hi) / 2.0]
+    return [float(v) for v in np.linspace(lo, hi, n)]
+
+
+def focus_tag(value: float) -> str:
+    """File-name-safe text for a focus value (``-1.5`` → ``m1.50``)."""
+    return ("m" if value < 0 else "") + f"{abs(value):.2f}"
+
+
+def main_guard(fn: Callable[[], int]) -> int:
+    """Run ``fn``; turn :class:`RunnerError` into ``error: ...`` on stderr and exit code 2."""
+    try:
+        return fn()
+    except RunnerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+# --- the shared command driver (both runners) ---------------------------------------------------
+# A backend turns a graph into a callable: ``backend.load(graph) -> Model`` where ``Model`` has
+# ``input_names``, ``output_names`` and ``__call__(feeds: dict[str, np.ndarray]) -> dict``.
+# Roles map the runner's meaning to the graph's tensor names; names in the sidecar win, the
+# defaults below are what ``edgedp export`` writes.
+ROLES = {
+    "render": {"inputs": (("latent",),), "outputs": (("left",), ("right",), ("allinfocus",))},
+    "refocus": {"inputs": (("image",), ("focus",), ("aperture",)), "outputs": (("refocused", "image"),)},
+    "gd": {"inputs": (("pair",),), "outputs": (("alphas",), ("defocus",))},
+}
+
+
+def resolve_names(graph: GraphInfo, kind: str, actual: list[str]) -> list[str]:
+    """Tensor names for the roles of ``graph`` (``kind`` = inputs/outputs).
+
+    Each role accepts a few names (first found wins); if any role is not found by name the
+    graph's tensors are taken in the documented order (so a renamed tensor still works)."""
+    roles = ROLES[graph.name][kind]
+    found = [next((a for a in aliases if a in actual), None) for aliases in roles]
+    if all(found):
+        return found
+    if len(actual) < len(roles):
+        expected = [aliases[0] for aliases in roles]
+        raise RunnerError(
+            f"{graph.name}: graph has {kind} {actual}, expected {expected}; is this an edgedp export?"
+        )
+    return list(actual[: len(roles)])
+
+
+def add_common_args(parser, what: str) -> None:
+    parser.add_argument("export", help="export folder written by 'edgedp export' (holds export.json)")
+    parser.add_argument("-o", "--out", default="edgedp-run", help="output folder (default: ./edgedp-run)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--repeat", type=int, default=1, help=f"run each {what} call N times and print timings")
+
+
+def build_parser(prog: str, doc: str, backend_args: Callable) -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="{render,refocus,predict}")
+    sub.required = True
+
+    p = sub.add_parser("render", help="re-render the fitted scene: left/right/allinfocus 16-bit PNGs")
+    add_common_args(p, "render")
+    p.add_argument("--latent", help="latent map .npy (1, L, H, W); default: the export's test input")
+    p.add_argument("--npy", action="store_true", help="also write the unclipped float outputs as .npy")
+    backend_args(p)
+
+    p = sub.add_parser("refocus", help="synthetic refocus of the all-in-focus image")
+    add_common_args(p, "refocus")
+    p.add_argument("--focus", type=float, help="focus position: signed blur radius in px that becomes sharp")
+    p.add_argument("--aperture", type=float, default=1.0, help="aperture scale (1 = as captured; default 1)")
+    p.add_argument("--sweep", type=int, help="write N focus values across the scene's radii range instead of --focus")
+    p.add_argument("--image", help="all-in-focus image (.npy or 16-bit PNG); default: the export's test input")
+    p.add_argument("--npy", action="store_true", help="also write the unclipped float outputs as .npy")
+    backend_args(p)
+
+    p = sub.add_parser("predict", help="predict a defocus map from a new DP pair with G_D")
+    add_common_args(p, "predict")
+    p.add_argument("left", help="left view: 16-bit PNG or .npy")
+    p.add_argument("right", help="right view: 16-bit PNG or .npy")
+    p.add_argument("--black-level", type=float, default=0.0, help="raw black level (default 0)")
+    p.add_argument(
+        "--white-level", type=float, default=None,
+        help="v = (raw - black) / white; default: full scale - black (65535 for 16-bit PNG, 1 for .npy)",
+    )
+    p.add_argument(
+        "--fit", choices=("pad", "crop"), default="pad",
+        help="make H, W multiples of the graph's multiple_of by edge padding (then cropped back) or central crop",
+    )
+    p.add_argument("--limit", type=float, default=None, help="radius (px) that saturates defocus.png colours")
+    p.add_argument("--save-alphas", action="store_true", help="also write alphas.npy (1, L, H, W)")
+    backend_args(p)
+    return parser
+
+
+def _scalar(value: float) -> np.ndarray:
+    return np.asarray(value, dtype=np.float32)
+
+
+def cmd_render(args, info: ExportInfo, backend) -> int:
+    graph = info.graph("render")
+    model = backend.load(graph)
+    (latent_name,) = resolve_names(graph, "inputs", model.input_names)
+    out_names = resolve_names(graph, "outputs", model.output_names)
+    source = Path(args.latent) if args.latent else graph.test_input
+    if source is None:
+        raise RunnerError("render: the sidecar names no test input; pass --latent FILE.npy")
+    latent = load_npy(source, "latent map")
+    check_shape(latent, graph.inputs.get(latent_name, graph.inputs.get("latent")), str(source))
+    out = Path(args.out)
+    targets = [out / f"{role[0]}.png" for role in ROLES["render"]["outputs"]]
+    check_targets(targets, args)
+    result = timed(lambda: model({latent_name: latent}), args.repeat, "render")
+    for name, target in zip(out_names, targets):
+        write_result(target, result[name], args)
+    return 0
+
+
+def check_targets(targets: list[Path], args) -> None:
+    """Refuse (one line) before any work if an output PNG (or its .npy with --npy) exists."""
+    for t in targets:
+        check_writable(t, args.overwrite)
+        if args.npy:
+            check_writable(t.with_suffix(".npy"), args.overwrite)
+
+
+def write_result(target: Path, array, args) -> None:
+    """Write one output as a 16-bit PNG, and as .npy (unclipped) with --npy."""
+    write_png16(target, array, args.overwrite)
+    print(f"wrote {target}")
+    if args.npy:
+        print(f"wrote {write_npy(target.with_suffix('.npy'), array, args.overwrite)}")
+
+
+def cmd_refocus(args, info: ExportInfo, backend) -> int:
+    graph = info.graph("refocus")
+    if (args.focus is None) == (args.sweep is None):
+        raise RunnerError("refocus: pass exactly one of --focus F or --sweep N")
+    values = [args.focus] if args.sweep is None else sweep_values(info.radii, args.sweep)
+    model = backend.load(graph)
+    image_name, focus_name, aperture_name = resolve_names(graph, "inputs", model.input_names)
+    (out_name,) = resolve_names(graph, "outputs", model.output_names)
+    source = Path(args.image) if args.image else graph.test_input
+    if source is None:
+        raise RunnerError("refocus: the sidecar names no test input; pass --image FILE")
+    if source.suffix.lower() == ".png":
+        raw, depth = read_image(source, "all-in-focus image")
+        image = normalize_raw(raw, 0.0, None, depth)[None, None]
+    else:
+        image = load_npy(source, "all-in-focus image")
+        if image.ndim == 2:
+            image = image[None, None]
+    check_shape(image, graph.inputs.get(image_name, graph.inputs.get("image")), str(source))
+    out = Path(args.out)
+    ap = focus_tag(args.aperture)
+    if args.sweep is None:
+        targets = [out / f"refocus_f{focus_tag(v)}_a{ap}.png" for v in values]
+    else:
+        targets = [out / f"sweep_{i:02d}_f{focus_tag(v)}_a{ap}.png" for i, v in enumerate(values)]
+    check_targets(targets, args)
+    for value, target in zip(values, targets):
+        feeds = {image_name: image, focus_name: _scalar(value), aperture_name: _scalar(args.aperture)}
+        result = timed(lambda: model(feeds), args.repeat, f"refocus focus={value:g} aperture={args.aperture:g}")
+        write_result(target, result[out_name], args)
+    return 0
+
+
+def cmd_predict(args, info: ExportInfo, backend) -> int:
+    graph = info.graph("gd")
+    multiple = graph.multiple_of
+    views = []
+    for path, side in ((args.left, "left view"), (args.right, "right view")):
+        raw, depth = read_image(path, side)
+        white = args.white_level
+        if depth == 0 and white is None:
+            white = 1.0 - args.black_level  # .npy: already linear
+        views.append(normalize_raw(raw, args.black_level, white, max(depth, 1) if depth else 1))
+    if views[0].shape != views[1].shape:
+        raise RunnerError(f"{args.right}: right view is {views[1].shape}, left view is {views[0].shape}")
+    pair = np.stack(views)[None].astype(np.float32)  # (1, 2, H, W), [left, right]
+    pair, (h, w) = pad_to_multiple(pair, multiple, args.fit)
+    out = Path(args.out)
+    targets = [out / "defocus.npy", out / "defocus.png"] + ([out / "alphas.npy"] if args.save_alphas else [])
+    for t in targets:
+        check_writable(t, args.overwrite)
+    model = backend.load(graph, input_shape=pair.shape)
+    (pair_name,) = resolve_names(graph, "inputs", model.input_names)
+    alphas_name, defocus_name = resolve_names(graph, "outputs", model.output_names)
+    check_shape(pair, graph.inputs.get(pair_name, graph.inputs.get("pair")), "DP pair")
+    result = timed(lambda: model({pair_name: pair}), args.repeat, f"predict {pair.shape[2]}x{pair.shape[3]}")
+    defocus = np.asarray(result[defocus_name], np.float32)[..., :h, :w]
+    write_npy(targets[0], defocus, args.overwrite)
+    write_png8_rgb(targets[1], colorize_defocus(defocus[0, 0], args.limit), args.overwrite)
+    if args.save_alphas:
+        write_npy(targets[2], np.asarray(result[alphas_name], np.float32)[..., :h, :w], args.overwrite)
+    print(
+        f"defocus: {defocus.shape[2]}x{defocus.shape[3]} px, min {defocus.min():.3f}, "
+        f"max {defocus.max():.3f}, mean {defocus.mean():.3f} (signed blur radius, px)"
+    )
+    for t in targets:
+        print(f"wrote {t}")
+    return 0
+
+
+COMMANDS = {"render": cmd_render, "refocus": cmd_refocus, "predict": cmd_predict}
+
+
+def run_cli(argv, prog: str, doc: str, backend_args: Callable, make_backend: Callable) -> int:
+    """Parse ``argv`` and run the subcommand with the backend from ``make_backend(args)``."""
+    parser = build_parser(prog, doc, backend_args)
+    args = parser.parse_args(argv)
+
+    def go() -> int:
+        info = load_export(args.export)
+        print(f"export: {info.folder} (scene {info.scene_id}, {info.width}x{info.height}, {info.layers} layers)")
+        backend = make_backend(args)
+        return COMMANDS[args.command](args, info, backend)
+
+    return main_guard(go)
