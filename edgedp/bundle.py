@@ -69,7 +69,7 @@ from torch import Tensor
 from . import __version__
 from .errors import InputError, OutputError
 from .fit import FitConfig, FitResult, StageReport
-from .io import _atomic_write, write_json
+from .io import _atomic_write, json_ready, write_json
 from .kernels import ButterworthParams
 
 __all__ = [
@@ -192,25 +192,6 @@ def _array(t: Tensor | np.ndarray, name: str) -> np.ndarray:
     return np.asarray(a, order="C")  # not ascontiguousarray: that turns 0-d into 1-d
 
 
-def _json_safe(obj: Any) -> Any:
-    """Dataclasses, tuples, tensors, numpy values -> plain JSON types (recursively)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _json_safe(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, Tensor):
-        return _json_safe(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 def fit_config_from_dict(data: dict) -> FitConfig:
     """Rebuild a :class:`FitConfig` from ``dataclasses.asdict`` output (e.g. ``scene.json``'s
     ``config``).  Unknown keys (written by a newer edgedp) are ignored; missing ones take the
@@ -310,15 +291,15 @@ def save_bundle(
         "shapes": shapes,
         "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()},
         "gd": {
-            "config": _json_safe(result.gd_config),
+            "config": json_ready(result.gd_config),
             "params": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in gd.items()},
         },
         "conventions": dict(CONVENTIONS),
         "focus": result.focus,
-        "config": _json_safe(result.config),
-        "stages": _json_safe(result.stages),
-        "disparity": _json_safe(result.disparity),
-        "input": _json_safe(input_info or {}),
+        "config": json_ready(result.config),
+        "stages": json_ready(result.stages),
+        "disparity": json_ready(result.disparity),
+        "input": json_ready(input_info or {}),
     }
     write_json(json_path, meta, overwrite=overwrite)
     return folder

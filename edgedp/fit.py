@@ -295,7 +295,7 @@ def fit_defocus_map(
     weights are taken constant over ``block x block`` pixels and both quadratic terms reduce to
     per-block Gram matrices computed once: ``d^T G_b d - 2 c_b^T d + const`` (exact for
     block-constant weights).  An iteration then costs the CNN plus O(L^2) per block instead of
-    several passes over (L, H, W) tensors (measured 3.5 s -> see the fit report).
+    several passes over (L, H, W) tensors (measured at 1008x1344, 18 layers: 3.5 s -> 0.64 s).
 
     Returns (G_D, alphas (L, H, W), weights (L, H, W), losses per iteration).
     """

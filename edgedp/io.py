@@ -73,6 +73,7 @@ __all__ = [
     "read_image",
     "read_normalized",
     "to_numpy_image",
+    "json_ready",
     "write_json",
     "write_npy",
     "write_png16",
@@ -837,20 +838,27 @@ def write_npy(path: Path | str, array: Tensor | np.ndarray, *, overwrite: bool =
     return _atomic_write(path, buffer.getvalue(), overwrite)
 
 
-def _json_default(obj: Any) -> Any:
+def json_ready(obj: Any) -> Any:
+    """``obj`` as plain JSON types, recursively: dataclasses -> dicts (keys as strings), tuples and
+    sets -> lists, Paths -> strings, tensors/arrays -> lists, numpy scalars -> numbers.  Anything
+    else is returned as is (``json.dumps`` rejects what it cannot write)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return json_ready(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted(json_ready(v) for v in obj)
     if isinstance(obj, Path):
         return str(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
     if isinstance(obj, Tensor):
-        return obj.detach().cpu().tolist()
+        return json_ready(obj.detach().cpu().tolist())
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
+        return json_ready(obj.tolist())
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+    return obj
 
 
 def write_json(path: Path | str, obj: Any, *, overwrite: bool = False) -> Path:
@@ -859,7 +867,7 @@ def write_json(path: Path | str, obj: Any, *, overwrite: bool = False) -> Path:
     Paths become strings, dataclasses dicts, arrays/tensors lists, numpy scalars numbers.
     Non-finite floats are written as ``NaN`` / ``Infinity`` (Python's json extension).
     """
-    text = json.dumps(obj, indent=2, default=_json_default, ensure_ascii=False) + "\n"
+    text = json.dumps(json_ready(obj), indent=2, ensure_ascii=False) + "\n"
     return _atomic_write(path, text.encode("utf-8"), overwrite)
 
 

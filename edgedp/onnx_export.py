@@ -68,6 +68,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .errors import InputError, OutputError
+from .io import json_ready, write_json
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -537,7 +538,7 @@ def export_scene(
             gd_note = "edgedp.onnx_gd is not available: gd.onnx not exported"
         if onnx_gd is not None:
             info = onnx_gd.export_gd_onnx(bundle, out / GD_FILE, opset=opset, dynamic=dynamic)
-            graphs["gd"] = {"file": GD_FILE, **_json_ready(info)}
+            graphs["gd"] = {"file": GD_FILE, **json_ready(info)}
     sidecar: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_FORMAT_VERSION,
@@ -558,29 +559,11 @@ def export_scene(
     }
     if gd_note:
         sidecar["notes"] = [gd_note]
-    _write_json(sidecar_path, sidecar)
+    write_json(sidecar_path, sidecar, overwrite=True)
     if verify:
         sidecar["verification"] = verify_export(out, bundle, atol=config.atol, rtol=config.rtol)
-        _write_json(sidecar_path, sidecar)
+        write_json(sidecar_path, sidecar, overwrite=True)
     return sidecar
-
-
-def _json_ready(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    return obj
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def read_sidecar(out: Path | str) -> dict[str, Any]:
@@ -645,5 +628,5 @@ def verify_export(out: Path | str, bundle: Any, *, atol: float = 1e-4, rtol: flo
             onnx_gd = None
         if onnx_gd is not None:
             info = onnx_gd.verify_gd_onnx(bundle, out / graphs["gd"]["file"])
-            result["gd"] = _json_ready(info)
+            result["gd"] = json_ready(info)
     return result

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .io import json_ready
 from .kernels import ButterworthParams, kernel_disparity, kernel_pyramid, resize_kernel, swap_focus_side
 from .physics import render_dual_pixel, render_dual_pixel_patchwise
 
@@ -256,7 +257,7 @@ def render_scene(
 
     disp_np = disparity.detach().cpu().numpy()
     params = {
-        "config": _jsonable(dataclasses.asdict(config)),
+        "config": json_ready(config),
         "defocus_range_px": [rmin, rmax],
         "disparity_range_px": [float(disp_np.min()), float(disp_np.max())],
         "disparity_percentiles_2_98_px": [float(np.percentile(disp_np, 2)), float(np.percentile(disp_np, 98))],
@@ -369,11 +370,3 @@ def _generator(seed: int | torch.Generator) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(int(seed))
     return gen
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj

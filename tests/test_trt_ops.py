@@ -5,7 +5,6 @@ CumProd; edgedp.tensorrt imports without TensorRT and build_engine stops with on
 from __future__ import annotations
 
 import importlib
-import inspect
 import shutil
 import subprocess
 import sys
