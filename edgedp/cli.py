@@ -576,6 +576,14 @@ def fit(
             "The fit runs on the luminance by default; the fitted defocus map and kernels are then applied to every channel."
         ),
     ] = "luminance",
+    profile: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Device profile from `edgedp tune`: kernels, layer radii, G_D warm start and input settings "
+            "(black/white level, flat field) are taken from it; explicit flags win.",
+            show_default=False,
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs in OUT.")] = False,
 ) -> None:
     """Fit a DP pair zero-shot: all-in-focus image, defocus map, scene bundle.
@@ -621,6 +629,27 @@ def fit(
         seed=seed,
     )
     check_device(config.device)
+    device_profile = None
+    if profile is not None:
+        from .profile import load_profile
+
+        device_profile = load_profile(profile)
+        changes = {"butterworth": device_profile.butterworth, "gd_width": device_profile.gd_width, "gd_scale": device_profile.gd_scale}
+        if kernel is None:
+            changes["kernel_model"] = device_profile.kernel_model
+        if focus is None:
+            changes["focus"] = device_profile.focus
+        if max_radius is None and max_kernel is None and device_profile.radii:
+            changes["max_radius"] = max(abs(r) for r in device_profile.radii)
+        if layers is None:
+            changes["layers"] = device_profile.layers
+        config = dataclasses.replace(config, **changes)
+        if black_level is None and device_profile.black_level is not None:
+            black_level = device_profile.black_level
+            if white_level is None:
+                white_level = device_profile.white_level
+        if flat_field is None and device_profile.flat_field is not None:
+            flat_field = tuple(Path(p) for p in device_profile.flat_field)
 
     # Outputs first: refuse before the (long) fit, not after it.
     out = prepare_output_dir(out)
@@ -645,6 +674,13 @@ def fit(
             raise InputError(f"--channel {channel}: this version fits on the luminance only")
         config = dataclasses.replace(config, channel=fit_channel)
     gd_init = read_gd_state(warm_start) if warm_start is not None else None
+    if device_profile is not None:
+        from .profile import check_compatible
+
+        height, width = pair.left.shape[-2:]
+        check_compatible(device_profile, height=int(height), width=int(width), layers=config.layers if warm_start is None else None)
+        if gd_init is None:
+            gd_init = device_profile.gd_state
     read_seconds = time.perf_counter() - started
 
     t_fit = time.perf_counter()
@@ -692,6 +728,7 @@ def fit(
             "device": device.value,
             "seed": seed,
             "warm_start": str(warm_start) if warm_start is not None else None,
+            "profile": str(profile) if profile is not None else None,
             "channel": channel,
             "overwrite": overwrite,
             "torch_threads": torch.get_num_threads(),
@@ -726,6 +763,107 @@ def fit(
         f"wrote    {out}: {', '.join(n + ('/' if n == 'scene' else '') for n in FIT_OUTPUTS)} "
         f"({total_seconds:.1f} s, peak RSS {peak / 2**30:.2f} GiB)"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# tune (device profile)
+
+_VIEW_SUFFIXES = (("_left", "_right"), ("_L", "_R"))
+
+
+def capture_pairs(specs: list[str]) -> list[tuple[Path, Path]]:
+    """``LEFT,RIGHT`` or a folder of ``*_left``/``*_right`` (or ``*_L``/``*_R``) files -> pairs.
+
+    Raises:
+        InputError: a spec that is neither, or a folder without pairs.
+    """
+    pairs: list[tuple[Path, Path]] = []
+    for spec in specs:
+        if "," in spec:
+            left, right = (Path(p.strip()) for p in spec.split(",", 1))
+            pairs.append((left, right))
+            continue
+        folder = Path(spec)
+        if not folder.is_dir():
+            raise InputError(f"capture '{spec}': give LEFT,RIGHT or a folder of *_left/*_right files")
+        found = []
+        for path in sorted(folder.iterdir()):
+            for lt, rt in _VIEW_SUFFIXES:
+                if path.stem.endswith(lt):
+                    other = path.with_name(path.stem[: -len(lt)] + rt + path.suffix)
+                    if other.is_file():
+                        found.append((path, other))
+        if not found:
+            raise InputError(f"capture folder {folder}: no *_left/*_right (or *_L/*_R) pairs")
+        pairs.extend(found)
+    return pairs
+
+
+@app.command()
+@user_errors
+def tune(
+    captures: Annotated[list[str], typer.Argument(help="Captures of one device: LEFT,RIGHT pairs or folders of *_left/*_right files.", show_default=False)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Profile file to write (e.g. PHONE.profile).", show_default=False)],
+    name: Annotated[str, typer.Option("--name", help="Device name stored in the profile.")] = "device",
+    black_level: BlackLevelOpt = None,
+    white_level: WhiteLevelOpt = None,
+    flat_field: FlatFieldOpt = None,
+    crop: CropOpt = None,
+    preset: Annotated[PresetChoice, typer.Option(help="Speed/quality preset for the G_D fits.")] = PresetChoice.fast,
+    iterations: Annotated[Optional[str], typer.Option(help="Stage 2 steps per capture (S2). Default: the preset's.")] = None,
+    focus: Annotated[Optional[FitFocusChoice], typer.Option(help="auto (default), front or both.", show_default=False)] = None,
+    rounds: Annotated[int, typer.Option(help="Passes of the G_D fit over the captures.")] = 1,
+    search: Annotated[bool, typer.Option(help="Search the Butterworth kernel shape and radius scale.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing profile.")] = False,
+) -> None:
+    """Tune a device profile from several DP captures of one phone (no calibration target).
+
+    Learns the Butterworth kernel shape (order, cut-off, floor beta) and the blur radius per
+    disparity that best explain both views of every capture, and one G_D fitted on all of them;
+    writes them with the input settings into one profile file (see edgedp.profile).
+
+    Examples:
+
+      edgedp tune a_left.png,a_right.png b_left.png,b_right.png -o PHONE.profile --name pixel4
+
+      edgedp tune captures/ -o PHONE.profile --black-level 1024 --white-level 16383
+    """
+    import dataclasses
+
+    from .io import read_dp_pair
+    from .profile import save_profile
+    from .tune import tune_device
+
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out} exists (use --overwrite)")
+    if rounds < 1:
+        raise InputError(f"--rounds {rounds}: must be >= 1")
+    config = fit_config_from_options(preset.value, iterations=iterations, focus=focus.value if focus is not None else None)
+    config = dataclasses.replace(config, stage3_iterations=0)
+    options = read_options(black_level, white_level, flat_field, crop, min_size=MIN_FIT_SIZE)
+    pairs = capture_pairs(captures)
+    data = []
+    for left, right in pairs:
+        pair = read_dp_pair(left, right, options)
+        data.append((pair.left, pair.right))
+    with FitProgress() as progress:
+        profile, scores = tune_device(data, config, device_name=name, paths=[f"{l},{r}" for l, r in pairs],
+                                      search=search, rounds=rounds, progress=progress)
+    profile = dataclasses.replace(
+        profile,
+        black_level=black_level,
+        white_level=white_level,
+        flat_field=None if not flat_field or any(p is None for p in flat_field) else tuple(str(p) for p in flat_field),
+    )
+    save_profile(profile, out, overwrite=overwrite)
+    typer.echo(f"{'capture':<40} {'size':>11} {'disparity px':>15} {'G_D s':>7} {'loss':>9}")
+    for (left_path, _), c in zip(pairs, profile.captures):
+        typer.echo(f"{left_path.name[-40:]:<40} {c.height:>5}x{c.width:<5} {c.disparity_low:+6.2f}..{c.disparity_high:+6.2f} "
+                   f"{(c.seconds or 0):7.2f} {_short(c.loss):>9}")
+    b = profile.butterworth
+    typer.echo(f"kernel   {profile.kernel_model} order {b.order:g} cutoff {b.cutoff:g} beta {b.beta:g}, radius scale {profile.radius_scale:g}")
+    typer.echo(f"layers   {profile.layers} ({profile.focus}), radius {min(profile.radii):+.1f} .. {max(profile.radii):+.1f} px")
+    typer.echo(f"wrote    {out}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,232 @@
+"""Device profile: what `edgedp tune` learned about one phone, in one file (issue 5).
+
+STATUS: done and tested (tests/test_profile.py): DeviceProfile, save_profile, load_profile,
+check_compatible, and `edgedp fit --profile` (cli.py: kernels, layer radii, G_D warm start and
+input settings from the profile; explicit flags win).  NOT done: ONNX export of a profile's G_D
+(`edgedp export` does not read profiles), the instant ONNX-Runtime runner, Stage-3 spatial
+kernel variation and L/R asymmetry (fields exist / absent but nothing estimates them).
+
+File format (``PHONE.profile``): an uncompressed zip archive readable with
+``numpy.load(path, allow_pickle=False)`` (no PyTorch needed).  Members:
+
+=====================  ==========================  ===============================================
+key                    shape / dtype               meaning
+=====================  ==========================  ===============================================
+``format``             () unicode                  ``"edgedp-profile"``
+``format_version``     () int32                    :data:`FORMAT_VERSION`
+``meta``               () unicode                  the JSON document below
+``gd/<param name>``    as in G_D                   G_D's state dict (floats as float32)
+=====================  ==========================  ===============================================
+
+``meta`` (JSON): ``format``, ``format_version``, ``created`` (ISO 8601 UTC), ``versions``
+(edgedp, torch, numpy, python), ``device`` (free-text device name), ``input`` (``black_level``,
+``white_level``, ``flat_field`` paths or null), ``kernel`` (``model``, ``butterworth`` fields,
+``radius_scale``: multiplier of the blur radius per px of *measured* disparity (edgedp.disparity's
+extent) relative to the model's nominal ``1 / disparity_per_radius``, ``asymmetry``: left/right energy ratio or null),
+``gd`` (``layers``, ``width``, ``input_scale``, ``focus``, ``radii``), ``sensor``
+(``height``, ``width``: the captures' size), ``captures`` (list of ``path``, ``height``,
+``width``, ``disparity_low``, ``disparity_high``, ``seconds``, ``loss``).
+Nothing in a profile comes from ground truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import InputError, OutputError
+from .kernels import ButterworthParams
+
+FORMAT = "edgedp-profile"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CaptureInfo:
+    """One capture a profile was tuned on (no ground truth)."""
+
+    path: str | None
+    height: int
+    width: int
+    disparity_low: float
+    disparity_high: float
+    seconds: float | None = None
+    loss: float | None = None
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Everything shared across captures of one device.
+
+    Attributes:
+        device: free-text device name.
+        height, width: sensor (capture) size the profile was tuned on.
+        kernel_model: ``butterworth`` or ``disk``.
+        butterworth: kernel shape parameters.
+        radius_scale: blur radius per disparity relative to the kernel model's nominal value.
+        asymmetry: left/right asymmetry (None: symmetric, the model's 180-degree rotation).
+        layers, gd_width, gd_scale: G_D configuration; ``gd_state`` its weights.
+        focus: ``front`` or ``both``; ``radii`` the layers' signed radii (L,) used when tuning.
+        black_level, white_level, flat_field: input settings (None = defaults of ``edgedp fit``).
+        captures: the captures it was tuned on.
+        created: ISO 8601 UTC time (filled by :func:`save_profile` when empty).
+    """
+
+    device: str
+    height: int
+    width: int
+    kernel_model: str
+    butterworth: ButterworthParams
+    radius_scale: float
+    layers: int
+    gd_width: float
+    gd_scale: int
+    gd_state: dict[str, Tensor]
+    focus: str = "front"
+    radii: tuple[float, ...] = ()
+    asymmetry: float | None = None
+    black_level: float | None = None
+    white_level: float | None = None
+    flat_field: tuple[str, str] | None = None
+    captures: tuple[CaptureInfo, ...] = ()
+    created: str = ""
+
+
+def _meta(p: DeviceProfile) -> dict[str, Any]:
+    from .bundle import versions
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": p.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "device": p.device,
+        "input": {
+            "black_level": p.black_level,
+            "white_level": p.white_level,
+            "flat_field": None if p.flat_field is None else list(p.flat_field),
+        },
+        "kernel": {
+            "model": p.kernel_model,
+            "butterworth": dataclasses.asdict(p.butterworth),
+            "radius_scale": p.radius_scale,
+            "asymmetry": p.asymmetry,
+        },
+        "gd": {
+            "layers": p.layers,
+            "width": p.gd_width,
+            "input_scale": p.gd_scale,
+            "focus": p.focus,
+            "radii": [float(r) for r in p.radii],
+        },
+        "sensor": {"height": p.height, "width": p.width},
+        "captures": [dataclasses.asdict(c) for c in p.captures],
+    }
+
+
+def save_profile(profile: DeviceProfile, path: Path | str, *, overwrite: bool = False) -> Path:
+    """Write ``profile`` to ``path`` (one file, see the module docstring).  Returns the path."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputError(f"profile {path} exists (use overwrite / --force)")
+    if path.parent and not path.parent.is_dir():
+        raise OutputError(f"profile {path}: folder {path.parent} does not exist")
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(FORMAT),
+        "format_version": np.array(FORMAT_VERSION, dtype=np.int32),
+        "meta": np.array(json.dumps(_meta(profile), sort_keys=True)),
+    }
+    for name, value in profile.gd_state.items():
+        a = value.detach().cpu().numpy()
+        arrays[f"gd/{name}"] = a.astype(np.float32) if a.dtype.kind == "f" else a
+    try:
+        with open(path, "wb") as fh:  # file handle: numpy must not append ".npz"
+            np.savez(fh, **arrays)
+    except OSError as err:
+        raise OutputError(f"profile {path}: cannot write ({err.strerror or err})") from None
+    return path
+
+
+def _bad(path: Path, why: str) -> InputError:
+    return InputError(" ".join(f"profile {path}: {why}".split()))
+
+
+def load_profile(path: Path | str) -> DeviceProfile:
+    """Read a profile; a missing, corrupt, foreign or other-version file is a one-line InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise _bad(path, "no such file")
+    try:
+        npz = np.load(path, allow_pickle=False)
+        files = list(npz.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise _bad(path, f"not a readable profile archive ({err.__class__.__name__})") from None
+    try:
+        with npz:
+            def scalar(key: str):
+                if key not in files:
+                    raise _bad(path, f"entry '{key}' is missing (not an edgedp profile?)")
+                v = npz[key]
+                if v.shape != ():
+                    raise _bad(path, f"entry '{key}' is not a scalar")
+                return v.item()
+
+            fmt = scalar("format")
+            if fmt != FORMAT:
+                raise _bad(path, f"format is {fmt!r}, expected {FORMAT!r}")
+            version = scalar("format_version")
+            if version != FORMAT_VERSION:
+                raise _bad(path, f"format_version {version} is not supported (this edgedp reads {FORMAT_VERSION})")
+            meta = json.loads(scalar("meta"))
+            state = {k[3:]: torch.from_numpy(np.array(npz[k])) for k in files if k.startswith("gd/")}
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise _bad(path, f"corrupt ({err.__class__.__name__}: {err})") from None
+    if not state:
+        raise _bad(path, "has no G_D weights (gd/*)")
+    try:
+        k, g, s, i = meta["kernel"], meta["gd"], meta["sensor"], meta["input"]
+        return DeviceProfile(
+            device=str(meta["device"]),
+            height=int(s["height"]),
+            width=int(s["width"]),
+            kernel_model=str(k["model"]),
+            butterworth=ButterworthParams(**k["butterworth"]),
+            radius_scale=float(k["radius_scale"]),
+            asymmetry=None if k.get("asymmetry") is None else float(k["asymmetry"]),
+            layers=int(g["layers"]),
+            gd_width=float(g["width"]),
+            gd_scale=int(g["input_scale"]),
+            focus=str(g.get("focus", "front")),
+            radii=tuple(float(r) for r in g.get("radii", [])),
+            gd_state=state,
+            black_level=i.get("black_level"),
+            white_level=i.get("white_level"),
+            flat_field=None if i.get("flat_field") is None else tuple(i["flat_field"]),
+            captures=tuple(CaptureInfo(**c) for c in meta.get("captures", [])),
+            created=str(meta.get("created", "")),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise _bad(path, f"metadata is incomplete or invalid ({err.__class__.__name__}: {err})") from None
+
+
+def check_compatible(profile: DeviceProfile, *, height: int, width: int, layers: int | None = None) -> None:
+    """Raise a one-line InputError when a capture does not match the profile's sensor size or
+    (when given) layer count."""
+    if (height, width) != (profile.height, profile.width):
+        raise InputError(
+            f"profile '{profile.device}' was tuned on {profile.height}x{profile.width} captures, "
+            f"this capture is {height}x{width} (another sensor?)"
+        )
+    if layers is not None and layers != profile.layers:
+        raise InputError(f"profile '{profile.device}' has a {profile.layers}-layer G_D, this fit uses {layers} layers")
