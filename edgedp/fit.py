@@ -322,7 +322,7 @@ def fit_defocus_map(
     total = config.stage2_iterations
     for step in range(total):
         opt.zero_grad(set_to_none=True)
-        alphas = alphas_from_logits(_block_logits(net(inp), (hb, wb), config.gd_scale, block))
+        alphas = alphas_from_logits(upsample_logits(net(inp), (hb, wb), config.gd_scale, block))
         d = over_weights(alphas)[0]  # (L, hb, wb)
         loss = ((d * torch.einsum("ijhw,jhw->ihw", gram, d)).sum() - 2 * (cross * d).sum() + const) / scale
         if config.tv_weight > 0:
@@ -368,15 +368,6 @@ def alphas_from_weights(weights: Tensor) -> Tensor:
 
 STAGE2_BLOCK = 4
 """Pixels per side of the blocks over which stage 2 takes the compositing weights as constant."""
-
-
-def _block_logits(logits: Tensor, grid: tuple[int, int], scale: int, block: int) -> Tensor:
-    """G_D logits (1, L, h8, w8) sampled at the centres of ``block``-px blocks -> (1, L, hb, wb):
-    the same bilinear up-sampling as :func:`upsample_logits`, evaluated on the block grid."""
-    factor = 8 * scale
-    hs, ws = logits.shape[-2] * factor // block, logits.shape[-1] * factor // block
-    up = torch.nn.functional.interpolate(logits, size=(hs, ws), mode="bilinear", align_corners=False)
-    return up[..., : grid[0], : grid[1]]
 
 
 def stage2_quadratic_form(

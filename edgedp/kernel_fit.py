@@ -90,8 +90,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kernels import resize_kernel
-from .latent import default_latent_reg, gradient_spectrum, solve_latent_map
-from .physics import _fast_size, patch_blend_weights, render_dual_pixel_patchwise
+from .latent import centred_kernel_spectrum, default_latent_reg, gradient_spectrum, solve_latent_map
+from .physics import _fast_size, _support, patch_blend_weights, render_dual_pixel_patchwise
 
 __all__ = [
     "KernelFitSettings",
@@ -332,25 +332,6 @@ def gauge_penalty(side_kernels: dict[str, Tensor], targets: dict[str, Tensor]) -
 # closed-form latent map with per-patch kernels
 
 
-def _supports(tents: Tensor) -> list[tuple[int, int]]:
-    spans = []
-    for row in tents:
-        nz = torch.nonzero(row > 0).flatten()
-        spans.append((int(nz[0]), int(nz[-1]) + 1))
-    return spans
-
-
-def _centred_spectra(kernels: Tensor, shape: tuple[int, int]) -> Tensor:
-    """rfft2 of ``(..., K, K)`` kernels centred at index (0, 0) of a circular ``shape`` grid."""
-    k = kernels.shape[-1]
-    spec = torch.fft.fft(torch.fft.rfft(kernels, n=shape[1], dim=-1), n=shape[0], dim=-2)
-    # The kernel sits at [0, K): undo the shift of K // 2 by a phase ramp (no full-size roll).
-    fy = torch.fft.fftfreq(shape[0], device=kernels.device, dtype=kernels.dtype)
-    fx = torch.fft.rfftfreq(shape[1], device=kernels.device, dtype=kernels.dtype)
-    phase = torch.exp(2j * math.pi * (k // 2) * (fy[:, None] + fx[None, :]))
-    return spec * phase
-
-
 def solve_latent_map_patchwise(
     views: Tensor, patch_kernels: Tensor, lam: float, *, margin: int | None = None
 ) -> Tensor:
@@ -396,8 +377,8 @@ def solve_latent_map_patchwise(
     band = k  # support radius of K^T K (2 (K // 2)) + 1 for the gradient prior
     pad = k // 2 + 8
     blend = patch_blend_weights((h, w), (pr, pc), device=views.device, dtype=views.dtype)
-    rows = _supports(blend[:, 0, :, 0])
-    cols = _supports(blend[0, :, 0, :])
+    rows = _support(blend[:, 0, :, 0])
+    cols = _support(blend[0, :, 0, :])
     out = views.new_zeros(layers, h, w)
     for i, (r0, r1) in enumerate(rows):
         for j, (c0, c1) in enumerate(cols):
@@ -408,7 +389,7 @@ def solve_latent_map_patchwise(
             lrtb = (pad, wp - ww - pad, pad, hp - hw - pad)
             yf = torch.fft.rfft2(F.pad(views[None, :, a0:a1, b0:b1], lrtb, mode="replicate")[0])
             xg = F.pad(base[None, :, a0:a1, b0:b1], lrtb, mode="replicate")[0]
-            kf = _centred_spectra(patch_kernels[i, j], (hp, wp))  # (2, L, Hp, Wf)
+            kf = centred_kernel_spectrum(patch_kernels[i, j], (hp, wp))  # (2, L, Hp, Wf)
             den = kf.abs().square().sum(0) + lam * gradient_spectrum((hp, wp), device=views.device, dtype=views.dtype)
             rhs = (kf.conj() * yf[:, None]).sum(0) - den * torch.fft.rfft2(xg)
             resid = torch.fft.irfft2(rhs, s=(hp, wp))

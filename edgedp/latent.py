@@ -78,6 +78,17 @@ def default_latent_reg(views: Tensor, *, gain: float = 4.0, floor: float = 1e-3,
     return float(min(max(lam, floor), ceil))
 
 
+def centred_kernel_spectrum(kernels: Tensor, shape: tuple[int, int]) -> Tensor:
+    """rfft2 of ``(..., K, K)`` kernels centred at index (0, 0) of a circular ``shape`` grid."""
+    k = kernels.shape[-1]
+    spec = torch.fft.fft(torch.fft.rfft(kernels, n=shape[1], dim=-1), n=shape[0], dim=-2)
+    # The kernel sits at [0, K): undo the shift of K // 2 by a phase ramp (no full-size roll).
+    fy = torch.fft.fftfreq(shape[0], device=kernels.device, dtype=kernels.dtype)
+    fx = torch.fft.rfftfreq(shape[1], device=kernels.device, dtype=kernels.dtype)
+    phase = torch.exp(2j * math.pi * (k // 2) * (fy[:, None] + fx[None, :]))
+    return spec * phase
+
+
 def solve_latent_map(views: Tensor, kernels: Tensor, reg: float, *, pad: int | None = None) -> Tensor:
     """Closed-form per-layer latent map.
 
@@ -99,10 +110,7 @@ def solve_latent_map(views: Tensor, kernels: Tensor, reg: float, *, pad: int | N
     # Replicate to (h + 2p) then keep replicating out to the fast size (all margins are replicated).
     vp = F.pad(v, (p, wp - w - p, p, hp - h - p), mode="replicate")
     yf = torch.fft.rfft2(vp)  # (B, 2, Hp, Wf)
-    kz = torch.zeros(kernels.shape[:-2] + (hp, wp), device=v.device, dtype=v.dtype)
-    kz[..., :k, :k] = kernels.to(v)
-    kz = torch.roll(kz, shifts=(-(k // 2), -(k // 2)), dims=(-2, -1))  # centre at index (0, 0)
-    kf = torch.fft.rfft2(kz)  # (2, L, Hp, Wf)
+    kf = centred_kernel_spectrum(kernels.to(v), (hp, wp))  # (2, L, Hp, Wf)
     g2 = gradient_spectrum((hp, wp), device=v.device, dtype=v.dtype)
     out = []
     for layer in range(kf.shape[1]):  # per layer keeps the peak memory at a few full-size buffers

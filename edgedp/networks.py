@@ -77,15 +77,17 @@ def gd_input(views: Tensor, scale: int) -> Tensor:
     return (x - mean) / x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
-def upsample_logits(logits: Tensor, size: tuple[int, int], scale: int) -> Tensor:
+def upsample_logits(logits: Tensor, size: tuple[int, int], scale: int, block: int = 1) -> Tensor:
     """G_D's low-resolution logits (B, L, h/8, w/8) -> (B, L, H, W) by bilinear up-sampling.
 
     The logits grid covers the padded, down-scaled input: cell ``j`` spans full-resolution pixels
-    ``[8 s j, 8 s (j + 1))``; it is up-sampled to the padded full size and cropped.
+    ``[8 s j, 8 s (j + 1))``; it is up-sampled to the padded full size and cropped.  With
+    ``block > 1`` (a divisor of ``8 s``) the same up-sampling is evaluated only at the centres of
+    ``block x block`` pixel blocks and ``size`` is the block grid's.
     """
     h, w = size
-    hs, ws = logits.shape[-2] * 8 * scale, logits.shape[-1] * 8 * scale
-    up = F.interpolate(logits, size=(hs, ws), mode="bilinear", align_corners=False)
+    factor = 8 * scale // block
+    up = F.interpolate(logits, size=(logits.shape[-2] * factor, logits.shape[-1] * factor), mode="bilinear", align_corners=False)
     return up[..., :h, :w]
 
 
