@@ -283,6 +283,17 @@ def presets() -> dict:
     }
 
 
+#: Stage 2 steps of a WARM fit (G_D from a device profile) per preset, used by ``edgedp fit
+#: --profile`` when ``--iterations`` is not given.  Measured with tools/bench_warmstart.py
+#: (leave-one-out on the Pixel 4 dev scenes): see README, "Device profiles".
+WARM_STAGE2_ITERATIONS = {"fast": 3, "default": 5, "best": 10}
+
+
+def warm_iterations(preset: str) -> int:
+    """Stage 2 steps of a fit warm-started from a device profile (``--preset`` name)."""
+    return WARM_STAGE2_ITERATIONS[preset]
+
+
 def preset_config(name: str):
     """The :class:`edgedp.fit.FitConfig` of ``--preset name``; InputError for an unknown name."""
     table = presets()
@@ -319,11 +330,14 @@ _CHANNEL_NAMES = {"red": 0, "green": 1, "blue": 2}
 
 
 def parse_iterations(text: str) -> tuple[int, int | None]:
-    """``"S2"`` or ``"S2,S3"`` -> (stage 2 steps >= 1, stage 3 steps >= 0 or None)."""
+    """``"S2"`` or ``"S2,S3"`` -> (stage 2 steps >= 0, stage 3 steps >= 0 or None).
+
+    Stage 2 with 0 steps keeps G_D as it starts (a profile's or ``--warm-start`` weights; fused
+    with the per-pixel likelihood as always)."""
     match = _ITERATIONS_RE.match(str(text))
-    if match is None or int(match.group(1)) < 1:
+    if match is None:
         raise InputError(
-            f"invalid --iterations '{text}': expected S2 or S2,S3 (optimizer steps of stage 2 (>= 1) and stage 3), e.g. 300,60"
+            f"invalid --iterations '{text}': expected S2 or S2,S3 (optimizer steps of stage 2 and stage 3, >= 0), e.g. 300,60"
         )
     return int(match.group(1)), None if match.group(2) is None else int(match.group(2))
 
@@ -634,15 +648,26 @@ def fit(
         from .profile import load_profile
 
         device_profile = load_profile(profile)
-        changes = {"butterworth": device_profile.butterworth, "gd_width": device_profile.gd_width, "gd_scale": device_profile.gd_scale}
+        # The device's kernel shape and radius-per-disparity; the blur RANGE still comes from this
+        # capture's disparity (a scene may hold more blur than the ones tuned on), spread over the
+        # profile's layer count so that G_D's weights fit.
+        changes = {
+            "butterworth": device_profile.butterworth,
+            "radius_scale": device_profile.radius_scale,
+            "gd_width": device_profile.gd_width,
+            "gd_scale": device_profile.gd_scale,
+        }
         if kernel is None:
             changes["kernel_model"] = device_profile.kernel_model
         if focus is None:
             changes["focus"] = device_profile.focus
-        if max_radius is None and max_kernel is None and device_profile.radii:
-            changes["max_radius"] = max(abs(r) for r in device_profile.radii)
         if layers is None:
             changes["layers"] = device_profile.layers
+        if iterations is None and warm_start is None:
+            # G_D's features come from this device's captures: a few steps of its last layer
+            # adapt it to this scene (tools/bench_warmstart.py measures it against a cold fit).
+            changes["stage2_iterations"] = warm_iterations(preset.value)
+            changes["gd_train"] = "head"
         config = dataclasses.replace(config, **changes)
         if black_level is None and device_profile.black_level is not None:
             black_level = device_profile.black_level
@@ -681,6 +706,16 @@ def fit(
         check_compatible(device_profile, height=int(height), width=int(width), layers=config.layers if warm_start is None else None)
         if gd_init is None:
             gd_init = device_profile.gd_state
+        # The left/right gain the profile measured is relative to the flat field it was tuned
+        # with: it applies when this capture is read the same way (another flat field replaces it).
+        same_flat = (flat_field is None and device_profile.flat_field is None) or (
+            flat_field is not None and device_profile.flat_field is not None
+            and [str(p) for p in flat_field] == list(device_profile.flat_field)
+        )
+        if device_profile.view_gain is not None and same_flat:
+            from .profile import view_gain_map
+
+            pair.right = pair.right * view_gain_map(device_profile.view_gain, int(height), int(width))
     read_seconds = time.perf_counter() - started
 
     t_fit = time.perf_counter()
@@ -813,14 +848,21 @@ def tune(
     iterations: Annotated[Optional[str], typer.Option(help="Stage 2 steps per capture (S2). Default: the preset's.")] = None,
     focus: Annotated[Optional[FitFocusChoice], typer.Option(help="auto (default), front or both.", show_default=False)] = None,
     rounds: Annotated[int, typer.Option(help="Passes of the G_D fit over the captures.")] = 1,
-    search: Annotated[bool, typer.Option(help="Search the Butterworth kernel shape and radius scale.")] = True,
+    search: Annotated[
+        bool,
+        typer.Option(help="Also search the Butterworth kernel shape and radius per disparity (off by default: on real "
+                          "captures it is not identifiable from DP pairs alone, see README).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing profile.")] = False,
 ) -> None:
     """Tune a device profile from several DP captures of one phone (no calibration target).
 
-    Learns the Butterworth kernel shape (order, cut-off, floor beta) and the blur radius per
-    disparity that best explain both views of every capture, and one G_D fitted on all of them;
-    writes them with the input settings into one profile file (see edgedp.profile).
+    Learns, from the DP views alone: the left/right gain over the frame (DP vignetting, no
+    white sheet needed), one G_D fitted on all captures, and with --search the Butterworth kernel
+    shape (order, cut-off, floor beta) and blur radius per disparity that best explain both views
+    of every capture; writes them with the input settings into one profile file (see
+    edgedp.profile). `edgedp fit --profile` then starts from it, and `edgedp export PHONE.profile`
+    makes the instant on-device predictor.
 
     Examples:
 
@@ -861,7 +903,18 @@ def tune(
         typer.echo(f"{left_path.name[-40:]:<40} {c.height:>5}x{c.width:<5} {c.disparity_low:+6.2f}..{c.disparity_high:+6.2f} "
                    f"{(c.seconds or 0):7.2f} {_short(c.loss):>9}")
     b = profile.butterworth
-    typer.echo(f"kernel   {profile.kernel_model} order {b.order:g} cutoff {b.cutoff:g} beta {b.beta:g}, radius scale {profile.radius_scale:g}")
+    searched = "searched" if search else "default shape; --search to tune it"
+    typer.echo(f"kernel   {profile.kernel_model} order {b.order:g} cutoff {b.cutoff:g} beta {b.beta:g}, "
+               f"radius scale {profile.radius_scale:g} ({searched})")
+    if search:
+        for k in scores[:3]:
+            typer.echo(f"         order {k.params.order:g} cutoff {k.params.cutoff:g} beta {k.params.beta:g}: score {k.score:.4f}")
+    if profile.view_gain is not None:
+        from .profile import view_gain_map
+
+        g = view_gain_map(profile.view_gain, profile.height, profile.width)
+        typer.echo(f"gain     right view x {float(g.min()):.3f} .. {float(g.max()):.3f} over the frame "
+                   f"(centre {profile.asymmetry:.3f}; measured after the flat field given, if any)")
     typer.echo(f"layers   {profile.layers} ({profile.focus}), radius {min(profile.radii):+.1f} .. {max(profile.radii):+.1f} px")
     typer.echo(f"wrote    {out}")
 
@@ -917,7 +970,10 @@ def _polygraphy_hint(out: Path, graphs: dict) -> None:
 @app.command("export")
 @user_errors
 def export_cmd(
-    scene: Annotated[Path, typer.Argument(help="Fit output folder (OUTDIR) or its scene/ bundle folder.", show_default=False)],
+    scene: Annotated[
+        Path,
+        typer.Argument(help="Fit output folder (OUTDIR), its scene/ bundle folder, or a device profile file (PHONE.profile).", show_default=False),
+    ],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (created if needed).", show_default=False)],
     format: Annotated[ExportFormat, typer.Option("--format", help="onnx: ONNX files; engine: ONNX, then TensorRT engines (needs TensorRT and a GPU).")] = ExportFormat.onnx,
     opset: Annotated[int, typer.Option(help="ONNX opset (17: the last TensorRT 8.5 / JetPack 5.1 parses).")] = 17,
@@ -929,12 +985,16 @@ def export_cmd(
     rtol: Annotated[float, typer.Option(help="Verification: tolerance relative to the largest reference value.")] = 1e-3,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing export in OUT.")] = False,
 ) -> None:
-    """Bake a fitted scene into render.onnx, refocus.onnx and gd.onnx (+ export.json).
+    """Bake a fitted scene into render.onnx, refocus.onnx and gd.onnx (+ export.json), or a
+    device profile into gd.onnx and kernels.npy (+ export.json) for the instant on-device path.
 
     render.onnx re-renders the DP pair from a latent map (compositing weights and kernels baked
     in); refocus.onnx re-blurs the all-in-focus image for a new focus (signed blur radius, px) and
     aperture scale; gd.onnx is G_D (DP pair in, alphas and defocus out). export.json describes
-    them for the export/ runners. Verification failures exit with status 1.
+    them for the export/ runners. A profile export (SCENE is a file) is what
+    `export/run_onnx.py instant` runs: G_D plus the profile's kernels give a defocus map and an
+    all-in-focus image of a new capture without PyTorch (edgedp/profile_export.py).
+    Verification failures exit with status 1.
 
     Examples:
 
@@ -943,6 +1003,8 @@ def export_cmd(
       edgedp export out/scene -o out/export --opset 17 --static --no-verify --overwrite
 
       edgedp export out -o out/engines --format engine --half --workspace 2048
+
+      edgedp export PHONE.profile -o phone_export
     """
     from .bundle import load_bundle
     from .onnx_export import ExportConfig, export_scene
@@ -951,12 +1013,20 @@ def export_cmd(
         raise InputError(f"--opset {opset}: need 13 or newer")
     if workspace < 1:
         raise InputError(f"--workspace {workspace}: must be >= 1 MiB")
-    bundle = load_bundle(_scene_folder(scene))
-    side = export_scene(
-        bundle, out, ExportConfig(opset=opset, atol=atol, rtol=rtol), overwrite=overwrite, dynamic=dynamic, verify=verify
-    )
+    if scene.is_file() or (not scene.exists() and scene.suffix == ".profile"):
+        from .profile_export import export_profile
+
+        side = export_profile(scene, out, opset=opset, dynamic=dynamic, verify=verify, overwrite=overwrite, atol=atol)
+        files = [side["instant"]["kernels"]]
+    else:
+        bundle = load_bundle(_scene_folder(scene))
+        side = export_scene(
+            bundle, out, ExportConfig(opset=opset, atol=atol, rtol=rtol), overwrite=overwrite, dynamic=dynamic, verify=verify
+        )
+        files = []
     graphs = side["graphs"]
-    typer.echo(f"wrote    {out}: {', '.join(g['file'] for g in graphs.values())}, export.json (opset {side['opset']})")
+    files = [g["file"] for g in graphs.values()] + files
+    typer.echo(f"wrote    {out}: {', '.join(files)}, export.json (opset {side['opset']})")
     for note in side.get("notes", []):
         typer.echo(f"note     {note}")
     ok = _print_verification(side["verification"]) if verify else True
@@ -987,7 +1057,9 @@ def export_cmd(
 def verify_cmd(
     export_dir: Annotated[Path, typer.Argument(help="Folder written by edgedp export (with export.json).", show_default=False)],
     scene: Annotated[
-        Optional[Path], typer.Option(help="Scene bundle to compare with (default: the one recorded in export.json).", show_default=False)
+        Optional[Path],
+        typer.Option(help="Scene bundle (or, for a profile export, the PHONE.profile) to compare with "
+                          "(default: the one recorded in export.json).", show_default=False),
     ] = None,
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Tolerance relative to the largest reference value.")] = 1e-3,
@@ -1006,6 +1078,15 @@ def verify_cmd(
     from .onnx_export import read_sidecar, verify_export
 
     side = read_sidecar(export_dir)
+    if side.get("source") == "profile":  # `edgedp export PHONE.profile`: gd.onnx against the profile's G_D
+        from .profile_export import verify_profile_export
+
+        ok = _print_verification(verify_profile_export(export_dir, scene, atol=atol))
+        _polygraphy_hint(export_dir, side["graphs"])
+        if not ok:
+            typer.echo("error: verification failed (see above)", err=True)
+            raise typer.Exit(1)
+        return
     folder = scene if scene is not None else Path(side.get("bundle", ""))
     bundle = load_bundle(_scene_folder(folder))
     ok = _print_verification(verify_export(export_dir, bundle, atol=atol, rtol=rtol))

@@ -48,12 +48,18 @@ class FitConfig:
             [-R, R]); ``None``: one per pixel of radius (R + 1, or 2R + 1), as in the thesis (18
             layers for 35 x 35 kernels).
         kernel_model, butterworth: parametric DP kernel of stages 1-2 and of stage 3's warm start.
+        radius_scale: blur radius per px of *measured* DP disparity relative to the kernel model's
+            nominal ``1 / disparity_per_radius`` (1.0 = the model's own; a device profile from
+            ``edgedp tune`` sets it, since a DP pair alone cannot separate kernel width from blur).
         latent_reg: weight of the gradient prior of stage 1; ``None``: from the noise level.
         gd_scale: G_D sees the DP pair down-scaled by this factor (its output is 1/8 of its
             input, bilinearly up-sampled to full resolution).
         gd_width: channel multiplier of G_D (1.0 = the thesis' Fig. 3.4 widths).
         stage2_iterations, stage3_iterations: optimizer steps (stage 3 off when 0).
         lr: Adam learning rate of stage 2.
+        gd_train: which of G_D's weights stage 2 optimizes: ``all``, or ``head`` (the last
+            convolution only; the features are computed once, so a step costs a fraction of a full
+            one: for a warm start whose features already come from captures of the same device).
         tv_weight: weight of the TV of the defocus image D = sum_i (2 r_i + 1) d_i.
         smooth_weight: weight of the edge-aware smoothness of the all-in-focus image.
         prior_weight: weight of the cross-entropy between G_D's compositing weights and the
@@ -75,12 +81,14 @@ class FitConfig:
     layers: int | None = None
     kernel_model: Literal["butterworth", "disk"] = "butterworth"
     butterworth: ButterworthParams = field(default_factory=ButterworthParams)
+    radius_scale: float = 1.0
     latent_reg: float | None = None
     gd_scale: int = 2
     gd_width: float = 0.5
     stage2_iterations: int = 300
     stage3_iterations: int = 0
     lr: float = 2e-3
+    gd_train: Literal["all", "head"] = "all"
     tv_weight: float = 1e-4
     smooth_weight: float = 1e-3
     prior_weight: float = 0.1
@@ -251,7 +259,8 @@ def layer_radii(config: FitConfig, low: float, high: float, side: str) -> tuple[
 
     ``auto``: ``both`` when the disparity has both signs or only negative ones (content in front
     of the focal plane), else ``front``.  R = max |disparity| / disparity_per_radius, rounded up,
-    clamped to [2, 40] px (8 px when the disparity is unknown, e.g. a textureless image).
+    clamped to [2, 40] px (8 px when the disparity is unknown, e.g. a textureless image);
+    ``config.radius_scale`` multiplies the radius per px of disparity.
     """
     focus = config.focus
     if focus == "auto":
@@ -263,7 +272,8 @@ def layer_radii(config: FitConfig, low: float, high: float, side: str) -> tuple[
         if not math.isfinite(extent):
             radius = 8.0
         else:
-            radius = float(min(max(math.ceil(extent / disparity_per_radius(config.kernel_model, config.butterworth)), 2), 40))
+            nominal = extent / disparity_per_radius(config.kernel_model, config.butterworth)
+            radius = float(min(max(math.ceil(nominal * config.radius_scale), 2), 40))
     if focus == "both":
         total = config.layers if config.layers is not None else 2 * int(math.ceil(radius)) + 1
         radii = both_radii(radius, max((total - 1) // 2, 1))
@@ -309,20 +319,30 @@ def fit_defocus_map(
         load_gd_state(net, gd_init)
     block = STAGE2_BLOCK
     blurred = blur_stack_fft(latent[None], kernels)[0]  # (2, L, H, W): fixed while G_D learns
-    gram, cross, const, layer_error = stage2_quadratic_form(views, latent, blurred, block, config.smooth_weight)
-    hb, wb = cross.shape[-2:]
-    # Scale of the data term: the mean best single-layer re-render error (per pixel).
-    best = layer_error.min(0).values
-    scale = float(best.sum()) + 1e-12
-    prior = layer_posterior(layer_error, max(1, round(config.prior_window / block)))
     inp = gd_input(views[None], config.gd_scale)
-    size_weight = (2 * radii.abs() + 1).to(views)[:, None, None]
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     losses: list[float] = []
     total = config.stage2_iterations
+    if total > 0:  # a warm start with 0 steps only needs G_D's forward pass and the fusion
+        gram, cross, const, layer_error = stage2_quadratic_form(views, latent, blurred, block, config.smooth_weight)
+        hb, wb = cross.shape[-2:]
+        # Scale of the data term: the mean best single-layer re-render error (per pixel).
+        best = layer_error.min(0).values
+        scale = float(best.sum()) + 1e-12
+        prior = layer_posterior(layer_error, max(1, round(config.prior_window / block)))
+        size_weight = (2 * radii.abs() + 1).to(views)[:, None, None]
+        if config.gd_train == "head":
+            with torch.no_grad():
+                features = net.features(inp)
+            opt = torch.optim.Adam(net.head.parameters(), lr=config.lr)
+        else:
+            opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+
+    def logits() -> Tensor:
+        return net.head(features) if config.gd_train == "head" else net(inp)
+
     for step in range(total):
         opt.zero_grad(set_to_none=True)
-        alphas = alphas_from_logits(upsample_logits(net(inp), (hb, wb), config.gd_scale, block))
+        alphas = alphas_from_logits(upsample_logits(logits(), (hb, wb), config.gd_scale, block))
         d = over_weights(alphas)[0]  # (L, hb, wb)
         loss = ((d * torch.einsum("ijhw,jhw->ihw", gram, d)).sum() - 2 * (cross * d).sum() + const) / scale
         if config.tv_weight > 0:
@@ -399,15 +419,24 @@ def stage2_quadratic_form(
     gx = torch.nn.functional.pad(latent.diff(dim=-1), (0, 1))
     gy = torch.nn.functional.pad(latent.diff(dim=-2), (0, 0, 0, 1))
     hb, wb = (h + ph) // block, (w + pw) // block
-    gram = torch.empty(layers, layers, hb, wb, dtype=views.dtype, device=views.device)
-    for i in range(layers):
-        prod = blurred[:, i : i + 1] * blurred[:, i:]  # (2, L - i, H, W)
-        row = prod.sum(0)
-        if smooth_weight > 0:
-            row = row + smooth_weight * edge * (gx[i : i + 1] * gx[i:] + gy[i : i + 1] * gy[i:])
-        sums = pool(row)
-        gram[i, i:] = sums
-        gram[i:, i] = sums
+    # Every block's Gram matrix is X X^T of its (L, F) feature matrix: the block's pixels of
+    # B^L and B^R, and of sqrt(smooth_weight * e) * grad x_i.  One batched matmul per band of
+    # block rows (bounded memory) is ~9x faster than L(L+1)/2 full-size products and poolings.
+    weight = (smooth_weight * edge).sqrt()
+    features = [blurred[0], blurred[1]] + ([gx * weight, gy * weight] if smooth_weight > 0 else [])
+    gram = torch.empty(hb, wb, layers, layers, dtype=views.dtype, device=views.device)
+    band = max(1, (8 << 20) // max(1, wb * layers * block * block * len(features)))  # ~32 MiB of features
+    for r0 in range(0, hb, band):
+        r1 = min(hb, r0 + band)
+        y0, y1 = r0 * block, min(h, r1 * block)
+        parts = []
+        for f in features:
+            x = torch.nn.functional.pad(f[:, y0:y1], (0, pw, 0, r1 * block - y1))  # (L, rows, Wp)
+            x = x.reshape(layers, r1 - r0, block, wb, block).permute(1, 3, 0, 2, 4)
+            parts.append(x.reshape((r1 - r0) * wb, layers, block * block))
+        feats = torch.cat(parts, dim=2)  # (blocks, L, F)
+        gram[r0:r1] = torch.bmm(feats, feats.transpose(1, 2)).reshape(r1 - r0, wb, layers, layers)
+    gram = gram.permute(2, 3, 0, 1).contiguous()  # (L, L, hb, wb)
     cross = pool((blurred * views[:, None]).sum(0))
     const = views.square().sum()
     layer_error = pool((blurred - views[:, None]).square().sum(0))  # (L, hb, wb)

@@ -1,10 +1,9 @@
 """Device profile: what `edgedp tune` learned about one phone, in one file (issue 5).
 
-STATUS: done and tested (tests/test_profile.py): DeviceProfile, save_profile, load_profile,
-check_compatible, and `edgedp fit --profile` (cli.py: kernels, layer radii, G_D warm start and
-input settings from the profile; explicit flags win).  NOT done: ONNX export of a profile's G_D
-(`edgedp export` does not read profiles), the instant ONNX-Runtime runner, Stage-3 spatial
-kernel variation and L/R asymmetry (fields exist / absent but nothing estimates them).
+Written by ``edgedp tune`` (:mod:`edgedp.tune`), read by ``edgedp fit --profile`` (kernel shape,
+radius per disparity, layer count, G_D warm start, input settings, left/right gain) and by
+``edgedp export PHONE.profile`` (:mod:`edgedp.profile_export`: gd.onnx + kernels for the instant
+on-device path).
 
 File format (``PHONE.profile``): an uncompressed zip archive readable with
 ``numpy.load(path, allow_pickle=False)`` (no PyTorch needed).  Members:
@@ -22,7 +21,10 @@ key                    shape / dtype               meaning
 (edgedp, torch, numpy, python), ``device`` (free-text device name), ``input`` (``black_level``,
 ``white_level``, ``flat_field`` paths or null), ``kernel`` (``model``, ``butterworth`` fields,
 ``radius_scale``: multiplier of the blur radius per px of *measured* disparity (edgedp.disparity's
-extent) relative to the model's nominal ``1 / disparity_per_radius``, ``asymmetry``: left/right energy ratio or null),
+extent) relative to the model's nominal ``1 / disparity_per_radius``, ``asymmetry``: the right
+view's gain at the frame centre or null), ``view_gain`` (``model``: :data:`VIEW_GAIN_MODEL`,
+``coefficients``: 10 floats; or null: the right view's gain over the frame measured by tune,
+relative to the ``input.flat_field`` it was read with),
 ``gd`` (``layers``, ``width``, ``input_scale``, ``focus``, ``radii``), ``sensor``
 (``height``, ``width``: the captures' size), ``captures`` (list of ``path``, ``height``,
 ``width``, ``disparity_low``, ``disparity_high``, ``seconds``, ``loss``).
@@ -37,7 +39,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -73,7 +75,9 @@ class DeviceProfile:
         kernel_model: ``butterworth`` or ``disk``.
         butterworth: kernel shape parameters.
         radius_scale: blur radius per disparity relative to the kernel model's nominal value.
-        asymmetry: left/right asymmetry (None: symmetric, the model's 180-degree rotation).
+        asymmetry: right-view gain at the frame centre, ``exp(view_gain[0])`` (None: not estimated).
+        view_gain: coefficients of the left/right gain over the frame (:func:`view_gain_map`),
+            estimated from the captures themselves (no white sheet); None: not estimated.
         layers, gd_width, gd_scale: G_D configuration; ``gd_state`` its weights.
         focus: ``front`` or ``both``; ``radii`` the layers' signed radii (L,) used when tuning.
         black_level, white_level, flat_field: input settings (None = defaults of ``edgedp fit``).
@@ -94,6 +98,7 @@ class DeviceProfile:
     focus: str = "front"
     radii: tuple[float, ...] = ()
     asymmetry: float | None = None
+    view_gain: tuple[float, ...] | None = None
     black_level: float | None = None
     white_level: float | None = None
     flat_field: tuple[str, str] | None = None
@@ -120,6 +125,10 @@ def _meta(p: DeviceProfile) -> dict[str, Any]:
             "butterworth": dataclasses.asdict(p.butterworth),
             "radius_scale": p.radius_scale,
             "asymmetry": p.asymmetry,
+        },
+        "view_gain": None if p.view_gain is None else {
+            "model": VIEW_GAIN_MODEL,
+            "coefficients": [float(c) for c in p.view_gain],
         },
         "gd": {
             "layers": p.layers,
@@ -204,6 +213,7 @@ def load_profile(path: Path | str) -> DeviceProfile:
             butterworth=ButterworthParams(**k["butterworth"]),
             radius_scale=float(k["radius_scale"]),
             asymmetry=None if k.get("asymmetry") is None else float(k["asymmetry"]),
+            view_gain=_read_view_gain(meta.get("view_gain")),
             layers=int(g["layers"]),
             gd_width=float(g["width"]),
             gd_scale=int(g["input_scale"]),
@@ -218,6 +228,39 @@ def load_profile(path: Path | str) -> DeviceProfile:
         )
     except (KeyError, TypeError, ValueError) as err:
         raise _bad(path, f"metadata is incomplete or invalid ({err.__class__.__name__}: {err})") from None
+
+
+VIEW_GAIN_MODEL = "exp-poly3"
+"""The right view's gain over the frame: ``g(x, y) = exp(sum_k c_k b_k(u, v))`` over the 10
+monomials ``b = u^i v^j`` with ``i + j <= 3`` (ordered i = 0..3, then j = 0..3 - i:
+1, v, v^2, v^3, u, u v, u v^2, u^2, u^2 v, u^3) of ``u = (2 x - (W - 1)) / (W - 1)``,
+``v = (2 y - (H - 1)) / (H - 1)`` in [-1, 1] over the capture (x column, y row).  Multiplying the
+right view by ``g`` matches its brightness to the left view's, as the white-sheet flat field of
+the Pixel protocol does.  Degree 3 because DP vignetting is smooth but lopsided: on the Pixel 4
+white sheets (gain 1.01-1.40 over the crop) a cubic fits to 0.4% mean error, a quadratic to 3.4%."""
+VIEW_GAIN_TERMS = 10
+
+
+def _read_view_gain(entry: Any) -> tuple[float, ...] | None:
+    if entry is None:
+        return None
+    if entry.get("model") != VIEW_GAIN_MODEL or len(entry.get("coefficients", [])) != VIEW_GAIN_TERMS:
+        raise ValueError(f"view_gain must be model {VIEW_GAIN_MODEL!r} with {VIEW_GAIN_TERMS} coefficients")
+    return tuple(float(c) for c in entry["coefficients"])
+
+
+def view_gain_basis(height: int, width: int, *, device=None, dtype=torch.float32) -> Tensor:
+    """The basis images (10, H, W) of :data:`VIEW_GAIN_MODEL`."""
+    u = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype)[None, :].expand(height, width)
+    v = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype)[:, None].expand(height, width)
+    return torch.stack([u**i * v**j for i in range(4) for j in range(4 - i)])
+
+
+def view_gain_map(coefficients: Sequence[float], height: int, width: int, *, device=None, dtype=torch.float32) -> Tensor:
+    """The right view's gain (H, W) from :data:`VIEW_GAIN_MODEL` coefficients."""
+    c = torch.as_tensor([float(x) for x in coefficients], device=device, dtype=torch.float64)
+    basis = view_gain_basis(height, width, device=device, dtype=torch.float64)
+    return torch.exp(torch.einsum("k,khw->hw", c, basis)).to(dtype)
 
 
 def check_compatible(profile: DeviceProfile, *, height: int, width: int, layers: int | None = None) -> None:

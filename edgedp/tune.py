@@ -1,18 +1,27 @@
 """Calibration-free device tuning (issue 5): learn what captures of one phone share.
 
-STATUS: done and tested (tests/test_tune.py): kernel-shape search over a Butterworth grid by a
-regularization-free cross-view residual (the closed-form Stage-1 error is kept as
-``error="stage1"`` but was biased to low beta), a radius-per-measured-disparity scale from the
-best layers' radii, and a joint G_D fit over the captures (sequential warm start, shared layer
-radii) -> :class:`edgedp.profile.DeviceProfile`.  Recovered on a simulated device: beta exactly,
-order within one grid step, cut-off not reliably (see tests/test_tune.py).
-NOT done: left/right asymmetry and Stage-3 spatial kernel variation are not estimated
-(``asymmetry`` stays None); no benchmark (tools/bench_warmstart.py).  CLI: `edgedp tune` and
-`edgedp fit --profile` exist in cli.py (tested in tests/test_tune.py / tests/test_profile.py).
+:func:`tune_device` (``edgedp tune``) turns several DP captures of one device into a
+:class:`edgedp.profile.DeviceProfile`:
 
-Nothing here uses ground truth: the kernel choice is the setting whose kernels best explain both
-DP views of every capture through the closed-form latent map (Stage 1), and G_D is fitted with
-the usual self-supervised Stage-2 loss.
+1. the left/right gain over the frame (:func:`estimate_view_gain`): DP vignetting measured from
+   the captures themselves, no white sheet (after any flat field the captures were read with);
+2. optionally (``search=True``, ``edgedp tune --search``) the Butterworth kernel shape by a
+   regularization-free cross-view residual (:func:`search_kernels`) and the blur radius per
+   measured disparity (:func:`estimate_radius_scale`);
+3. one G_D fitted over the captures in turn (sequential warm start) on layer radii shared by all
+   captures, so that layer i means the same blur everywhere.
+
+Why the kernel search is off by default (measured on the Pixel 4 dev scenes, README "Device
+profiles"): on a simulated device the cross-view residual recovers beta and the order (within one
+grid step), but on real captures the two self-consistency scores available without ground truth
+disagree (the cross-view residual ranks beta 0.1 first, the Stage-1 re-render error beta 0.5) and
+the restoration barely depends on the shape (likelihood-only all-in-focus PSNR over the grid within
++-0.1 dB of the default on the mean, the cross-view winner 0.08 dB below it), so the literature
+default (order 3, cut-off 2.5, beta 0.2) is kept unless asked.
+
+Nothing here uses ground truth: kernel choice, gain and G_D come from the DP views alone.
+Stage-3 spatial variation of the kernels over the frame is not estimated (Stage 3 gains ~0.1 dB
+for about a minute per capture, METHOD.md / README).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .disparity import estimate_disparity
@@ -202,23 +212,84 @@ def estimate_radius_scale(
     return float(min(scales, key=lambda s: abs(math.log(s / ratio))))
 
 
+def estimate_view_gain(views: Sequence[Tensor], *, block: int = 16, saturation: float = 0.95) -> tuple[float, ...] | None:
+    """Left/right gain over the frame from the captures themselves (no white sheet).
+
+    Both DP views see the same scene through the two halves of the aperture, so their means over
+    a block differ by the views' vignetting (a smooth property of sensor + lens) and, near edges,
+    by the DP disparity, whose effect changes sign from one side of an edge to the other and so
+    averages out over a frame and over captures.  Per capture ``views`` (2, H, W): means over
+    ``block`` px blocks, ``log(mean_L / mean_R)`` per block; one weighted least-squares fit of
+    :data:`edgedp.profile.VIEW_GAIN_MODEL` over all captures' blocks (weight: the darker view's
+    mean, so dark blocks, whose ratio is mostly noise, count little; blocks with a pixel above
+    ``saturation`` are left out).  The right view times :func:`edgedp.profile.view_gain_map` of
+    the returned coefficients matches the left.
+
+    Returns None when there is nothing to correct: too few usable blocks, or (two or more
+    captures) a gain whose RMS departure from 1 over the frame is within twice its standard error
+    (the scatter of the captures' own fits over sqrt(n)); a correction that is mostly noise would
+    only perturb what is tuned after it.
+
+    Measured on the Pixel 4 dev scenes (three captures, no flat field): the estimated gain is within
+    1.2% (mean) of the white-sheet flat field, whose own gain spans 1.01-1.40 over the crop.
+    """
+    from .profile import VIEW_GAIN_TERMS, view_gain_basis
+
+    systems = []
+    for v in views:
+        h, w = v.shape[-2:]
+        hb, wb = h // block, w // block
+        if hb < 2 or wb < 2:
+            continue
+        v = v.to(torch.float64)[:, None, : hb * block, : wb * block]
+        means = F.avg_pool2d(v, block)[:, 0]  # (2, hb, wb)
+        peak = F.max_pool2d(v, block)[:, 0].amax(0)
+        ok = (means.amin(0) > 1e-4) & (peak < saturation)
+        basis = F.avg_pool2d(view_gain_basis(h, w, dtype=torch.float64)[:, None, : hb * block, : wb * block], block)[:, 0]
+        weight = means.amin(0)[ok].sqrt()
+        systems.append((basis[:, ok].T * weight[:, None], (means[0] / means[1]).log()[ok] * weight))
+
+    def solve(parts) -> Tensor | None:
+        if not parts or sum(int(a.shape[0]) for a, _ in parts) < 4 * VIEW_GAIN_TERMS:
+            return None
+        a, b = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
+        return torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
+
+    coef = solve(systems)
+    if coef is None:
+        return None
+    if len(systems) >= 2:
+        basis = view_gain_basis(64, 64, dtype=torch.float64).reshape(VIEW_GAIN_TERMS, -1)
+        each = [c @ basis for c in (solve([s]) for s in systems) if c is not None]
+        if len(each) >= 2:
+            logs = torch.stack(each)
+            departure = float((coef @ basis).square().mean().sqrt())
+            standard_error = float((logs.std(0) / math.sqrt(logs.shape[0])).square().mean().sqrt())
+            if departure <= 2 * standard_error:
+                return None
+    return tuple(float(c) for c in coef)
+
+
 def tune_device(
     captures: Sequence[tuple[Tensor, Tensor]],
     config: FitConfig = FitConfig(),
     *,
     device_name: str = "device",
     paths: Sequence[str | None] | None = None,
-    search: bool = True,
+    search: bool = False,
     rounds: int = 1,
     progress: TuneProgress | None = None,
     grid: dict | None = None,
+    estimate_gain: bool = True,
 ) -> tuple[DeviceProfile, list[KernelScore]]:
     """Tune one device from several DP captures (left, right), each (C, H, W) of one size.
 
-    (a) kernel search (:func:`search_kernels`) unless ``search`` is False (then
-    ``config.butterworth`` and scale 1); (b) one G_D fitted on all captures in turn (``rounds``
+    (a) kernel search (:func:`search_kernels`) when ``search`` is True (otherwise
+    ``config.butterworth`` and ``config.radius_scale``); (b) one G_D fitted on all captures in turn (``rounds``
     passes, each capture's Stage 2 warm-started from the previous), with layer radii shared by all
     captures (the largest capture's range) so that a layer means the same blur everywhere.
+    ``estimate_gain``: estimate the left/right gain over the frame (:func:`estimate_view_gain`)
+    and correct the right view with it first (after any flat field the captures were read with).
     ``grid``: optional overrides of the search grid (``orders``, ``cutoffs``, ``betas``,
     ``radius_scales``, ``layer_density``, ``block``, ``error``).
     Returns the profile and the grid scores (best first; empty when not searched).
@@ -241,13 +312,21 @@ def tune_device(
         lam = config.latent_reg if config.latent_reg is not None else default_latent_reg(views)
         caps.append(_Capture(views, est.low, est.high, est.side, lam, name))
 
+    # Left/right gain (vignetting) from the captures; corrected before anything else is tuned.
+    gain = estimate_view_gain([c.views for c in caps]) if estimate_gain else None  # None: nothing significant
+    if gain is not None:
+        from .profile import view_gain_map
+
+        g = view_gain_map(gain, *shape, device=dev)
+        caps = [dataclasses.replace(c, views=torch.stack([c.views[0], c.views[1] * g])) for c in caps]
+
     # One focus side for the device's G_D (its layer count depends on it).
     focus = config.focus
     if focus == "auto":
         focus = "both" if any(c.side in ("both", "front") for c in caps) else "front"
 
     scores: list[KernelScore] = []
-    params, scale = config.butterworth, 1.0
+    params, scale = config.butterworth, config.radius_scale
     if search:
         grid = dict(grid or {})
         scales = grid.pop("radius_scales", RADIUS_SCALES)
@@ -257,7 +336,7 @@ def tune_device(
         scores = [dataclasses.replace(k, radius_scale=scale) if k is scores[0] else k for k in scores]
 
     # Shared radii: the widest capture's range with the tuned kernel model and scale.
-    cfg = dataclasses.replace(config, butterworth=params, focus=focus)
+    cfg = dataclasses.replace(config, butterworth=params, radius_scale=scale, focus=focus)
     dpr = disparity_per_radius(cfg.kernel_model, params) / scale  # disparity per px of radius
     extents = [_extent(c, focus) for c in caps]
     finite = [e for e in extents if math.isfinite(e)]
@@ -297,5 +376,7 @@ def tune_device(
         focus=focus,
         radii=tuple(float(x) for x in radii.cpu()),
         captures=tuple(infos),
+        view_gain=gain,
+        asymmetry=None if gain is None else float(math.exp(gain[0])),
     )
     return profile, scores

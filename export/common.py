@@ -588,7 +588,7 @@ def build_parser(prog: str, doc: str, backend_args: Callable) -> Any:
     import argparse
 
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="{render,refocus,predict}")
+    sub = parser.add_subparsers(dest="command", metavar="{render,refocus,predict,instant}")
     sub.required = True
 
     p = sub.add_parser("render", help="re-render the fitted scene: left/right/allinfocus 16-bit PNGs")
@@ -621,6 +621,27 @@ def build_parser(prog: str, doc: str, backend_args: Callable) -> Any:
     )
     p.add_argument("--limit", type=float, default=None, help="radius (px) that saturates defocus.png colours")
     p.add_argument("--save-alphas", action="store_true", help="also write alphas.npy (1, L, H, W)")
+    backend_args(p)
+
+    p = sub.add_parser(
+        "instant", help="defocus map and quick all-in-focus image of a new DP pair (profile export; instant.py)"
+    )
+    add_common_args(p, "instant")
+    p.add_argument("left", help="left view: 16-bit PNG or .npy")
+    p.add_argument("right", help="right view: 16-bit PNG or .npy")
+    p.add_argument("--black-level", type=float, default=None, help="raw black level (default: the profile's, else 0)")
+    p.add_argument(
+        "--white-level", type=float, default=None,
+        help="v = (raw - black) / white, unclipped; default: the profile's, else 2**bits - 1 (1 for .npy)",
+    )
+    p.add_argument(
+        "--flat-field", nargs=2, metavar=("WHITE_LEFT", "WHITE_RIGHT"), default=None,
+        help="white-sheet frames: right view *= box101(WL - black) / box101(WR - black) (default: the profile's)",
+    )
+    p.add_argument("--no-flat-field", action="store_true", help="ignore the profile's flat-field frames")
+    p.add_argument("--crop", default=None, help="centred crop HxW (e.g. 1008x1344) after the flat field")
+    p.add_argument("--limit", type=float, default=None, help="radius (px) that saturates defocus.png colours")
+    p.add_argument("--npy", action="store_true", help="also write the unclipped all-in-focus image as allinfocus.npy")
     backend_args(p)
     return parser
 
@@ -734,7 +755,168 @@ def cmd_predict(args, info: ExportInfo, backend) -> int:
     return 0
 
 
-COMMANDS = {"render": cmd_render, "refocus": cmd_refocus, "predict": cmd_predict}
+def parse_crop(text: str) -> tuple[int, int]:
+    """``"HxW"`` -> ``(H, W)``, both positive."""
+    parts = str(text).lower().split("x")
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise RunnerError(f"--crop {text!r}: expected HxW, e.g. 1008x1344")
+    if h < 1 or w < 1:
+        raise RunnerError(f"--crop {text}: both sides must be >= 1")
+    return h, w
+
+
+def centre_crop(image: np.ndarray, size: tuple[int, int] | None, what: str) -> np.ndarray:
+    """Centred crop of the last two dims at offsets ``((H0 - H) // 2, (W0 - W) // 2)`` (edgedp.io)."""
+    if size is None:
+        return image
+    h0, w0 = image.shape[-2:]
+    h, w = size
+    if h > h0 or w > w0:
+        raise RunnerError(f"--crop {h}x{w} is larger than {what} ({h0}x{w0}, HxW)")
+    y0, x0 = (h0 - h) // 2, (w0 - w) // 2
+    return np.ascontiguousarray(image[..., y0 : y0 + h, x0 : x0 + w])
+
+
+def read_linear(path, what: str, black: float, white: float | None) -> np.ndarray:
+    """One view as float32 ``(raw - black) / white``, UNCLIPPED (edgedp's raw mode: noise below
+    the black level is real signal statistics).  ``white`` defaults to ``2**bits - 1`` of a PNG
+    (edgedp.io's default) and to 1 for .npy (taken as linear)."""
+    raw, depth = read_image(path, what)
+    if not np.isfinite(raw).all():
+        raise RunnerError(f"{path}: {what} holds NaN or infinite values")
+    if white is None:
+        white = float(2**depth - 1) if depth else 1.0
+    if white <= 0:
+        raise RunnerError(f"--white-level must be > 0 (got {white})")
+    return (raw - np.float32(black)) / np.float32(white)
+
+
+def instant_inputs(args, profile_input: dict, folder: Path) -> tuple[np.ndarray, str]:
+    """Read, normalize, flat-field correct and crop the pair of ``instant``; returns views
+    (2, H, W) float32 and a one-line description of the settings used.  Flags win over the
+    profile's input settings (``export.json`` ``profile.input``)."""
+    black = args.black_level if args.black_level is not None else profile_input.get("black_level")
+    black = float(black) if black is not None else 0.0
+    white = args.white_level if args.white_level is not None else profile_input.get("white_level")
+    white = float(white) if white is not None else None
+    crop = parse_crop(args.crop) if args.crop else None
+    left = read_linear(args.left, "left view", black, white)
+    right = read_linear(args.right, "right view", black, white)
+    if left.shape != right.shape:
+        raise RunnerError(
+            f"left/right size mismatch: {args.left} is {left.shape[0]}x{left.shape[1]}, "
+            f"{args.right} is {right.shape[0]}x{right.shape[1]} (HxW)"
+        )
+    frames, origin = None, "flag"
+    if args.flat_field:
+        frames = [Path(p) for p in args.flat_field]
+    elif profile_input.get("flat_field") and not args.no_flat_field:
+        # The profile names the frames it was tuned with: as given, else beside the export.
+        frames, origin = [], "profile"
+        for name in profile_input["flat_field"]:
+            p = Path(name)
+            frames.append(p if p.is_file() or p.is_absolute() else folder / p.name)
+        missing = [p for p in frames if not p.is_file()]
+        if missing:
+            raise RunnerError(
+                f"{missing[0]}: flat-field frame named by the profile not found; pass --flat-field "
+                f"WHITE_LEFT WHITE_RIGHT or --no-flat-field"
+            )
+    if frames is not None:
+        import instant  # noqa: PLC0415  (numpy only, beside this file)
+
+        white_frames = []
+        for p, side in zip(frames, ("left", "right")):
+            raw, _ = read_image(p, f"flat-field {side} frame")
+            if raw.shape != left.shape:
+                raise RunnerError(
+                    f"{p}: flat-field {side} frame is {raw.shape[0]}x{raw.shape[1]} but the DP pair is "
+                    f"{left.shape[0]}x{left.shape[1]} (HxW, before cropping)"
+                )
+            white_frames.append(raw)
+        gain = instant.flat_field_gain(white_frames[0], white_frames[1], black)
+        right = (right * gain).astype(np.float32)
+    views = centre_crop(np.stack([left, right]), crop, str(args.left))
+    # The left/right gain edgedp tune measured holds for captures read as it read them: with the
+    # profile's own flat field (or none when it had none); another flat field replaces it.
+    view_gain = profile_input.get("view_gain")
+    profile_frames = profile_input.get("flat_field")
+    same_flat = (frames is None and not profile_frames) or origin == "profile" or (
+        frames is not None and profile_frames and [str(p) for p in frames] == [str(p) for p in profile_frames]
+    )
+    gain_note = ""
+    if view_gain and same_flat:
+        import instant  # noqa: PLC0415
+
+        views[1] *= instant.view_gain_map(view_gain.get("coefficients", []), views.shape[1], views.shape[2])
+        gain_note = ", profile view gain"
+    text = (
+        f"black {black:g}, white {'2**bits-1' if white is None else format(white, 'g')}, flat field "
+        f"{'none' if frames is None else ' '.join(str(p) for p in frames) + f' ({origin})'}, "
+        f"{views.shape[1]}x{views.shape[2]} px{gain_note}"
+    )
+    return views, text
+
+
+def cmd_instant(args, info: ExportInfo, backend) -> int:
+    import instant  # noqa: PLC0415  (numpy only, beside this file)
+
+    t0 = time.perf_counter()
+    inst = instant.load_instant(info.folder)
+    out = Path(args.out)
+    targets = {name: out / name for name in ("allinfocus.png", "defocus.npy", "defocus.png")}
+    if args.npy:
+        targets["allinfocus.npy"] = out / "allinfocus.npy"
+    for t in targets.values():
+        check_writable(t, args.overwrite)
+    views, settings = instant_inputs(args, inst.inputs, info.folder)
+    print(f"input: {settings}")
+    if (info.height, info.width) != views.shape[1:]:
+        print(
+            f"note: the profile was tuned on {info.height}x{info.width} captures, this one is "
+            f"{views.shape[1]}x{views.shape[2]} (fine for a crop of the same sensor)", file=sys.stderr,
+        )
+    t1 = time.perf_counter()
+    graph = info.graph("gd")
+    multiple = graph.multiple_of
+    padded_shape = (1, 2) + tuple(-(-s // multiple) * multiple for s in views.shape[1:])
+    model = backend.load(graph, input_shape=padded_shape)
+    (pair_name,) = resolve_names(graph, "inputs", model.input_names)
+    alphas_name, _ = resolve_names(graph, "outputs", model.output_names)
+    t2 = time.perf_counter()
+    seconds: dict = {}
+
+    def once():
+        s0 = time.perf_counter()
+        alphas = instant.run_gd(model, views, multiple, (pair_name, alphas_name))
+        seconds["gd"] = time.perf_counter() - s0
+        return instant.instant_predict(views, alphas, inst.kernels, inst.radii, config=inst.config, timings=seconds)
+
+    aif, defocus, _ = timed(once, args.repeat, "instant (gd + latent + fuse)")
+    t3 = time.perf_counter()
+    write_png16(targets["allinfocus.png"], aif, args.overwrite)
+    write_npy(targets["defocus.npy"], defocus, args.overwrite)
+    write_png8_rgb(targets["defocus.png"], colorize_defocus(defocus, args.limit), args.overwrite)
+    if args.npy:
+        write_npy(targets["allinfocus.npy"], aif, args.overwrite)
+    t4 = time.perf_counter()
+    print(
+        f"time read {1000 * (t1 - t0):.0f} ms, load {1000 * (t2 - t1):.0f} ms, gd {1000 * seconds['gd']:.0f} ms, "
+        f"latent {1000 * seconds['latent']:.0f} ms, fuse {1000 * seconds['fuse']:.0f} ms, "
+        f"write {1000 * (t4 - t3):.0f} ms, total {1000 * (t4 - t0):.0f} ms (latent reg {seconds['latent_reg']:.3g})"
+    )
+    print(
+        f"defocus: {defocus.shape[0]}x{defocus.shape[1]} px, min {defocus.min():.3f}, max {defocus.max():.3f}, "
+        f"mean {defocus.mean():.3f} (signed blur radius, px)"
+    )
+    for t in targets.values():
+        print(f"wrote {t}")
+    return 0
+
+
+COMMANDS = {"render": cmd_render, "refocus": cmd_refocus, "predict": cmd_predict, "instant": cmd_instant}
 
 
 def run_cli(argv, prog: str, doc: str, backend_args: Callable, make_backend: Callable) -> int:

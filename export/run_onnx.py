@@ -16,6 +16,12 @@ Usage:
   python run_onnx.py predict OUT LEFT RIGHT [--black-level B] [--white-level W] [--fit pad|crop] [-o DIR]
       G_D on a new DP pair (16-bit PNGs or .npy; v = (raw - B) / W); writes DIR/defocus.npy
       (1, 1, H, W signed blur radius px) and DIR/defocus.png (blue = in front, red = behind)
+  python run_onnx.py instant OUT LEFT RIGHT [--black-level B] [--white-level W] [--flat-field WL WR]
+                     [--crop HxW] [-o DIR]
+      the instant path of a device-profile export (``edgedp export PHONE.profile -o OUT``):
+      G_D's alphas, the closed-form per-layer latent map and the per-pixel layer likelihood
+      (instant.py, numpy) give DIR/allinfocus.png (16-bit), DIR/defocus.npy ((H, W) signed blur
+      radius px) and DIR/defocus.png; input settings default to the profile's; prints each part's time
 
 Common options: -o/--out DIR (default ./edgedp-run), --overwrite (outputs are never replaced
 without it), --repeat N (time N calls), --provider (auto prefers CUDA when the installed

@@ -13,6 +13,7 @@ Usage (same subcommands and options as run_onnx.py):
   python run_trt.py refocus OUT --focus F [--aperture A] [--image AIF.png|.npy] [-o DIR]
   python run_trt.py refocus OUT --sweep N [--aperture A] [-o DIR]
   python run_trt.py predict OUT LEFT RIGHT [--black-level B] [--white-level W] [--fit pad|crop] [-o DIR]
+  python run_trt.py instant OUT LEFT RIGHT [--black-level B] [--white-level W] [--flat-field WL WR] [--crop HxW] [-o DIR]
 
 Outputs are the same files as run_onnx.py writes.  For gd.engine the input shape is set per call
 (it must lie inside the engine's optimization profile, see build_engines.sh).  ``--cuda

@@ -214,7 +214,7 @@ def test_iterations_without_stage3_keeps_the_preset(fake, pair, tmp_path):
         (("--patches", "6by8"), ("--patches", "6by8")),
         (("--patches", "0x8"), ("--patches",)),
         (("--iterations", "many"), ("--iterations", "many")),
-        (("--iterations", "0,5"), ("--iterations",)),
+        (("--iterations", "-3,5"), ("--iterations",)),
         (("--iterations", "10,20,30"), ("--iterations",)),
         (("--max-kernel", "34"), ("--max-kernel", "odd")),
         (("--max-kernel", "11", "--max-radius", "5"), ("--max-kernel", "--max-radius")),

@@ -81,6 +81,33 @@ def test_blur_range_follows_the_disparity():
     assert focus == "front" and float(radii.max()) == 8
 
 
+def test_radius_scale_scales_the_blur_range():
+    # A device whose kernels blur 1.25x more per px of measured disparity (a profile's radius_scale).
+    per_radius = disparity_per_radius("butterworth", FitConfig().butterworth)
+    _, radii = layer_radii(FitConfig(radius_scale=1.25), 0.0, 8 * per_radius, "behind")
+    assert float(radii.max()) == 10 and radii.numel() == 11
+    # a fixed layer count (a profile's G_D) spreads over the capture's own range
+    _, radii = layer_radii(FitConfig(radius_scale=1.25, layers=6), 0.0, 8 * per_radius, "behind")
+    assert radii.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+
+
+def test_warm_start_head_only_and_zero_steps(front_scene, front_fit):
+    """``gd_train="head"`` moves only G_D's last convolution; 0 steps keep a warm start's weights
+    exactly (and still fuse them with the likelihood into a valid partition of unity)."""
+    config = dataclasses.replace(FAST, stage2_iterations=5, gd_train="head")
+    head = fit_scene(front_scene.left[None], front_scene.right[None], config, gd_init=front_fit.gd_state)
+    for key, value in head.gd_state.items():
+        same = torch.equal(value, front_fit.gd_state[key])
+        assert same == (not key.startswith("head.")), key
+    frozen = fit_scene(front_scene.left[None], front_scene.right[None], dataclasses.replace(FAST, stage2_iterations=0),
+                       gd_init=front_fit.gd_state)
+    assert all(torch.equal(v, front_fit.gd_state[k]) for k, v in frozen.gd_state.items())
+    assert frozen.stages[1].iterations == 0 and frozen.stages[1].final_loss is None
+    torch.testing.assert_close(frozen.weights.sum(0), torch.ones_like(frozen.weights[0]))
+    base = psnr(((front_scene.left + front_scene.right) / 2).numpy(), front_scene.allinfocus.numpy())
+    assert psnr(frozen.allinfocus[0].clamp(0, 1).numpy(), front_scene.allinfocus.numpy()) >= base + 3.0
+
+
 def test_stage2_quadratic_form_equals_direct_loss():
     scene = make_scene(SynthConfig(size=(37, 53), max_radius=3.0, seed=2))
     views = torch.stack([scene.left, scene.right]).double()

@@ -39,6 +39,8 @@ def _profile(layers=5):
         white_level=1.0,
         flat_field=("a.npy", "b.npy"),
         captures=(CaptureInfo("x_left.png", 37, 53, 0.1, 3.5, 1.5, 0.25),),
+        view_gain=(0.05, 0.01, -0.02, 0.0, 0.15, 0.0, 0.01, -0.03, 0.0, 0.02),
+        asymmetry=1.05,
     )
 
 
@@ -51,7 +53,8 @@ def test_round_trip(tmp_path):
         assert q.gd_state[k].dtype == p.gd_state[k].dtype
         assert torch.equal(q.gd_state[k], p.gd_state[k])
     for f in ("device", "height", "width", "kernel_model", "butterworth", "radius_scale", "layers",
-              "gd_width", "gd_scale", "focus", "radii", "black_level", "white_level", "flat_field", "captures"):
+              "gd_width", "gd_scale", "focus", "radii", "black_level", "white_level", "flat_field", "captures",
+              "view_gain", "asymmetry"):
         assert getattr(q, f) == getattr(p, f), f
     assert q.created.endswith("+00:00")
     # identical outputs from the loaded G_D
@@ -155,19 +158,31 @@ def test_fit_with_profile(tmp_path, monkeypatch):
     calls = []
 
     def recorder(left, right, config, *, gd_init=None, progress=None):
-        calls.append((config, gd_init))
+        calls.append((config, gd_init, left.clone(), right.clone()))
         return real(left, right, config, gd_init=gd_init, progress=progress)
 
+    from edgedp.cli import warm_iterations
+    from edgedp.io import ReadOptions, read_dp_pair
+    from edgedp.profile import view_gain_map
+
     monkeypatch.setattr(edgedp.fit, "fit_scene", recorder)
-    prof = dataclasses_replace(_profile(), black_level=None, white_level=None, flat_field=None)
+    gain = (0.1, 0.0, 0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0)
+    prof = dataclasses_replace(_profile(), black_level=None, white_level=None, flat_field=None, view_gain=gain)
     path = save_profile(prof, tmp_path / "PHONE.profile")
     left, right = _pair(tmp_path)
     res = CliRunner().invoke(app, ["fit", str(left), str(right), "-o", str(tmp_path / "out"), "--profile", str(path), "--iterations", "2,0"])
     assert res.exit_code == 0, res.output
-    config, gd_init = calls[0]
-    assert config.butterworth == prof.butterworth and config.layers == 5 and config.max_radius == 4.0
-    assert config.gd_width == 0.25 and config.focus == "front"
+    config, gd_init, fit_left, fit_right = calls[0]
+    # kernel shape, radius per disparity and layer count from the profile; the blur range from
+    # this capture's disparity (None: derived in fit_scene)
+    assert config.butterworth == prof.butterworth and config.layers == 5 and config.max_radius is None
+    assert config.radius_scale == 1.25 and config.gd_width == 0.25 and config.focus == "front"
+    assert config.stage2_iterations == 2 and config.gd_train == "all"  # --iterations: a full fit
     assert set(gd_init) == set(prof.gd_state) and all(torch.equal(gd_init[k], prof.gd_state[k]) for k in gd_init)
+    # the profile's left/right gain corrects the right view (no flat field here or in the profile)
+    plain = read_dp_pair(left, right, ReadOptions())
+    assert torch.equal(fit_left, plain.left)
+    torch.testing.assert_close(fit_right, plain.right * view_gain_map(gain, 37, 53), rtol=1e-6, atol=0)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["settings"]["profile"] == str(path)
     # explicit flag wins over the profile
@@ -175,6 +190,11 @@ def test_fit_with_profile(tmp_path, monkeypatch):
                                    "--iterations", "2,0", "--max-radius", "3", "--overwrite"])
     assert res.exit_code == 0, res.output
     assert calls[1][0].max_radius == 3.0
+    # without --iterations: the warm preset's few steps of G_D's last layer
+    res = CliRunner().invoke(app, ["fit", str(left), str(right), "-o", str(tmp_path / "out"), "--profile", str(path),
+                                   "--preset", "fast", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert calls[2][0].stage2_iterations == warm_iterations("fast") and calls[2][0].gd_train == "head"
 
 
 def test_fit_with_mismatched_profile(tmp_path):

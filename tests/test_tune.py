@@ -62,7 +62,7 @@ def test_cross_error_prefers_true_kernel():
 def test_tune_recovers_beta_and_scale_reduced_grid():
     grid = dict(orders=(9.0,), cutoffs=(2.5,), betas=(0.1, 0.2, 0.5), radius_scales=(0.8, 1.0, 1.25))
     caps = _captures()
-    profile, scores = tune_device(caps, FAST, device_name="sim", grid=grid)
+    profile, scores = tune_device(caps, FAST, device_name="sim", grid=grid, search=True)
     assert profile.butterworth.beta == 0.5
     assert profile.radius_scale == _expected_scale(caps)
     assert len(scores) == 3 and scores[0].score == pytest.approx(1.0, abs=0.05)
@@ -74,7 +74,7 @@ def test_tune_recovers_beta_and_scale_reduced_grid():
 @pytest.mark.slow
 def test_tune_recovers_kernel_full_grid():
     caps = _captures(seeds=(4, 5, 6))
-    profile, scores = tune_device(caps, FAST, device_name="sim")
+    profile, scores = tune_device(caps, FAST, device_name="sim", search=True)
     assert len(scores) == 18
     assert profile.butterworth.beta == 0.5
     assert profile.radius_scale == _expected_scale(caps)
@@ -142,3 +142,28 @@ def test_cli_tune_bad_capture(tmp_path):
 
     res = CliRunner().invoke(app, ["tune", str(tmp_path / "nothing"), "-o", str(tmp_path / "p.profile")])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and "LEFT,RIGHT" in res.stderr
+
+
+def test_view_gain_recovers_a_simulated_vignetting():
+    """A smooth right-view attenuation (DP vignetting, gain 0.75-1.45 over the frame, about the
+    Pixel 4's white-sheet range) applied to three scenes of one device is recovered from the
+    captures alone: the estimated gain is within 1.5% (mean) / 6% (max, at the corners) of the
+    true one, against 13% mean error with no correction; without vignetting the estimate stays
+    within 1% (mean) of 1 or, as here, is found insignificant (None).  The true map is used only
+    to check."""
+    from edgedp.profile import view_gain_map
+    from edgedp.tune import estimate_view_gain
+
+    h, w = 161, 225
+    true = (0.05, 0.04, 0.02, 0.0, -0.30, -0.05, 0.0, 0.10, 0.0, 0.05)
+    gain = view_gain_map(true, h, w)
+    captures = _captures(size=(h, w))
+    views = [torch.stack([left[0], right[0] / gain]) for left, right in captures]
+    error = view_gain_map(estimate_view_gain(views, block=8), h, w) / gain - 1
+    assert float((gain - 1).abs().mean()) > 0.12
+    assert float(error.abs().mean()) < 0.015
+    assert float(error.abs().max()) < 0.06
+    plain = [torch.stack([left[0], right[0]]) for left, right in captures]
+    none = estimate_view_gain(plain, block=8)
+    assert none is None or float((view_gain_map(none, h, w) - 1).abs().mean()) < 0.01
+    assert estimate_view_gain([v[:, :20, :20] for v in views], block=8) is None  # too few blocks

@@ -1,0 +1,462 @@
+"""Instant on-device prediction for a new DP capture: numpy + ONNX Runtime, no optimization.
+
+Runs on the device: imports only the standard library and numpy (onnxruntime lazily, in
+:func:`run_instant`); never torch or edgedp.  It is the numpy twin of what ``edgedp fit`` does
+after Stage 2, with the fitted G_D replaced by a device profile's G_D (``gd.onnx``):
+
+1. ``gd.onnx`` on the pair -> MPI alphas (L, H, W) -> G_D's compositing weights by the over
+   operator ``d_i = a_i * prod_{j > i} (1 - a_j)`` (layer L - 1 on top, ``a_0 = 1``).
+2. Stage 1 (edgedp/latent.py): per layer i the closed-form latent image
+   ``X_i = (conj(F_i^L) Y_L + conj(F_i^R) Y_R) / (|F_i^L|^2 + |F_i^R|^2 + lam |G|^2)`` on a
+   replicate-padded (``pad`` px, default ``K // 2 + 8``) FFT-friendly grid, ``lam`` from the
+   noise (:func:`latent_reg`), and from the same spectra each layer's re-render error
+   ``e_i = sum_v (x_i conv f_i^v - y_v)^2`` (``irfft2(X_i F_i^v - Y_v)``: no extra forward FFT).
+3. Fusion (edgedp/fit.py ``fuse_with_likelihood``): ``d_i ~ max(d_i^GD, 1e-6) * q_i`` normalized
+   over layers, ``q = softmax(-box(e) / T)``, ``box`` the ``window`` px mean (border windows
+   average only the pixels inside the image), ``T = 0.5 * mean_p min_i box(e)_i + 1e-20``.
+4. ``allinfocus = sum_i d_i x_i``, ``defocus = sum_i d_i r_i`` (signed blur radius, px, > 0
+   behind the focal plane).
+
+Conventions (the project's CONVENTIONS.md): views are float32 ``(2, H, W)`` = [left, right] on
+the fit's normalized scale (``(raw - black) / white``, unclipped); kernels ``(2, L, K, K)`` =
+[left, right] x layers, true-convolution PSFs centred at ``(K // 2, K // 2)``; borders replicate.
+Everything runs in float32 / complex64 (numpy >= 2 computes float32 FFTs natively) and loops over
+layers, so the peak memory is about three (L, H, W) float32 stacks (alphas, latent, weights).
+
+Sidecar fields read here (written by ``edgedp export PHONE.profile``, edgedp/profile_export.py)::
+
+    "instant": {"kernels": "kernels.npy",        (2, L, K, K) float32, as above
+                "kernel_size": K,
+                "pad": int,                        replicate padding of stage 1 (K // 2 + 8)
+                "latent_reg": {"gain": 4.0, "floor": 1e-3, "ceil": 0.3},   lam = clamp(gain
+                              * sigma^2 / s^2, floor, ceil) (edgedp.latent.default_latent_reg)
+                "fuse_window": 15,                 box window (px) of the likelihood, 0 = off
+                "weight_floor": 1e-6}              clamp of G_D's weights before the product
+    "profile": {"input": {"black_level", "white_level", "flat_field"}, ...}   input defaults
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402  (export/common.py: numpy only)
+from common import RunnerError  # noqa: E402
+
+__all__ = [
+    "InstantConfig",
+    "InstantExport",
+    "box_mean",
+    "estimate_noise_sigma",
+    "flat_field_gain",
+    "fuse_weights",
+    "instant_predict",
+    "latent_reg",
+    "load_instant",
+    "over_weights",
+    "run_gd",
+    "run_instant",
+    "solve_latent",
+]
+
+FLAT_FIELD_BOX = 101  # edgedp.io.FLAT_FIELD_BOX: the Pixel 4 protocol's 101 x 101 mean
+
+
+@dataclass(frozen=True)
+class InstantConfig:
+    """Settings of the instant path (the sidecar's ``instant`` object; defaults = edgedp fit's).
+
+    gain, floor, ceil: ``lam = clamp(gain * sigma^2 / s^2, floor, ceil)`` (:func:`latent_reg`).
+    fuse_window: box window (px) of the per-pixel likelihood; 0 keeps G_D's weights.
+    weight_floor: G_D's weights are clamped to at least this before the product with the
+        likelihood (so the data can still pick a layer G_D ruled out).
+    pad: replicate padding (px) of stage 1; None: ``K // 2 + 8``.
+    """
+
+    gain: float = 4.0
+    floor: float = 1e-3
+    ceil: float = 0.3
+    fuse_window: int = 15
+    weight_floor: float = 1e-6
+    pad: int | None = None
+
+    @classmethod
+    def from_sidecar(cls, entry: dict) -> "InstantConfig":
+        """From the sidecar's ``instant`` object (missing keys keep the defaults)."""
+        reg = entry.get("latent_reg") or {}
+        raw = {k: reg.get(k) for k in ("gain", "floor", "ceil")}
+        raw.update({k: entry.get(k) for k in ("fuse_window", "weight_floor", "pad")})
+        kinds = {"fuse_window": int, "pad": int}
+        try:
+            values = {k: kinds.get(k, float)(v) for k, v in raw.items() if v is not None}
+        except (TypeError, ValueError):
+            raise RunnerError(f"{common.SIDECAR_NAME}: 'instant' holds a non-numeric setting: {raw}")
+        return cls(**values)
+
+
+# --- Stage 1 in numpy ---------------------------------------------------------------------------
+def fast_size(n: int, *, even: bool = False) -> int:
+    """Smallest ``m >= n`` whose prime factors are all in {2, 3, 5, 7} (and even if asked);
+    edgedp.physics._fast_size, so the padded grid is the library's."""
+    m = max(int(n), 1)
+    while True:
+        if not (even and m % 2):
+            r = m
+            for f in (2, 3, 5, 7):
+                while r % f == 0:
+                    r //= f
+            if r == 1:
+                return m
+        m += 1
+
+
+def gradient_spectrum(shape: tuple[int, int]) -> np.ndarray:
+    """``|G|^2`` of forward differences on a circular ``shape`` grid: (Hp, Wp // 2 + 1) float32,
+    ``4 sin^2(pi k / Hp) + 4 sin^2(pi l / Wp)``."""
+    hp, wp = shape
+    ky = 4 * np.sin(np.pi * np.arange(hp) / hp) ** 2
+    kx = 4 * np.sin(np.pi * np.arange(wp // 2 + 1) / wp) ** 2
+    return (ky[:, None] + kx[None, :]).astype(np.float32)
+
+
+def kernel_spectrum(kernels: np.ndarray, shape: tuple[int, int], phase: np.ndarray | None = None) -> np.ndarray:
+    """rfft2 of ``(..., K, K)`` kernels centred at index (0, 0) of a circular ``shape`` grid:
+    (..., Hp, Wp // 2 + 1) complex64.  ``phase``: :func:`_centre_phase` (reused across layers)."""
+    k = kernels.shape[-1]
+    # Only K rows are non-zero: a 1-D rfft along x, then an FFT along y (cheaper than rfft2).
+    spec = np.fft.fft(np.fft.rfft(kernels.astype(np.float32), n=shape[1], axis=-1), n=shape[0], axis=-2)
+    return spec * (_centre_phase(shape, k) if phase is None else phase)
+
+
+def _centre_phase(shape: tuple[int, int], k: int) -> np.ndarray:
+    # The kernel sits at [0, K): undo its shift of K // 2 by a phase ramp (no full-size roll).
+    fy = np.fft.fftfreq(shape[0])
+    fx = np.fft.rfftfreq(shape[1])
+    return np.exp(2j * np.pi * (k // 2) * (fy[:, None] + fx[None, :])).astype(np.complex64)
+
+
+def solve_latent(
+    views: np.ndarray, kernels: np.ndarray, reg: float, *, pad: int | None = None, error: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Closed-form per-layer latent map (numpy port of edgedp.latent.solve_latent_map).
+
+    Args:
+        views: (2, H, W) float32 [left, right].
+        kernels: (2, L, K, K) [left, right] x layers, centred true-convolution PSFs.
+        reg: ``lam``, weight of the squared-gradient prior.
+        pad: replicate padding (px); default ``K // 2 + 8``.
+        error: also return each layer's re-render error ``sum_v (x_i conv f_i^v - y_v)^2``,
+            computed on the padded grid from the same spectra (``irfft2(X_i F_i^v - Y_v)``).
+
+    Returns:
+        ``(latent (L, H, W) float32, error (L, H, W) float32 or None)``.
+    """
+    views = np.asarray(views, np.float32)
+    kernels = np.asarray(kernels, np.float32)
+    _, h, w = views.shape
+    _, layers, k, _ = kernels.shape
+    p = (k // 2 + 8) if pad is None else int(pad)
+    hp, wp = fast_size(h + 2 * p), fast_size(w + 2 * p, even=True)
+    # Replicate to (h + 2p), then on out to the fast size: every margin is replicated.
+    vp = np.pad(views, ((0, 0), (p, hp - h - p), (p, wp - w - p)), mode="edge")
+    yf = np.fft.rfft2(vp)  # (2, Hp, Wf) complex64
+    g2 = np.float32(reg) * gradient_spectrum((hp, wp))
+    phase = _centre_phase((hp, wp), k)
+    latent = np.empty((layers, h, w), np.float32)
+    err = np.empty((layers, h, w), np.float32) if error else None
+    crop = (slice(p, p + h), slice(p, p + w))
+    for i in range(layers):  # per layer: a few full-size buffers, not (2, L, Hp, Wf) spectra
+        fl, fr = kernel_spectrum(kernels[:, i], (hp, wp), phase)
+        den = (fl.real**2 + fl.imag**2) + (fr.real**2 + fr.imag**2) + g2
+        x = (np.conj(fl) * yf[0] + np.conj(fr) * yf[1]) / den
+        latent[i] = np.fft.irfft2(x, s=(hp, wp))[crop]
+        if err is not None:
+            acc = np.zeros((h, w), np.float32)
+            for v, f in enumerate((fl, fr)):
+                r = np.fft.irfft2(x * f - yf[v], s=(hp, wp))[crop]
+                acc += r * r
+            err[i] = acc
+    return latent, err
+
+
+def estimate_noise_sigma(image: np.ndarray) -> float:
+    """White-noise std of a (H, W) image (Immerkaer 1996; edgedp.latent.estimate_noise_sigma):
+    ``sqrt(pi / 2) / 6`` times the lower quartile of the 16 x 16 px tile means of the absolute
+    response to ``[[1, -2, 1], [-2, 4, -2], [1, -2, 1]]`` (the quartile ignores edges/texture)."""
+    x = np.asarray(image, np.float32)
+    resp = (
+        x[:-2, :-2] - 2 * x[:-2, 1:-1] + x[:-2, 2:]
+        - 2 * x[1:-1, :-2] + 4 * x[1:-1, 1:-1] - 2 * x[1:-1, 2:]
+        + x[2:, :-2] - 2 * x[2:, 1:-1] + x[2:, 2:]
+    )
+    resp = np.abs(resp)
+    t = 16
+    h, w = (resp.shape[0] // t) * t, (resp.shape[1] // t) * t
+    c = math.sqrt(math.pi / 2) / 6
+    if h == 0 or w == 0:
+        return float(c * resp.mean())
+    tiles = resp[:h, :w].reshape(h // t, t, w // t, t).mean(axis=(1, 3), dtype=np.float64)
+    return float(c * np.quantile(tiles, 0.25))
+
+
+def latent_reg(views: np.ndarray, *, gain: float = 4.0, floor: float = 1e-3, ceil: float = 0.3) -> float:
+    """``lam = clamp(gain * sigma^2 / s^2, floor, ceil)`` for views (2, H, W)
+    (edgedp.latent.default_latent_reg): ``sigma`` the noise of the mean view, ``s^2`` its mean
+    squared forward difference less the noise's ``2 sigma^2`` (at least a tenth of it)."""
+    mean_view = np.asarray(views, np.float32).mean(axis=0)
+    sigma = estimate_noise_sigma(mean_view)
+    gx = np.diff(mean_view, axis=1)
+    gy = np.diff(mean_view, axis=0)
+    measured = 0.5 * (float(np.mean(gx * gx, dtype=np.float64)) + float(np.mean(gy * gy, dtype=np.float64)))
+    s2 = max(measured - 2 * sigma**2, 0.1 * measured)
+    lam = gain * sigma**2 / max(s2, 1e-12)
+    return float(min(max(lam, floor), ceil))
+
+
+# --- box filters, fusion ------------------------------------------------------------------------
+def _box_sums(x: np.ndarray, radius: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums over ``[j - radius, j + radius]`` clipped to the array along ``axis`` (float64 running
+    sums: float32 ones lose the small errors next to large ones), and the clipped counts."""
+    n = x.shape[axis]
+    c = np.cumsum(x, axis=axis, dtype=np.float64)
+    c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
+    j = np.arange(n)
+    hi, lo = np.minimum(j + radius + 1, n), np.maximum(j - radius, 0)
+    return np.take(c, hi, axis=axis) - np.take(c, lo, axis=axis), (hi - lo).astype(np.float64)
+
+
+def box_mean(image: np.ndarray, window: int) -> np.ndarray:
+    """Mean over a ``2 (window // 2) + 1`` square around each pixel of (..., H, W), taking only
+    the pixels inside the image (torch ``avg_pool2d(k, 1, window // 2, count_include_pad=False)``,
+    as edgedp.fit.layer_posterior).  Returns float32 of the same shape."""
+    r = window // 2
+    rows, nr = _box_sums(np.asarray(image), r, -2)
+    both, nc = _box_sums(rows, r, -1)
+    return (both / (nr[:, None] * nc[None, :])).astype(np.float32)
+
+
+def replicate_box_mean(image: np.ndarray, size: int = FLAT_FIELD_BOX) -> np.ndarray:
+    """``size`` x ``size`` mean of (H, W) with edge-replicated borders (OpenCV's ``cv2.blur`` with
+    ``BORDER_REPLICATE``, what edgedp.io uses for the flat field).  Returns float64."""
+    r = size // 2
+    padded = np.pad(np.asarray(image, np.float64), r, mode="edge")
+    h, w = image.shape
+    rows, _ = _box_sums(padded, r, 0)
+    both, _ = _box_sums(rows, r, 1)
+    return both[r : r + h, r : r + w] / float((2 * r + 1) ** 2)
+
+
+def flat_field_gain(white_left: np.ndarray, white_right: np.ndarray, black: float) -> np.ndarray:
+    """Right-view gain ``box101(wl - black) / box101(wr - black)`` (H0, W0) float64 (the Pixel 4
+    protocol step 2, edgedp.io): the right view is multiplied by it at full size."""
+    means = []
+    for frame, side in ((white_left, "left"), (white_right, "right")):
+        mean = replicate_box_mean(np.asarray(frame, np.float64) - black)
+        if not float(mean.min()) > 0.0:
+            raise RunnerError(
+                f"flat-field {side} frame has no signal above the black level {black:g} in places "
+                f"(its {FLAT_FIELD_BOX}x{FLAT_FIELD_BOX} mean is not positive everywhere)"
+            )
+        means.append(mean)
+    return means[0] / means[1]
+
+
+VIEW_GAIN_MODEL = "exp-poly3"  # edgedp.profile.VIEW_GAIN_MODEL
+
+
+def view_gain_map(coefficients, height: int, width: int) -> np.ndarray:
+    """The right view's gain (H, W) float32 of edgedp.profile.view_gain_map: ``exp(sum_k c_k
+    u^i v^j)`` over ``i + j <= 3`` (i = 0..3, j = 0..3 - i), ``u``, ``v`` in [-1, 1] across the
+    columns / rows."""
+    c = np.asarray(coefficients, np.float64).reshape(-1)
+    if c.size != 10:
+        raise RunnerError(f"view_gain needs 10 coefficients ({VIEW_GAIN_MODEL}), got {c.size}")
+    u = np.linspace(-1.0, 1.0, width)[None, :]
+    v = np.linspace(-1.0, 1.0, height)[:, None]
+    terms = [(i, j) for i in range(4) for j in range(4 - i)]
+    log_gain = sum(ck * (u**i) * (v**j) for ck, (i, j) in zip(c, terms))
+    return np.exp(np.broadcast_to(log_gain, (height, width))).astype(np.float32)
+
+
+def over_weights(alphas: np.ndarray) -> np.ndarray:
+    """Over-compositing weights ``d_i = a_i * prod_{j > i} (1 - a_j)`` of alphas (L, H, W)
+    (layer L - 1 on top; ``a_0 = 1`` makes them a partition of unity).  float32 (L, H, W)."""
+    alphas = np.asarray(alphas, np.float32)
+    out = np.empty_like(alphas)
+    above = None
+    for i in range(alphas.shape[0] - 1, -1, -1):
+        out[i] = alphas[i] if above is None else alphas[i] * above
+        above = (1 - alphas[i]) if above is None else above * (1 - alphas[i])
+    return out
+
+
+def fuse_weights(weights: np.ndarray, error: np.ndarray, window: int, *, floor: float = 1e-6, out: np.ndarray | None = None) -> np.ndarray:
+    """G_D's weights (L, H, W) times the per-pixel layer likelihood, normalized over layers
+    (edgedp.fit.fuse_with_likelihood with its ``layer_posterior``): ``d_i ~ max(w_i, floor) *
+    exp(-(e_i - min_j e_j) / T)`` with ``e = box_mean(error, window)`` (window > 1) and
+    ``T = 0.5 * mean_p min_j e_j + 1e-20``.  ``error`` (L, H, W) is each layer's re-render error.
+    ``out`` may be ``error`` itself (in place, saving one stack).  Returns float32 (L, H, W)."""
+    layers = error.shape[0]
+    out = np.empty(error.shape, np.float32) if out is None else out
+    best = None
+    for i in range(layers):
+        out[i] = box_mean(error[i], window) if window > 1 else error[i]
+        best = out[i].copy() if best is None else np.minimum(best, out[i])
+    scale = np.float32(-1.0 / (0.5 * float(best.mean(dtype=np.float64)) + 1e-20))
+    total = np.zeros(best.shape, np.float32)
+    for i in range(layers):
+        out[i] = np.exp((out[i] - best) * scale) * np.maximum(weights[i], np.float32(floor))
+        total += out[i]
+    out /= total
+    return out
+
+
+# --- the instant prediction ---------------------------------------------------------------------
+def instant_predict(
+    views: np.ndarray,
+    alphas: np.ndarray,
+    kernels: np.ndarray,
+    radii,
+    *,
+    config: InstantConfig = InstantConfig(),
+    reg: float | None = None,
+    timings: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All-in-focus image and defocus map of a DP pair from G_D's alphas (module docstring).
+
+    Args:
+        views: (2, H, W) float32 [left, right], normalized (unclipped) linear values.
+        alphas: (L, H, W) MPI alphas from gd.onnx (layer L - 1 on top, alphas[0] = 1).
+        kernels: (2, L, K, K) [left, right] x layers.
+        radii: (L,) signed blur radius (px) per layer.
+        config: regularization, fusion window, weight floor, padding.
+        reg: ``lam``; None: :func:`latent_reg` of the views with ``config``'s gain/floor/ceil.
+        timings: filled with seconds ``latent`` (reg + stage 1 + errors) and ``fuse``.
+
+    Returns:
+        ``(allinfocus (H, W), defocus (H, W), weights (L, H, W))`` float32; ``defocus`` is the
+        signed blur radius (px, > 0 behind the focal plane), ``weights`` the fused compositing
+        weights (sum 1 over layers).
+    """
+    views = np.asarray(views, np.float32)
+    alphas = np.asarray(alphas, np.float32)
+    radii = np.asarray(radii, np.float32).reshape(-1)
+    layers = radii.size
+    if views.ndim != 3 or views.shape[0] != 2:
+        raise RunnerError(f"views must be (2, H, W) [left, right], got {views.shape}")
+    if alphas.shape != (layers,) + views.shape[1:]:
+        raise RunnerError(f"alphas {alphas.shape} do not match {layers} layers of a {views.shape[1]}x{views.shape[2]} pair")
+    if kernels.ndim != 4 or kernels.shape[:2] != (2, layers):
+        raise RunnerError(f"kernels must be (2, {layers}, K, K), got {kernels.shape}")
+    t0 = time.perf_counter()
+    lam = latent_reg(views, gain=config.gain, floor=config.floor, ceil=config.ceil) if reg is None else float(reg)
+    latent, error = solve_latent(views, kernels, lam, pad=config.pad, error=config.fuse_window > 0)
+    t1 = time.perf_counter()
+    weights = over_weights(alphas)
+    if error is not None:
+        weights = fuse_weights(weights, error, config.fuse_window, floor=config.weight_floor, out=error)
+    allinfocus = np.zeros(views.shape[1:], np.float32)
+    defocus = np.zeros(views.shape[1:], np.float32)
+    for i in range(layers):
+        allinfocus += weights[i] * latent[i]
+        defocus += weights[i] * radii[i]
+    if timings is not None:
+        timings.update(latent=t1 - t0, fuse=time.perf_counter() - t1, latent_reg=lam)
+    return allinfocus, defocus, weights
+
+
+# --- export folder, G_D, the plain API ----------------------------------------------------------
+@dataclass(frozen=True)
+class InstantExport:
+    """What the instant path needs from an export folder (``edgedp export PHONE.profile``)."""
+
+    info: Any  # common.ExportInfo
+    kernels: np.ndarray  # (2, L, K, K) float32
+    radii: np.ndarray  # (L,) float32
+    config: InstantConfig
+
+    @property
+    def inputs(self) -> dict:
+        """The profile's input settings (``black_level``, ``white_level``, ``flat_field``; None
+        where the profile leaves the default)."""
+        return dict((self.info.data.get("profile") or {}).get("input") or {})
+
+
+def load_instant(folder) -> InstantExport:
+    """Read the sidecar, the kernels and the instant settings; one-line RunnerError if the
+    export has none (a scene export) or they disagree with the layers."""
+    info = common.load_export(folder)
+    entry = info.data.get("instant")
+    side = info.folder / common.SIDECAR_NAME
+    if not isinstance(entry, dict):
+        raise RunnerError(
+            f"{side}: this export has no 'instant' data (kernels); export a device profile with "
+            f"'edgedp export PHONE.profile -o OUT'"
+        )
+    info.graph("gd")
+    kernels = common.load_npy(info.folder / str(entry.get("kernels", "kernels.npy")), "instant kernels")
+    radii = np.asarray(info.radii, np.float32)
+    if kernels.ndim != 4 or kernels.shape[0] != 2 or kernels.shape[1] != radii.size or kernels.shape[2] != kernels.shape[3]:
+        raise RunnerError(f"{side}: kernels {kernels.shape} do not match (2, {radii.size}, K, K) for its {radii.size} radii")
+    return InstantExport(info=info, kernels=kernels, radii=radii, config=InstantConfig.from_sidecar(entry))
+
+
+def run_gd(model, views: np.ndarray, multiple_of: int, names: tuple[str, str] = ("pair", "alphas")) -> np.ndarray:
+    """G_D's alphas (L, H, W) for views (2, H, W): the pair is padded by edge replication to
+    multiples of ``multiple_of`` (gd.onnx does not pad), the alphas cropped back.  ``model`` is
+    a callable ``feeds -> {name: array}`` (a runner backend's model)."""
+    pair, (h, w) = common.pad_to_multiple(np.asarray(views, np.float32)[None], multiple_of, "pad")
+    out = model({names[0]: pair})[names[1]]
+    return np.ascontiguousarray(np.asarray(out, np.float32)[0, :, :h, :w])
+
+
+class _OrtCpu:
+    """gd.onnx in ONNX Runtime on the CPU (the plain API; the runners use their backends)."""
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        try:
+            import onnxruntime as ort  # noqa: PLC0415
+        except ImportError as err:
+            raise RunnerError(f"onnxruntime is not installed ({err}); pip install onnxruntime")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        options.log_severity_level = 3
+        # Without the arena ORT hands G_D's full-size intermediates back after the call instead
+        # of keeping ~0.5 GB (1008x1344, 18 layers) while the numpy part runs; same speed.
+        options.enable_cpu_mem_arena = False
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
+            raise RunnerError(f"{path}: onnxruntime cannot load it: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, feeds: dict) -> dict:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+def run_instant(export_folder, views: np.ndarray, threads: int | None = None) -> dict:
+    """The whole instant path on normalized views (2, H, W) float32 (no file I/O but loading
+    the export): gd.onnx in ONNX Runtime (CPU, ``threads`` intra-op threads), then
+    :func:`instant_predict`.  Returns ``{"allinfocus": (H, W), "defocus": (H, W), "weights":
+    (L, H, W), "latent_reg": lam, "seconds": {"load", "gd", "latent", "fuse", "total"}}``."""
+    t0 = time.perf_counter()
+    inst = load_instant(export_folder)
+    graph = inst.info.graph("gd")
+    model = _OrtCpu(common.graph_file(graph, ".onnx", "re-export with 'edgedp export PHONE.profile'"), threads)
+    t1 = time.perf_counter()
+    alphas = run_gd(model, views, graph.multiple_of)
+    t2 = time.perf_counter()
+    timings: dict = {}
+    aif, defocus, weights = instant_predict(views, alphas, inst.kernels, inst.radii, config=inst.config, timings=timings)
+    seconds = {"load": t1 - t0, "gd": t2 - t1, "latent": timings["latent"], "fuse": timings["fuse"]}
+    seconds["total"] = time.perf_counter() - t0
+    return {"allinfocus": aif, "defocus": defocus, "weights": weights, "latent_reg": timings["latent_reg"], "seconds": seconds}

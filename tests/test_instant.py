@@ -1,0 +1,202 @@
+"""export/instant.py (the numpy instant path) against the library's PyTorch code it ports:
+Stage 1's latent map and noise-based regularization, the re-render error, the box filters, the
+over operator and the likelihood fusion; and the whole instant prediction beating the blurry
+input on a synthetic scene with the true compositing weights.  The runner subcommand end to end
+is in tests/test_profile_export.py (it needs a profile export)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgedp.fit import alphas_from_weights, fuse_with_likelihood, layer_posterior
+from edgedp.kernels import kernel_pyramid
+from edgedp.latent import default_latent_reg, estimate_noise_sigma, solve_latent_map
+from edgedp.metrics import psnr
+from edgedp.physics import blur_stack_fft, over_weights
+from edgedp.synth import SynthConfig, make_scene
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
+import instant  # noqa: E402  (export/instant.py: numpy only)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """A 45x61 synthetic DP capture, layers at radii 0..4, their kernels, lam."""
+    sc = make_scene(SynthConfig(size=(45, 61), max_radius=4.0, num_planes=3, seed=3))
+    views = torch.stack([sc.left, sc.right])
+    radii = torch.arange(5.0)
+    kernels = kernel_pyramid(radii)
+    return sc, views, radii, kernels, default_latent_reg(views)
+
+
+def test_latent_map_matches_torch(scene):
+    _, views, _, kernels, lam = scene
+    ref = solve_latent_map(views, kernels, lam).numpy()
+    out, err = instant.solve_latent(views.numpy(), kernels.numpy(), lam)
+    assert err is None and out.dtype == np.float32 and out.shape == (5, 45, 61)
+    span = float(ref.max() - ref.min())
+    assert np.abs(out - ref).max() <= 1e-4 * span
+    # another padding and an odd size (37x53): same solve
+    v = views[:, :37, :53].contiguous()
+    ref = solve_latent_map(v, kernels, 0.01, pad=5).numpy()
+    out, _ = instant.solve_latent(v.numpy(), kernels.numpy(), 0.01, pad=5)
+    assert np.abs(out - ref).max() <= 1e-4 * float(ref.max() - ref.min())
+
+
+def test_fast_size_and_gradient_spectrum_match_torch():
+    from edgedp.latent import gradient_spectrum
+    from edgedp.physics import _fast_size
+
+    for n in (1, 11, 37, 97, 1058, 1394):
+        assert instant.fast_size(n) == _fast_size(n)
+        assert instant.fast_size(n, even=True) == _fast_size(n, even=True)
+    assert np.allclose(instant.gradient_spectrum((36, 50)), gradient_spectrum((36, 50)).numpy(), atol=1e-6)
+
+
+def test_latent_reg_matches_torch(scene):
+    _, views, _, _, lam = scene
+    v = views.numpy()
+    sigma = instant.estimate_noise_sigma(v.mean(0))
+    assert sigma == pytest.approx(estimate_noise_sigma(views.mean(0)), rel=1e-3)
+    assert sigma > 0
+    assert instant.latent_reg(v) == pytest.approx(lam, rel=1e-3)
+    assert instant.latent_reg(v, gain=40.0, floor=1e-4, ceil=1.0) == pytest.approx(
+        default_latent_reg(views, gain=40.0, floor=1e-4, ceil=1.0), rel=1e-3
+    )
+    # smaller than one 16 px tile: the whole-image mean
+    small = views[:, :12, :14].contiguous()
+    assert instant.latent_reg(small.numpy()) == pytest.approx(default_latent_reg(small), rel=1e-3)
+
+
+def test_rerender_error_matches_blurred_latent(scene):
+    """``irfft2(X_i F_i^v - Y_v)`` is the re-render residual of the library's blur of x_i
+    wherever the kernel does not reach the border (there the padded-grid solution is used)."""
+    _, views, _, kernels, lam = scene
+    latent, err = instant.solve_latent(views.numpy(), kernels.numpy(), lam, error=True)
+    blurred = blur_stack_fft(torch.from_numpy(latent)[None], kernels)[0]
+    ref = (blurred - views[:, None]).square().sum(0).numpy()
+    m = kernels.shape[-1] // 2
+    inner = (slice(None), slice(m, -m), slice(m, -m))
+    assert np.abs(err[inner] - ref[inner]).max() <= 1e-4 * float(ref.max())
+    # and near the border it is no worse on average (the padded-grid latent explains the margins)
+    assert float(err.mean()) <= float(ref.mean()) * 1.001
+
+
+def test_box_filters_match_torch_and_opencv():
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    e = rng.random((3, 37, 53)).astype(np.float32)
+    for window in (3, 15, 60):
+        ref = torch.nn.functional.avg_pool2d(
+            torch.from_numpy(e)[None], 2 * (window // 2) + 1, 1, window // 2, count_include_pad=False
+        )[0].numpy()
+        assert np.abs(instant.box_mean(e, window) - ref).max() <= 5e-6  # torch sums in float32
+    img = rng.random((120, 150)) * 1000
+    ref = cv2.blur(img, (101, 101), borderType=cv2.BORDER_REPLICATE)
+    assert np.abs(instant.replicate_box_mean(img, 101) - ref).max() <= 1e-9 * 1000
+    ref = cv2.blur(img, (5, 5), borderType=cv2.BORDER_REPLICATE)
+    assert np.abs(instant.replicate_box_mean(img, 5) - ref).max() <= 1e-9 * 1000
+
+
+def test_flat_field_gain_and_errors():
+    left = np.full((60, 70), 1100.0) + np.linspace(0, 50, 70)[None]
+    right = (left - 100.0) / 2 + 100.0  # half the signal above black 100
+    gain = instant.flat_field_gain(left, right, 100.0)
+    assert gain.shape == (60, 70) and np.allclose(gain, 2.0)
+    with pytest.raises(instant.RunnerError, match="right frame has no signal"):
+        instant.flat_field_gain(left, np.full((60, 70), 50.0), 100.0)
+
+
+def test_over_weights_and_fusion_match_torch(scene):
+    _, views, _, kernels, lam = scene
+    g = torch.Generator().manual_seed(1)
+    alphas = torch.rand(5, 45, 61, generator=g)
+    alphas[0] = 1
+    w_ref = over_weights(alphas[None])[0]
+    w = instant.over_weights(alphas.numpy())
+    assert np.abs(w - w_ref.numpy()).max() <= 1e-6
+    assert np.allclose(w.sum(0), 1.0, atol=1e-5)
+    latent = solve_latent_map(views, kernels, lam)
+    blurred = blur_stack_fft(latent[None], kernels)[0]
+    error = (blurred - views[:, None]).square().sum(0)
+    for window in (1, 15):
+        ref = fuse_with_likelihood(w_ref, blurred, views, window).numpy()
+        out = instant.fuse_weights(w, error.numpy(), window)
+        assert np.abs(out - ref).max() <= 1e-4
+        assert np.allclose(out.sum(0), 1.0, atol=1e-5)
+    post = layer_posterior(error, 15).numpy()  # G_D uniform: the likelihood alone
+    out = instant.fuse_weights(np.full_like(w, 0.2), error.numpy(), 15)
+    assert np.abs(out - post).max() <= 1e-4
+
+
+def test_instant_predict_beats_blurry_input():
+    """True compositing weights (hat interpolation of the true defocus between the integer radii
+    of the layers) as G_D's output: the instant all-in-focus image is sharper than the input and
+    the fused defocus map near the truth; with an uninformed G_D (uniform weights) the per-pixel
+    likelihood alone does nearly as well."""
+    sc = make_scene(SynthConfig(size=(97, 131), max_radius=5.0, depth="smooth", seed=11))
+    radii = torch.arange(6.0)
+    d = sc.defocus.clamp(0, 5)
+    low = d.floor().long().clamp(0, 4)
+    weights = torch.zeros(6, 97, 131)
+    weights.scatter_(0, low[None], (1 - (d - low))[None])
+    weights.scatter_add_(0, (low + 1)[None], (d - low)[None])
+    alphas = alphas_from_weights(weights).numpy()
+    views = torch.stack([sc.left, sc.right]).numpy()
+    kernels = kernel_pyramid(radii).numpy()
+    gt, true_defocus = sc.allinfocus.numpy(), sc.defocus.numpy()
+    p_in = psnr(views.mean(0), gt)
+    timings: dict = {}
+    aif, defocus, fused = instant.instant_predict(views, alphas, kernels, radii.numpy(), timings=timings)
+    assert aif.shape == defocus.shape == (97, 131) and fused.shape == (6, 97, 131)
+    assert np.allclose(fused.sum(0), 1.0, atol=1e-5)
+    assert psnr(np.clip(aif, 0, 1), gt) > p_in + 3.5, (psnr(np.clip(aif, 0, 1), gt), p_in)  # measured +4.1 dB
+    assert np.abs(defocus - true_defocus).mean() < 0.3  # measured 0.20 px
+    assert set(timings) == {"latent", "fuse", "latent_reg"} and timings["latent_reg"] > 0
+    # fusion off: G_D's weights exactly
+    aif0, defocus0, w0 = instant.instant_predict(views, alphas, kernels, radii.numpy(), config=instant.InstantConfig(fuse_window=0))
+    assert np.abs(w0 - weights.numpy()).max() <= 1e-5
+    assert np.abs(defocus0 - true_defocus).max() <= 1e-4
+    assert psnr(np.clip(aif0, 0, 1), gt) > p_in + 3.5
+    # uninformed G_D: uniform weights, the likelihood decides
+    uniform = alphas_from_weights(torch.full((6, 97, 131), 1 / 6)).numpy()
+    aif_u, defocus_u, _ = instant.instant_predict(views, uniform, kernels, radii.numpy())
+    assert psnr(np.clip(aif_u, 0, 1), gt) > p_in + 3.5
+    assert np.abs(defocus_u - true_defocus).mean() < 0.35  # measured 0.25 px
+
+
+def test_instant_predict_rejects_mismatched_shapes(scene):
+    _, views, _, kernels, _ = scene
+    alphas = np.ones((4, 45, 61), np.float32)
+    with pytest.raises(instant.RunnerError, match="alphas"):
+        instant.instant_predict(views.numpy(), alphas, kernels.numpy(), np.arange(5.0))
+    with pytest.raises(instant.RunnerError, match="views"):
+        instant.instant_predict(views.numpy()[:1], alphas, kernels.numpy(), np.arange(4.0))
+
+
+def test_config_from_sidecar():
+    cfg = instant.InstantConfig.from_sidecar(
+        {"latent_reg": {"gain": 2.0, "floor": 1e-4, "ceil": 0.5}, "fuse_window": 9, "pad": 30, "weight_floor": 1e-5}
+    )
+    assert cfg == instant.InstantConfig(gain=2.0, floor=1e-4, ceil=0.5, fuse_window=9, pad=30, weight_floor=1e-5)
+    assert instant.InstantConfig.from_sidecar({}) == instant.InstantConfig()
+    with pytest.raises(instant.RunnerError, match="non-numeric"):
+        instant.InstantConfig.from_sidecar({"fuse_window": "wide"})
+
+
+def test_view_gain_map_matches_torch():
+    from edgedp.profile import view_gain_map
+
+    coefficients = (0.17, 0.01, 0.02, -0.02, 0.33, -0.02, -0.08, -0.01, -0.01, -0.23)
+    ref = view_gain_map(coefficients, 37, 53).numpy()
+    got = instant.view_gain_map(coefficients, 37, 53)
+    assert got.shape == (37, 53) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    assert got[18, 52] > got[18, 0]  # positive u coefficient: brighter gain to the right
+    with pytest.raises(instant.RunnerError, match="10 coefficients"):
+        instant.view_gain_map(coefficients[:6], 37, 53)
