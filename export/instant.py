@@ -32,7 +32,10 @@ Sidecar fields read here (written by ``edgedp export PHONE.profile``, edgedp/pro
                               * sigma^2 / s^2, floor, ceil) (edgedp.latent.default_latent_reg)
                 "fuse_window": 15,                 box window (px) of the likelihood, 0 = off
                 "weight_floor": 1e-6}              clamp of G_D's weights before the product
-    "profile": {"input": {"black_level", "white_level", "flat_field"}, ...}   input defaults
+    "profile": {"input": {"black_level", "white_level", "flat_field",      input defaults
+                          "view_gain": {"model": "exp-poly3", "coefficients": [10]} or null}, ...}
+               (view_gain: the right view's gain over the frame measured by edgedp tune,
+               applied by the runner after the profile's flat field, :func:`view_gain_map`)
 """
 
 from __future__ import annotations
