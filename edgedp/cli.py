@@ -878,6 +878,12 @@ def tune(
 
     if out.exists() and not overwrite:
         raise OutputError(f"{out} exists (use --overwrite)")
+    import os
+
+    # Refuse before minutes of tuning, not after them.
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise OutputError(f"cannot write the profile {out}: folder {folder} does not exist or is not writable")
     if rounds < 1:
         raise InputError(f"--rounds {rounds}: must be >= 1")
     config = fit_config_from_options(preset.value, iterations=iterations, focus=focus.value if focus is not None else None)

@@ -784,6 +784,9 @@ def read_linear(path, what: str, black: float, white: float | None) -> np.ndarra
     the black level is real signal statistics).  ``white`` defaults to ``2**bits - 1`` of a PNG
     (edgedp.io's default) and to 1 for .npy (taken as linear)."""
     raw, depth = read_image(path, what)
+    if depth == 8 and (black > 0 or white is not None):
+        # edgedp's raw mode: levels such as 1024 / 16383 only make sense for 16-bit sensor data
+        raise RunnerError(f"{path}: {what} is an 8-bit image where 16-bit raw is expected (black/white levels given)")
     if not np.isfinite(raw).all():
         raise RunnerError(f"{path}: {what} holds NaN or infinite values")
     if white is None:

@@ -284,6 +284,15 @@ def test_runner_instant_errors(exported, pair, no_torch_env, tmp_path):
     proc = run(["instant", out, folder / "left.png", folder / "right.png", "-o", tmp_path / "o", "--crop", "500x20"],
                no_torch_env)
     assert_runner_error(proc, "larger than")
+    eight = np.full((H, W), 100, np.uint8)
+    (tmp_path / "eight.png").write_bytes(common.encode_png(eight))
+    proc = run(["instant", out, tmp_path / "eight.png", folder / "right.png", "-o", tmp_path / "o", "--black-level", 64],
+               no_torch_env)
+    assert_runner_error(proc, "8-bit image where 16-bit raw is expected")
+    nan = np.full((H, W), np.nan, np.float32)
+    np.save(tmp_path / "nan.npy", nan)
+    proc = run(["instant", out, tmp_path / "nan.npy", tmp_path / "nan.npy", "-o", tmp_path / "o"], no_torch_env)
+    assert_runner_error(proc, "NaN")
     # a scene export (no 'instant' data) is refused in one line
     scene = tmp_path / "scene"
     shutil.copytree(out, scene)

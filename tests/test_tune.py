@@ -142,6 +142,8 @@ def test_cli_tune_bad_capture(tmp_path):
 
     res = CliRunner().invoke(app, ["tune", str(tmp_path / "nothing"), "-o", str(tmp_path / "p.profile")])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and "LEFT,RIGHT" in res.stderr
+    res = CliRunner().invoke(app, ["tune", str(tmp_path), "-o", str(tmp_path / "no" / "such" / "p.profile")])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and "does not exist" in res.stderr
 
 
 def test_view_gain_recovers_a_simulated_vignetting():
