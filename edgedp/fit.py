@@ -365,6 +365,11 @@ def fit_defocus_map(
     return net, alphas, weights, losses
 
 
+FUSE_WEIGHT_FLOOR = 1e-6
+"""G_D's weights are clamped to at least this before the product with the likelihood, so the
+data can still pick a layer G_D ruled out."""
+
+
 def fuse_with_likelihood(weights: Tensor, blurred: Tensor, views: Tensor, window: int) -> Tensor:
     """Per-pixel refinement of G_D's weights: ``d_i ~ d_i^GD * q_i`` (normalized over layers)
     with ``q = softmax(-e / T)`` the full-resolution layer likelihood from each layer's
@@ -375,7 +380,7 @@ def fuse_with_likelihood(weights: Tensor, blurred: Tensor, views: Tensor, window
     Inputs (L, H, W), (2, L, H, W), (2, H, W); returns (L, H, W).
     """
     error = (blurred - views[:, None]).square().sum(0)  # (L, H, W)
-    posterior = layer_posterior(error, window) * weights.clamp_min(1e-6)
+    posterior = layer_posterior(error, window) * weights.clamp_min(FUSE_WEIGHT_FLOOR)
     return posterior / posterior.sum(0, keepdim=True)
 
 

@@ -126,10 +126,7 @@ def _meta(p: DeviceProfile) -> dict[str, Any]:
             "radius_scale": p.radius_scale,
             "asymmetry": p.asymmetry,
         },
-        "view_gain": None if p.view_gain is None else {
-            "model": VIEW_GAIN_MODEL,
-            "coefficients": [float(c) for c in p.view_gain],
-        },
+        "view_gain": view_gain_entry(p.view_gain),
         "gd": {
             "layers": p.layers,
             "width": p.gd_width,
@@ -239,6 +236,14 @@ right view by ``g`` matches its brightness to the left view's, as the white-shee
 the Pixel protocol does.  Degree 3 because DP vignetting is smooth but lopsided: on the Pixel 4
 white sheets (gain 1.01-1.40 over the crop) a cubic fits to 0.4% mean error, a quadratic to 3.4%."""
 VIEW_GAIN_TERMS = 10
+
+
+def view_gain_entry(coefficients: Sequence[float] | None) -> dict[str, Any] | None:
+    """The JSON form of a view gain (profile meta and the profile export's sidecar):
+    ``{"model": VIEW_GAIN_MODEL, "coefficients": [...]}``, or None."""
+    if coefficients is None:
+        return None
+    return {"model": VIEW_GAIN_MODEL, "coefficients": [float(c) for c in coefficients]}
 
 
 def _read_view_gain(entry: Any) -> tuple[float, ...] | None:

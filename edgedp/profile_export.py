@@ -42,6 +42,7 @@ texture (no capture needed) unless ``verify=False``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import time
 from pathlib import Path
@@ -55,18 +56,26 @@ from torch import Tensor
 from . import __version__
 from .errors import InputError, OutputError
 from .io import json_ready, write_json, write_npy
+from .fit import FUSE_WEIGHT_FLOOR, FitConfig
 from .kernels import kernel_pyramid
+from .latent import default_latent_reg
 from .onnx_export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, GD_FILE, SIDECAR_NAME
-from .profile import VIEW_GAIN_MODEL, DeviceProfile, load_profile
+from .profile import DeviceProfile, load_profile, view_gain_entry
 
 __all__ = ["INSTANT_DEFAULTS", "export_profile", "profile_test_image", "verify_profile_export"]
 
 KERNELS_FILE = "kernels.npy"
-#: The instant path's settings (defaults of edgedp fit: default_latent_reg, FitConfig.fuse_window).
+#: The instant path's settings: read off edgedp fit's own defaults (``default_latent_reg``'s
+#: keyword defaults, ``FitConfig.fuse_window``, the clamp of ``fuse_with_likelihood``), so the
+#: two cannot drift apart.
 INSTANT_DEFAULTS: dict[str, Any] = {
-    "latent_reg": {"gain": 4.0, "floor": 1e-3, "ceil": 0.3},
-    "fuse_window": 15,
-    "weight_floor": 1e-6,
+    "latent_reg": {
+        name: param.default
+        for name, param in inspect.signature(default_latent_reg).parameters.items()
+        if name in ("gain", "floor", "ceil")
+    },
+    "fuse_window": FitConfig().fuse_window,
+    "weight_floor": FUSE_WEIGHT_FLOOR,
 }
 INPUT_NORMALIZATION = (
     "linear sensor values (raw - black_level) / white_level, unclipped, float32 (the profile's input settings; "
@@ -133,9 +142,7 @@ def _profile_section(profile: DeviceProfile, path: Path | None) -> dict[str, Any
             "white_level": profile.white_level,
             "flat_field": None if profile.flat_field is None else list(profile.flat_field),
             # left/right gain over the frame measured by edgedp tune (after the flat field above)
-            "view_gain": None if profile.view_gain is None else {
-                "model": VIEW_GAIN_MODEL, "coefficients": [float(c) for c in profile.view_gain],
-            },
+            "view_gain": view_gain_entry(profile.view_gain),
         },
         "kernel": {
             "model": profile.kernel_model,

@@ -236,6 +236,7 @@ def estimate_view_gain(views: Sequence[Tensor], *, block: int = 16, saturation: 
     from .profile import VIEW_GAIN_TERMS, view_gain_basis
 
     systems = []
+    pooled: dict[tuple[int, int], Tensor] = {}  # block means of the basis, per capture size
     for v in views:
         h, w = v.shape[-2:]
         hb, wb = h // block, w // block
@@ -245,7 +246,10 @@ def estimate_view_gain(views: Sequence[Tensor], *, block: int = 16, saturation: 
         means = F.avg_pool2d(v, block)[:, 0]  # (2, hb, wb)
         peak = F.max_pool2d(v, block)[:, 0].amax(0)
         ok = (means.amin(0) > 1e-4) & (peak < saturation)
-        basis = F.avg_pool2d(view_gain_basis(h, w, dtype=torch.float64)[:, None, : hb * block, : wb * block], block)[:, 0]
+        if (h, w) not in pooled:
+            full = view_gain_basis(h, w, dtype=torch.float64)[:, None, : hb * block, : wb * block]
+            pooled[h, w] = F.avg_pool2d(full, block)[:, 0]
+        basis = pooled[h, w]
         weight = means.amin(0)[ok].sqrt()
         systems.append((basis[:, ok].T * weight[:, None], (means[0] / means[1]).log()[ok] * weight))
 

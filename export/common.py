@@ -230,9 +230,7 @@ def pad_to_multiple(image: np.ndarray, multiple: int, mode: str) -> tuple[np.nda
         nh, nw = (h // multiple) * multiple, (w // multiple) * multiple
         if nh == 0 or nw == 0:
             raise RunnerError(f"input {h}x{w} is smaller than one {multiple}x{multiple} block; use --fit pad")
-        top, left = (h - nh) // 2, (w - nw) // 2
-        out = image[..., top : top + nh, left : left + nw]
-        return np.ascontiguousarray(out), (nh, nw)
+        return centre_crop(image, (nh, nw), "input"), (nh, nw)
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph or pw:
         pad = [(0, 0)] * (image.ndim - 2) + [(0, ph), (0, pw)]
