@@ -68,6 +68,7 @@ from torch import Tensor
 
 from . import __version__
 from .errors import InputError, OutputError
+from .deconvolution import DeconvolutionConfig
 from .fit import FitConfig, FitResult, StageReport
 from .io import _atomic_write, json_ready, write_json
 from .kernels import ButterworthParams
@@ -198,9 +199,10 @@ def fit_config_from_dict(data: dict) -> FitConfig:
     defaults."""
     names = {f.name for f in dataclasses.fields(FitConfig)}
     kwargs = {k: v for k, v in dict(data).items() if k in names}
-    if isinstance(kwargs.get("butterworth"), dict):
-        bw_names = {f.name for f in dataclasses.fields(ButterworthParams)}
-        kwargs["butterworth"] = ButterworthParams(**{k: v for k, v in kwargs["butterworth"].items() if k in bw_names})
+    for key, kind in (("butterworth", ButterworthParams), ("deconvolution", DeconvolutionConfig)):
+        if isinstance(kwargs.get(key), dict):
+            known = {f.name for f in dataclasses.fields(kind)}
+            kwargs[key] = kind(**{k: v for k, v in kwargs[key].items() if k in known})
     if isinstance(kwargs.get("patches"), list):
         kwargs["patches"] = tuple(int(p) for p in kwargs["patches"])
     return FitConfig(**kwargs)

@@ -23,7 +23,8 @@ from torch import Tensor
 from .disparity import estimate_disparity
 from .errors import InputError
 from .kernels import ButterworthParams, both_radii, front_radii, kernel_disparity, kernel_pyramid
-from .latent import default_latent_reg, solve_latent_map
+from .deconvolution import DeconvolutionConfig, deconvolve_layers, default_tv_weight
+from .latent import LatentSolver, default_latent_reg
 from .networks import DefocusNet, alphas_from_logits, gd_input, upsample_logits
 from .physics import blur_stack_fft, over_weights
 
@@ -70,6 +71,9 @@ class FitConfig:
         fuse_window: window (px) of the per-pixel likelihood fused with G_D's weights after
             stage 2 (:func:`fuse_with_likelihood`); 0 keeps G_D's weights as they are.
         patches: (rows, cols) of the stage 3 kernel grid (thesis: 6 x 8).
+        deconvolution: the final TV deconvolution of the all-in-focus image
+            (:mod:`edgedp.deconvolution`; ``iterations=0`` keeps Stage 1's composite); its
+            ``tv_weight`` is filled in from the data.
         seed: seed of every random initialization (same seed, same output).
         device: ``cpu`` or ``cuda``.
         channel: what an RGB fit runs on: ``luminance`` (Rec. 709 weights of linear RGB) or a
@@ -95,6 +99,7 @@ class FitConfig:
     prior_window: int = 15
     fuse_window: int = 15
     patches: tuple[int, int] = (6, 8)
+    deconvolution: DeconvolutionConfig = field(default_factory=DeconvolutionConfig)
     seed: int = 0
     device: str = "cpu"
     channel: str | int = "luminance"
@@ -120,7 +125,8 @@ class FitResult:
         defocus: (H, W) signed blur radius in px, ``sum_i d_i r_i``.
         weights: (L, H, W) compositing weights d_i (sum to 1 over layers).
         alphas: (L, H, W) MPI alphas (``weights = over_weights(alphas)``, alpha_0 = 1).
-        latent: (C, L, H, W) latent map (per layer sharp estimates), per channel.
+        latent: (C, L, H, W) latent map (per layer sharp estimates), per channel; after the final
+            deconvolution, so that ``allinfocus == (latent * weights).sum(1)``.
         radii: (L,) signed blur radius of each layer (px).
         kernels: (2, L, K, K) parametric kernels [left, right].
         patch_kernels: (Pr, Pc, 2, L, K, K) stage 3 kernels, or None.
@@ -187,7 +193,8 @@ def fit_scene(
     config = dataclasses.replace(config, latent_reg=lam)
 
     # Stage 1: closed-form latent map on the fit channel.
-    latent = solve_latent_map(views, kernels, lam)  # (L, H, W)
+    solver = LatentSolver(views, kernels, lam)
+    latent = solver.solve()  # (L, H, W)
     report("stage 1", 1, 1, None)
     stages.append(StageReport("stage 1 latent map", time.perf_counter() - t0, 1, None))
 
@@ -204,15 +211,34 @@ def fit_scene(
         patch_kernels, latent, losses = fit_patch_kernels(views, latent, weights, kernels, radii, config, progress=report)
         stages.append(StageReport("stage 3 kernels", time.perf_counter() - t0, config.stage3_iterations, losses[-1] if losses else None, _thin(losses)))
 
-    # Every channel: its own latent map with the fitted kernels, composited with the fitted weights.
+    # Every channel: its own latent map with the fitted kernels, then the final TV deconvolution
+    # of its composite with the fitted weights (edgedp.deconvolution).
+    t0 = time.perf_counter()
+    deconv = config.deconvolution
+    if deconv.tv_weight is None:
+        deconv = dataclasses.replace(deconv, tv_weight=default_tv_weight(views, lam))
+        config = dataclasses.replace(config, deconvolution=deconv)
     channels = left.shape[0]
-    if channels == 1:
-        latents = latent[None]
-    else:
-        latents = torch.stack([
-            _channel_latent(torch.stack([left[c], right[c]]), kernels, patch_kernels, lam) for c in range(channels)
-        ])
+    steps = deconv.iterations * channels
+
+    def channel_result(c: int) -> Tensor:
+        if channels == 1:  # the fit channel itself: Stage 1's solver and latent map (or Stage 3's)
+            channel_views, channel_latent = views, latent
+        else:
+            channel_views, channel_latent = torch.stack([left[c], right[c]]), None
+        if channels == 1 and patch_kernels is None:
+            channel_solver = solver
+        else:
+            channel_solver = _layer_solver(channel_views, kernels, patch_kernels, lam)
+        if channel_latent is None:
+            channel_latent = channel_solver.solve()
+        tick = lambda step, total: report("deconvolution", c * deconv.iterations + step, steps, None)  # noqa: E731
+        return deconvolve_layers(channel_solver, channel_latent, weights, lam, float(deconv.tv_weight), deconv, progress=tick)
+
+    latents = torch.stack([channel_result(c) for c in range(channels)])
     allinfocus = (latents * weights[None]).sum(1)
+    if deconv.iterations > 0:
+        stages.append(StageReport("stage 4 deconvolution", time.perf_counter() - t0, deconv.iterations, None))
     defocus = (weights * radii[:, None, None].to(weights)).sum(0)
     return FitResult(
         allinfocus=allinfocus.cpu(),
@@ -336,6 +362,10 @@ def fit_defocus_map(
             opt = torch.optim.Adam(net.head.parameters(), lr=config.lr)
         else:
             opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+        # Cosine decay of the step to a tenth: with a constant rate the loss falls, then climbs
+        # back once the weights sit near a minimum (measured on synthetic scenes: 2.1 -> 6.5
+        # relative loss between steps 80 and 150, and the image worse than after 10 steps).
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=0.1 * config.lr)
 
     def logits() -> Tensor:
         return net.head(features) if config.gd_train == "head" else net(inp)
@@ -352,6 +382,7 @@ def fit_defocus_map(
             loss = loss - config.prior_weight * (prior * d.clamp_min(1e-8).log()).sum(0).mean()
         loss.backward()
         opt.step()
+        schedule.step()
         losses.append(float(loss.detach()))
         report("stage 2", step + 1, total, losses[-1])
     with torch.no_grad():
@@ -473,12 +504,13 @@ def load_gd_state(net: DefocusNet, state: dict[str, Tensor]) -> None:
     net.load_state_dict({k: state[k].to(own[k]) for k in own})
 
 
-def _channel_latent(views: Tensor, kernels: Tensor, patch_kernels: Tensor | None, lam: float) -> Tensor:
+def _layer_solver(views: Tensor, kernels: Tensor, patch_kernels: Tensor | None, lam: float):
+    """Stage 1 of ``views`` with the uniform kernels or, after Stage 3, the patch kernels."""
     if patch_kernels is None:
-        return solve_latent_map(views, kernels, lam)
-    from .kernel_fit import solve_latent_map_patchwise
+        return LatentSolver(views, kernels, lam)
+    from .kernel_fit import PatchLatentSolver
 
-    return solve_latent_map_patchwise(views, patch_kernels, lam)
+    return PatchLatentSolver(views, patch_kernels, lam)
 
 
 def _thin(values: list[float], keep: int = 200) -> list[float]:

@@ -90,8 +90,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .kernels import resize_kernel
-from .latent import centred_kernel_spectrum, default_latent_reg, gradient_spectrum, solve_latent_map
-from .physics import _fast_size, _support, patch_blend_weights, render_dual_pixel_patchwise
+from .latent import (
+    LatentSolver,
+    centred_kernel_spectrum,
+    default_latent_reg,
+    gradient_operator_spectra,
+    gradient_spectrum,
+    solve_latent_map,
+)
+from .physics import fast_size, patch_blend_weights, render_dual_pixel_patchwise, support_spans
 
 __all__ = [
     "KernelFitSettings",
@@ -99,6 +106,7 @@ __all__ = [
     "KernelGenerators",
     "fit_patch_kernels",
     "patch_layer_kernels",
+    "PatchLatentSolver",
     "solve_latent_map_patchwise",
     "warm_start",
 ]
@@ -332,26 +340,26 @@ def gauge_penalty(side_kernels: dict[str, Tensor], targets: dict[str, Tensor]) -
 # closed-form latent map with per-patch kernels
 
 
-def solve_latent_map_patchwise(
-    views: Tensor, patch_kernels: Tensor, lam: float, *, margin: int | None = None
-) -> Tensor:
-    """Closed-form Stage 1 latent map with per-patch kernels, blended seamlessly.
+class PatchLatentSolver:
+    """Closed-form Stage 1 latent map with per-patch kernels, blended seamlessly; the patchwise twin
+    of :class:`edgedp.latent.LatentSolver` (same :meth:`solve` signature, same optional target
+    gradient field ``z`` weighted by ``target_weight``).
 
-    Per patch ``p`` the latent is ``x_p = argmin ||y - x conv k_p||^2 + lam ||grad x||^2`` (each
-    layer alone, as :func:`edgedp.latent.solve_latent_map`), and the result is
-    ``sum_p w_p x_p`` with the tents of :func:`edgedp.physics.patch_blend_weights`.
+    Per patch ``p`` the latent is ``x_p = argmin ||y - x conv k_p||^2 + lam ||grad x||^2 (+
+    target_weight ||grad x - z||^2)`` (each layer alone, as :func:`edgedp.latent.solve_latent_map`),
+    and the result is ``sum_p w_p x_p`` with the tents of :func:`edgedp.physics.patch_blend_weights`.
 
     How: solving each patch on a window around its weight's support with the window's edges
     replicated (the obvious way) moves the badly conditioned layers' solution everywhere, since
     the inverse filter of a large DP kernel reaches far: at 1008 x 1344 with a 6 x 8 grid that
     cost 0.08-0.14 dB of PSNR with *equal* kernels.  Instead each window solves for the
-    correction to a global solution ``x_0`` (:func:`solve_latent_map` with the patches' mean
-    kernels): ``A_p d = r`` with ``A_p = K_p^T K_p + lam G^T G`` and the normal-equation residual
-    ``r = K_p^T y - A_p x_0`` computed on the window and zeroed within ``K`` px of the window's
-    edges (where the window's padding, not the data, speaks), then ``x_p = x_0 + d``.  Equal
-    kernels give ``r = 0`` in the kept area, so the global solution exactly (to float rounding);
-    a patch whose kernels differ gets a correction driven by its own data, except within ``K`` px
-    of the image borders, where it keeps ``x_0``.
+    correction to a global solution ``x_0`` (:class:`edgedp.latent.LatentSolver` with the patches'
+    mean kernels): ``A_p d = r`` with ``A_p = K_p^T K_p + (lam + target_weight) G^T G`` and the
+    normal-equation residual ``r = K_p^T y + target_weight G^T z - A_p x_0`` computed on the window
+    and zeroed within ``K`` px of the window's edges (where the window's padding, not the data,
+    speaks), then ``x_p = x_0 + d``.  Equal kernels give ``r = 0`` in the kept area, so the global
+    solution exactly (to float rounding); a patch whose kernels differ gets a correction driven by
+    its own data, except within ``K`` px of the image borders, where it keeps ``x_0``.
 
     Args:
         views: (2, H, W) DP pair [left, right].
@@ -359,49 +367,73 @@ def solve_latent_map_patchwise(
         lam: weight of the gradient prior (as in :func:`solve_latent_map`).
         margin: context px around each support (>= K so the support's residual is exact);
             default ``K + 8``.
-
-    Returns:
-        (L, H, W) latent map; device/dtype follow ``views``.
     """
-    if views.dim() != 3 or views.shape[0] != 2:
-        raise ValueError(f"views must be (2, H, W), got {tuple(views.shape)}")
-    if patch_kernels.dim() != 6 or patch_kernels.shape[2] != 2:
-        raise ValueError(f"patch_kernels must be (Pr, Pc, 2, L, K, K), got {tuple(patch_kernels.shape)}")
-    h, w = views.shape[-2:]
-    pr, pc, _, layers, k, _ = patch_kernels.shape
-    patch_kernels = patch_kernels.to(views)
-    base = solve_latent_map(views, patch_kernels.mean(dim=(0, 1)), lam)  # (L, H, W)
-    if pr * pc == 1:
-        return base
-    m = k + 8 if margin is None else int(margin)
-    band = k  # support radius of K^T K (2 (K // 2)) + 1 for the gradient prior
-    pad = k // 2 + 8
-    blend = patch_blend_weights((h, w), (pr, pc), device=views.device, dtype=views.dtype)
-    rows = _support(blend[:, 0, :, 0])
-    cols = _support(blend[0, :, 0, :])
-    out = views.new_zeros(layers, h, w)
-    for i, (r0, r1) in enumerate(rows):
-        for j, (c0, c1) in enumerate(cols):
-            a0, a1 = max(0, r0 - m), min(h, r1 + m)
-            b0, b1 = max(0, c0 - m), min(w, c1 + m)
-            hw, ww = a1 - a0, b1 - b0
-            hp, wp = _fast_size(hw + 2 * pad), _fast_size(ww + 2 * pad, even=True)
-            lrtb = (pad, wp - ww - pad, pad, hp - hw - pad)
-            yf = torch.fft.rfft2(F.pad(views[None, :, a0:a1, b0:b1], lrtb, mode="replicate")[0])
-            xg = F.pad(base[None, :, a0:a1, b0:b1], lrtb, mode="replicate")[0]
-            kf = centred_kernel_spectrum(patch_kernels[i, j], (hp, wp))  # (2, L, Hp, Wf)
-            den = kf.abs().square().sum(0) + lam * gradient_spectrum((hp, wp), device=views.device, dtype=views.dtype)
-            rhs = (kf.conj() * yf[:, None]).sum(0) - den * torch.fft.rfft2(xg)
-            resid = torch.fft.irfft2(rhs, s=(hp, wp))
-            # Keep the residual where the window's data decide it: at least ``band`` px inside
-            # the window (the replicated margins of y and x_0 are not a solution pair).
-            mask = torch.zeros(hp, wp, device=views.device, dtype=views.dtype)
-            mask[pad + band : pad + hw - band, pad + band : pad + ww - band] = 1
-            d = torch.fft.irfft2(torch.fft.rfft2(resid * mask) / den, s=(hp, wp))
-            x = xg[:, pad + r0 - a0 : pad + r1 - a0, pad + c0 - b0 : pad + c1 - b0]
-            x = x + d[:, pad + r0 - a0 : pad + r1 - a0, pad + c0 - b0 : pad + c1 - b0]
-            out[:, r0:r1, c0:c1] += x * blend[i, j, r0:r1, c0:c1]
-    return out
+
+    def __init__(self, views: Tensor, patch_kernels: Tensor, lam: float, *, margin: int | None = None) -> None:
+        if views.dim() != 3 or views.shape[0] != 2:
+            raise ValueError(f"views must be (2, H, W), got {tuple(views.shape)}")
+        if patch_kernels.dim() != 6 or patch_kernels.shape[2] != 2:
+            raise ValueError(f"patch_kernels must be (Pr, Pc, 2, L, K, K), got {tuple(patch_kernels.shape)}")
+        self.views = views
+        self.patch_kernels = patch_kernels.to(views)
+        self.lam = float(lam)
+        self.layers = int(patch_kernels.shape[3])
+        k = int(patch_kernels.shape[-1])
+        self.margin = k + 8 if margin is None else int(margin)
+        self.base = LatentSolver(views, self.patch_kernels.mean(dim=(0, 1)), lam)
+
+    def solve(self, target: Tensor | None = None, target_weight: float = 0.0, layers=None) -> Tensor:
+        """``(L, H, W)`` latent map, or only ``layers`` of it (see :meth:`LatentSolver.solve`)."""
+        views, patch_kernels, lam, m = self.views, self.patch_kernels, self.lam, self.margin
+        h, w = views.shape[-2:]
+        pr, pc, _, _, k, _ = patch_kernels.shape
+        index = list(range(self.layers)) if layers is None else list(layers)
+        base = self.base.solve(target, target_weight, index)  # (l, H, W)
+        if pr * pc == 1:
+            return base
+        use_target = target is not None and target_weight > 0
+        weight = lam + (target_weight if use_target else 0.0)
+        band = k  # support radius of K^T K (2 (K // 2)) + 1 for the gradient prior
+        pad = k // 2 + 8
+        blend = patch_blend_weights((h, w), (pr, pc), device=views.device, dtype=views.dtype)
+        rows = support_spans(blend[:, 0, :, 0])
+        cols = support_spans(blend[0, :, 0, :])
+        out = views.new_zeros(len(index), h, w)
+        for i, (r0, r1) in enumerate(rows):
+            for j, (c0, c1) in enumerate(cols):
+                a0, a1 = max(0, r0 - m), min(h, r1 + m)
+                b0, b1 = max(0, c0 - m), min(w, c1 + m)
+                hw, ww = a1 - a0, b1 - b0
+                hp, wp = fast_size(hw + 2 * pad), fast_size(ww + 2 * pad, even=True)
+                lrtb = (pad, wp - ww - pad, pad, hp - hw - pad)
+                yf = torch.fft.rfft2(F.pad(views[None, :, a0:a1, b0:b1], lrtb, mode="replicate")[0])
+                xg = F.pad(base[None, :, a0:a1, b0:b1], lrtb, mode="replicate")[0]
+                kf = centred_kernel_spectrum(patch_kernels[i, j][:, index], (hp, wp))  # (2, l, Hp, Wf)
+                den = kf.abs().square().sum(0) + weight * gradient_spectrum((hp, wp), device=views.device, dtype=views.dtype)
+                rhs = (kf.conj() * yf[:, None]).sum(0) - den * torch.fft.rfft2(xg)
+                if use_target:
+                    zf = torch.fft.rfft2(F.pad(target[None, :, a0:a1, b0:b1], lrtb)[0])
+                    gx, gy = gradient_operator_spectra((hp, wp), device=views.device, dtype=views.dtype)
+                    rhs = rhs + target_weight * (gx.conj() * zf[0] + gy.conj() * zf[1])
+                resid = torch.fft.irfft2(rhs, s=(hp, wp))
+                # Keep the residual where the window's data decide it: at least ``band`` px inside
+                # the window (the replicated margins of y and x_0 are not a solution pair).
+                mask = torch.zeros(hp, wp, device=views.device, dtype=views.dtype)
+                mask[pad + band : pad + hw - band, pad + band : pad + ww - band] = 1
+                d = torch.fft.irfft2(torch.fft.rfft2(resid * mask) / den, s=(hp, wp))
+                x = xg[:, pad + r0 - a0 : pad + r1 - a0, pad + c0 - b0 : pad + c1 - b0]
+                x = x + d[:, pad + r0 - a0 : pad + r1 - a0, pad + c0 - b0 : pad + c1 - b0]
+                out[:, r0:r1, c0:c1] += x * blend[i, j, r0:r1, c0:c1]
+        return out
+
+
+def solve_latent_map_patchwise(
+    views: Tensor, patch_kernels: Tensor, lam: float, *, margin: int | None = None
+) -> Tensor:
+    """Closed-form Stage 1 latent map with per-patch kernels (:class:`PatchLatentSolver` without a
+    target): (2, H, W) views, (Pr, Pc, 2, L, K, K) kernels -> (L, H, W); device/dtype follow
+    ``views``."""
+    return PatchLatentSolver(views, patch_kernels, lam, margin=margin).solve()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -204,3 +204,61 @@ def evaluate(output: ArrayLike, gt: ArrayLike, *, max_shift: int = 4) -> Protoco
     )
     raw = _scores(out, ref, (0, 0))
     return ProtocolScores(registered=registered, raw=raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# artifact measures (the restoration study, tools/study_quality.py)
+
+
+def registered_residual(output: ArrayLike, gt: ArrayLike, shift: tuple[int, int], max_shift: int = 4) -> np.ndarray:
+    """``clip(output) - gt`` on the protocol's registered interior for ``shift`` (dy, dx):
+    ``out[m+dy : h-m+dy, m+dx : w-m+dx] - gt[m:h-m, m:w-m]``, ``m = max_shift``."""
+    out, ref = _pair(output, gt)
+    out = np.clip(out, 0.0, 1.0)
+    m = int(max_shift)
+    dy, dx = (int(s) for s in shift)
+    if max(abs(dy), abs(dx)) > m:
+        raise ValueError(f"shift {shift} exceeds max_shift {m}")
+    h, w = ref.shape
+    return out[m + dy : h - m + dy, m + dx : w - m + dx] - ref[m : h - m, m : w - m]
+
+
+def _box_rows(x: np.ndarray, size: int) -> np.ndarray:
+    """Mean over a ``size``-row window (edge-replicated) along axis 0."""
+    half = size // 2
+    padded = np.pad(x, ((half, half), (0, 0)), mode="edge")
+    c = np.cumsum(np.pad(padded, ((1, 0), (0, 0))), axis=0)
+    return (c[size:] - c[:-size]) / size
+
+
+def streak_energy(residual: ArrayLike, *, segment: int = 64, smooth: int = 15) -> float:
+    """Energy of **horizontal streaks** in a residual image ``(H, W)``: the residual averaged along
+    each row over ``segment``-px runs (a streak is coherent along its row, noise and texture
+    average out), high-passed across rows (minus a ``smooth``-row box mean, so that slowly varying
+    brightness errors do not count), mean square.  Compare a restoration's value with the input's
+    (their ratio: below 1 the output carries fewer streaks than the blurry input's residual)."""
+    r = _as_f64(residual, "residual")
+    w = (r.shape[1] // segment) * segment
+    if w == 0:
+        raise ValueError(f"residual {r.shape} is narrower than one segment of {segment} px")
+    runs = r[:, :w].reshape(r.shape[0], w // segment, segment).mean(axis=2)  # (H, W / segment)
+    return float(np.mean((runs - _box_rows(runs, smooth)) ** 2))
+
+
+def bead_energy(residual: ArrayLike, gt: ArrayLike, *, quantile: float = 0.98) -> float:
+    """Energy of **beads** along strong vertical edges: mean square of the residual's vertical
+    derivative at the pixels where the reference ``gt`` (same shape as ``residual``) has its
+    strongest mostly-vertical edges (horizontal gradient above its ``quantile`` and twice the
+    vertical one).  A beaded (dotted) edge varies along the edge, i.e. vertically; a clean one
+    does not.  Compare with the input's value."""
+    r = _as_f64(residual, "residual")
+    g = _as_f64(gt, "gt")
+    if r.shape != g.shape:
+        raise ValueError(f"residual {r.shape} and gt {g.shape} must have the same shape")
+    gx = np.abs(np.diff(g, axis=1))[:-1, :]
+    gy = np.abs(np.diff(g, axis=0))[:, :-1]
+    edges = (gx > np.quantile(gx, quantile)) & (gx > 2 * gy)
+    if not edges.any():
+        return 0.0
+    ry = np.diff(r, axis=0)[:, :-1]
+    return float(np.mean(ry[edges] ** 2))

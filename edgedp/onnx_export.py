@@ -204,12 +204,12 @@ class RenderModule(nn.Module):
             self.macs = sum(f.macs for f in self.factors)
             self.regions = None
         else:
-            from .physics import _support, _tents
+            from .physics import _tents, support_spans
 
             pr, pc = kernels.shape[:2]
             a, b = _tents(h, pr), _tents(w, pc)
             self.regions = []  # (row slice, col slice, blend (1,1,h,w), factors per layer)
-            rs, cs = _support(a), _support(b)
+            rs, cs = support_spans(a), support_spans(b)
             for r in range(pr):
                 for c in range(pc):
                     r0, r1 = rs[r]

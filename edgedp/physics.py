@@ -75,12 +75,14 @@ __all__ = [
     "blur_stack_direct",
     "blur_stack_fft",
     "blur_stack_patchwise",
+    "fast_size",
     "composite",
     "kernel_spectrum",
     "over_weights",
     "patch_blend_weights",
     "render_dual_pixel",
     "render_dual_pixel_patchwise",
+    "support_spans",
 ]
 
 Method = Literal["fft", "direct"]
@@ -96,7 +98,7 @@ DEVICE_CHUNK_BYTES = 2**31
 # small helpers
 
 
-def _fast_size(n: int, *, even: bool = False) -> int:
+def fast_size(n: int, *, even: bool = False) -> int:
     """Smallest ``m >= n`` whose prime factors are all in {2, 3, 5, 7} (and even if asked)."""
     m = max(int(n), 1)
     while True:
@@ -113,7 +115,7 @@ def _fast_size(n: int, *, even: bool = False) -> int:
 def _fft_shape(h: int, w: int, kernel_size: int) -> tuple[int, int]:
     """FFT size for an ``h x w`` output blurred by a ``kernel_size`` kernel (no wrap-around)."""
     p = kernel_size // 2
-    return _fast_size(h + 2 * p), _fast_size(w + 2 * p, even=True)
+    return fast_size(h + 2 * p), fast_size(w + 2 * p, even=True)
 
 
 def _check_stack(stack: Tensor, name: str = "stack") -> None:
@@ -558,7 +560,7 @@ def patch_blend_weights(
     return (a[:, None, :, None] * b[None, :, None, :]).to(device=device, dtype=dtype)
 
 
-def _support(weights_1d: Tensor) -> list[tuple[int, int]]:
+def support_spans(weights_1d: Tensor) -> list[tuple[int, int]]:
     """``[start, stop)`` of the non-zero entries of each row of a 1-D tent table."""
     out = []
     for row in weights_1d:
@@ -579,7 +581,7 @@ class _PatchGeometry:
 
 def _patch_geometry(h: int, w: int, grid: tuple[int, int], k: int) -> _PatchGeometry:
     rows, cols = _tents(h, grid[0]), _tents(w, grid[1])
-    rs, cs = _support(rows), _support(cols)
+    rs, cs = support_spans(rows), support_spans(cols)
     hmax = max(b - a for a, b in rs)
     wmax = max(b - a for a, b in cs)
     return _PatchGeometry(rows, cols, rs, cs, _fft_shape(hmax, wmax, k), k // 2)

@@ -50,11 +50,11 @@ def test_latent_map_matches_torch(scene):
 
 def test_fast_size_and_gradient_spectrum_match_torch():
     from edgedp.latent import gradient_spectrum
-    from edgedp.physics import _fast_size
+    from edgedp.physics import fast_size
 
     for n in (1, 11, 37, 97, 1058, 1394):
-        assert instant.fast_size(n) == _fast_size(n)
-        assert instant.fast_size(n, even=True) == _fast_size(n, even=True)
+        assert instant.fast_size(n) == fast_size(n)
+        assert instant.fast_size(n, even=True) == fast_size(n, even=True)
     assert np.allclose(instant.gradient_spectrum((36, 50)), gradient_spectrum((36, 50)).numpy(), atol=1e-6)
 
 

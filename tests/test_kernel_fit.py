@@ -293,4 +293,7 @@ def test_fit_scene_with_stage3_produces_patch_kernels() -> None:
     k = res.kernels.shape[-1]
     assert res.patch_kernels is not None and res.patch_kernels.shape == (2, 2, 2, layers, k, k)
     assert res.latent.shape == (1, layers, 64, 80) and res.allinfocus.shape == (1, 64, 80)
-    assert [s.name for s in res.stages][-1].startswith("stage 3")
+    names = [s.name for s in res.stages]
+    assert names[-2].startswith("stage 3") and names[-1] == "stage 4 deconvolution", names
+    # The deconvolution ran on the patch kernels' solves and keeps the bundle's invariant.
+    torch.testing.assert_close(res.allinfocus, (res.latent * res.weights[None]).sum(1), atol=1e-6, rtol=0)

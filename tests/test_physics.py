@@ -181,9 +181,9 @@ def test_kernel_spectrum_reuse_is_identical() -> None:
 
 
 def test_fast_size() -> None:
-    assert P._fast_size(1042) == 1050
-    assert P._fast_size(1378, even=True) == 1400
-    assert P._fast_size(11) == 12 and P._fast_size(13, even=True) == 14
+    assert P.fast_size(1042) == 1050
+    assert P.fast_size(1378, even=True) == 1400
+    assert P.fast_size(11) == 12 and P.fast_size(13, even=True) == 14
     assert P._fft_shape(1008, 1344, 35) == (1050, 1400)
 
 
