@@ -1,10 +1,10 @@
 """Export a device profile (``edgedp tune``) for the instant on-device path: ``edgedp export
 PHONE.profile -o OUT``.
 
-OUT gets three files, the same sidecar format the ``export/`` runners read for a scene export
-(``edgedp/onnx_export.py``), so ``export/run_onnx.py predict`` works on it unchanged and
-``export/run_onnx.py instant`` (``export/instant.py``) predicts a defocus map and a quick
-all-in-focus image of a new capture with ONNX Runtime and numpy alone:
+OUT gets three files, in the sidecar format of a scene export (:mod:`edgedp_runtime.schema`), so
+``edgedp-runtime predict`` works on it unchanged and ``edgedp-runtime instant``
+(:mod:`edgedp_runtime.instant`) predicts a defocus map and a quick all-in-focus image of a new
+capture with ONNX Runtime and numpy alone:
 
 ``gd.onnx``
     the profile's G_D (:func:`edgedp.onnx_gd.export_gd_onnx`: pair (1, 2, H, W) -> alphas

@@ -107,9 +107,9 @@ def unsupported_trt_ops(onnx_path, *, version: str = "8.5") -> list[str]:
         raise InputError(f"TensorRT version {version!r}: only the 8.5 operator table is known (JetPack 5.1)")
     model = onnx_tools.load_model(onnx_path)
     bad: set[str] = set()
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx") and imp.version > TRT85_MAX_OPSET:
-            bad.add(f"opset {imp.version} > {TRT85_MAX_OPSET}")
+    opset = onnx_tools.default_opset(model)
+    if opset > TRT85_MAX_OPSET:
+        bad.add(f"opset {opset} > {TRT85_MAX_OPSET}")
     for op in onnx_tools.op_types(model):
         if op not in TRT85_ONNX_OPS:
             bad.add(op)

@@ -17,6 +17,7 @@ what an FP16 TensorRT engine computes) against the same references.
 
     .venv/bin/python tools/bench_export.py            # full size (needs ~4 GB RAM, ~1-2 min)
     .venv/bin/python tools/bench_export.py --size 301x401 --repeat 2
+    .venv/bin/python tools/bench_export.py --skip-naive --unfolded   # + the graph before constant folding
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-naive", action="store_true", help="Skip the (slow) naive export.")
+    ap.add_argument("--unfolded", action="store_true",
+                    help="Also time render.onnx as torch.onnx writes it, before edgedp's constant folding (side by side).")
     args = ap.parse_args()
     h, w = (int(v) for v in args.size.lower().split("x"))
     torch.set_num_threads(args.threads)
@@ -126,6 +129,17 @@ def main() -> None:
         print(f"render.onnx (factored), ORT CPU:  {t_fact:.3f} s   left {err(got[0], ref['left'])}  right {err(got[1], ref['right'])}  "
               f"allinfocus {err(got[2], ref['allinfocus'])}")
         del sess
+
+        if args.unfolded:  # the same graph before onnx_tools.fold_constants: folding must not cost speed
+            from edgedp.onnx_export import RenderModule  # noqa: PLC0415
+
+            export_torch(RenderModule(scene.weights, scene.kernels), (latent,), tmp / "unfolded.onnx",
+                         ["latent"], ["left", "right", "allinfocus"], 17)
+            sess = ort_session(tmp / "unfolded.onnx", threads=args.threads)
+            t_unf = timeit(lambda: sess.run(None, feeds), args.repeat)
+            print(f"render.onnx before constant folding, ORT CPU: {t_unf:.3f} s")
+            print(f"  folded / unfolded: {t_fact / t_unf:.2f}x time")
+            del sess
 
         t_naive = None
         if not args.skip_naive:

@@ -23,6 +23,7 @@ import json
 import shutil
 import sys
 import tempfile
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -141,6 +142,8 @@ class OrtModel:
         self.requested = requested
         self.want = want
         self.profile_dir = profile_dir
+        if profile_dir is not None:  # a model that is never called leaves no profile folder behind
+            weakref.finalize(self, shutil.rmtree, profile_dir, True)
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
 
