@@ -40,10 +40,10 @@ def fresh_runtime(tmp_path_factory) -> Path:
     src = root / "export"
     shutil.copytree(REPO / "export", src, ignore=shutil.ignore_patterns("*.egg-info", "build", "__pycache__"))
     base = getattr(sys, "_base_executable", None) or shutil.which("python3")
-    sh([base, "-m", "venv", root / "venv"])
+    sh([base, "-m", "venv", root / "venv"], cwd=root)
     bin_dir = root / "venv" / "bin"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    sh([bin_dir / "python", "-m", "pip", "install", "--disable-pip-version-check", "-q", f"{src}[ort]"], env=env)
+    sh([bin_dir / "python", "-m", "pip", "install", "--disable-pip-version-check", "-q", f"{src}[ort]"], env=env, cwd=root)
     return bin_dir
 
 
@@ -68,25 +68,27 @@ def test_runtime_without_torch_in_a_fresh_venv(fresh_runtime, exports, tmp_path)
     scene, profile = exports
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     python = fresh_runtime / "python"
-    # really without torch and edgedp, and not this interpreter's site-packages
-    probe = subprocess.run([str(python), "-c", "import torch"], capture_output=True, text=True, env=env)
+    # really without torch and edgedp, and not this interpreter's site-packages; run from a
+    # folder outside the checkout (python puts the working folder on sys.path)
+    run_in = {"env": env, "cwd": tmp_path}
+    probe = subprocess.run([str(python), "-c", "import torch"], capture_output=True, text=True, **run_in)
     assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr
-    probe = subprocess.run([str(python), "-c", "import edgedp"], capture_output=True, text=True, env=env)
-    assert probe.returncode != 0
-    where = sh([python, "-c", "import edgedp_runtime, numpy; print(edgedp_runtime.__file__); print(numpy.__file__)"], env=env)
+    probe = subprocess.run([str(python), "-c", "import edgedp"], capture_output=True, text=True, **run_in)
+    assert probe.returncode != 0 and "No module named 'edgedp'" in probe.stderr
+    where = sh([python, "-c", "import edgedp_runtime, numpy; print(edgedp_runtime.__file__); print(numpy.__file__)"], **run_in)
     assert all(str(fresh_runtime.parent) in line for line in where.stdout.split())
     runtime = fresh_runtime / "edgedp-runtime"
     assert runtime.is_file()
     out = tmp_path / "out"
 
-    proc = sh([runtime, "render", scene, "-o", out / "render", "--npy", "--provider", "cpu"], env=env)
+    proc = sh([runtime, "render", scene, "-o", out / "render", "--npy", "--provider", "cpu"], **run_in)
     assert "provider: render:" in proc.stdout
     sess = ort.InferenceSession(str(scene / "render.onnx"), providers=["CPUExecutionProvider"])
     ref = dict(zip(["left", "right", "allinfocus"], sess.run(None, {"latent": np.load(scene / "render_latent.npy")})))
     for name, value in ref.items():
         assert np.abs(np.load(out / "render" / f"{name}.npy") - value).max() <= 1e-6
 
-    sh([runtime, "refocus", scene, "-o", out / "refocus", "--focus", "1.5", "--aperture", "2", "--npy"], env=env)
+    sh([runtime, "refocus", scene, "-o", out / "refocus", "--focus", "1.5", "--aperture", "2", "--npy"], **run_in)
     sess = ort.InferenceSession(str(scene / "refocus.onnx"), providers=["CPUExecutionProvider"])
     feeds = {"image": np.load(scene / "allinfocus.npy"), "focus": np.array(1.5, np.float32), "aperture": np.array(2.0, np.float32)}
     assert np.abs(np.load(out / "refocus" / "refocus_f1.50_a2.00.npy") - sess.run(None, feeds)[0]).max() <= 1e-6
@@ -97,11 +99,11 @@ def test_runtime_without_torch_in_a_fresh_venv(fresh_runtime, exports, tmp_path)
     views = [(rng.uniform(0.2, 0.8, (h, w)) * 65535).astype(np.uint16) for _ in range(2)]
     for name, view in zip(("l.png", "r.png"), views):
         (tmp_path / name).write_bytes(common.encode_png(view))
-    sh([runtime, "predict", scene, tmp_path / "l.png", tmp_path / "r.png", "-o", out / "predict"], env=env)
+    sh([runtime, "predict", scene, tmp_path / "l.png", tmp_path / "r.png", "-o", out / "predict"], **run_in)
     defocus = np.load(out / "predict" / "defocus.npy")
     assert defocus.shape == (1, 1, h, w) and np.isfinite(defocus).all()
 
-    sh([runtime, "instant", profile, tmp_path / "l.png", tmp_path / "r.png", "-o", out / "instant", "--npy"], env=env)
+    sh([runtime, "instant", profile, tmp_path / "l.png", tmp_path / "r.png", "-o", out / "instant", "--npy"], **run_in)
     aif = np.load(out / "instant" / "allinfocus.npy")
     assert aif.shape == (h, w) and np.isfinite(aif).all()
     from edgedp_runtime import instant
