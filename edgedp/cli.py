@@ -929,34 +929,29 @@ def tune(
 # export / verify
 
 
-class ExportFormat(str, Enum):
+class ExportFormatChoice(str, Enum):
     onnx = "onnx"
     engine = "engine"
 
 
-def _scene_folder(path: Path) -> Path:
-    """A fit OUTDIR (with scene/) or the scene bundle folder itself."""
-    if not path.exists():
-        raise InputError(f"scene folder {path} does not exist (expected a fit OUTDIR or its scene/ folder)")
-    if not path.is_dir():
-        raise InputError(f"{path} is not a folder (expected a fit OUTDIR or its scene/ folder)")
-    if (path / "scene" / "scene.json").is_file() and not (path / "scene.json").is_file():
-        return path / "scene"
-    if not (path / "scene.json").is_file():
-        raise InputError(f"{path} holds no scene bundle (no scene.json or scene/scene.json): run edgedp fit first")
-    return path
-
-
-def _print_verification(results: dict) -> bool:
+def _print_verification(results: dict, label: str = "verify") -> bool:
+    """One line per graph (worst output), and per output where a graph has several; True if all
+    passed.  ``results``: a sidecar's ``verification`` (or ``verification_fp16``) dict."""
     ok = True
     for name, r in results.items():
+        if name == "method":
+            continue
         passed = bool(r.get("passed"))
         ok &= passed
         tol = f"atol {r['atol']:.0e}" + (f", rtol {r['rtol']:.0e}" if "rtol" in r else "")
         typer.echo(
-            f"verify   {name:<8} max abs {r['max_abs']:.2e}  max rel {r['max_rel']:.2e}  ({tol}) "
+            f"{label:<8} {name:<8} max abs {r['max_abs']:.2e}  max rel {r['max_rel']:.2e}  ({tol}) "
             f"{'ok' if passed else 'FAILED'}"
         )
+        outputs = r.get("outputs") or {}
+        if len(outputs) > 1:
+            parts = ", ".join(f"{k} {v['max_abs']:.1e}" for k, v in outputs.items())
+            typer.echo(f"{'':<8} {'':<8} max abs per output: {parts}")
     return ok
 
 
@@ -973,22 +968,34 @@ def _polygraphy_hint(out: Path, graphs: dict) -> None:
         typer.echo(f"device   {cmd}")
 
 
+def explicit_options(ctx: typer.Context, names: tuple[str, ...]) -> dict:
+    """The options among ``names`` that the user set on the command line (not left at their
+    defaults), with their values: an option a format ignores is refused, not silently dropped."""
+    given = {}
+    for name in names:
+        source = ctx.get_parameter_source(name)  # click's ParameterSource (typer vendors click)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given[name] = ctx.params[name]
+    return given
+
+
 @app.command("export")
 @user_errors
 def export_cmd(
+    ctx: typer.Context,
     scene: Annotated[
         Path,
         typer.Argument(help="Fit output folder (OUTDIR), its scene/ bundle folder, or a device profile file (PHONE.profile).", show_default=False),
     ],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (created if needed).", show_default=False)],
-    format: Annotated[ExportFormat, typer.Option("--format", help="onnx: ONNX files; engine: ONNX, then TensorRT engines (needs TensorRT and a GPU).")] = ExportFormat.onnx,
-    opset: Annotated[int, typer.Option(help="ONNX opset (17: the last TensorRT 8.5 / JetPack 5.1 parses).")] = 17,
-    half: Annotated[bool, typer.Option(help="Engines: allow FP16 kernels.")] = False,
-    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="gd.onnx with dynamic H and W (multiples of 8) or the scene's size.")] = True,
-    workspace: Annotated[int, typer.Option(help="Engines: TensorRT builder workspace limit (MiB).")] = 1024,
+    format: Annotated[ExportFormatChoice, typer.Option("--format", help="onnx: ONNX files; engine: ONNX, then TensorRT engines (needs TensorRT and a GPU).")] = ExportFormatChoice.onnx,
+    opset: Annotated[int, typer.Option(help="ONNX opset, 13-17 (17: the last TensorRT 8.5 / JetPack 5.1 parses).")] = 17,
+    half: Annotated[bool, typer.Option("--half", help="Engines only: allow FP16 kernels (G_D's standardization stays FP32) and record an FP16 verification.")] = False,
+    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="gd.onnx with dynamic H and W (multiples of 8 * input_scale) or the source's size.")] = True,
+    workspace: Annotated[int, typer.Option(help="Engines only: TensorRT builder workspace limit (MiB).")] = 1024,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Run the graphs in ONNX Runtime (CPU) and compare with PyTorch.")] = True,
     atol: Annotated[float, typer.Option(help="Verification: absolute tolerance.")] = 1e-4,
-    rtol: Annotated[float, typer.Option(help="Verification: tolerance relative to the largest reference value.")] = 1e-3,
+    rtol: Annotated[float, typer.Option(help="Verification of a scene's render/refocus: tolerance relative to the largest reference value.")] = 1e-3,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing export in OUT.")] = False,
 ) -> None:
     """Bake a fitted scene into render.onnx, refocus.onnx and gd.onnx (+ export.json), or a
@@ -997,9 +1004,11 @@ def export_cmd(
     render.onnx re-renders the DP pair from a latent map (compositing weights and kernels baked
     in); refocus.onnx re-blurs the all-in-focus image for a new focus (signed blur radius, px) and
     aperture scale; gd.onnx is G_D (DP pair in, alphas and defocus out). export.json describes
-    them for the export/ runners. A profile export (SCENE is a file) is what
-    `export/run_onnx.py instant` runs: G_D plus the profile's kernels give a defocus map and an
-    all-in-focus image of a new capture without PyTorch (edgedp/profile_export.py).
+    them for edgedp-runtime (pip install ./export). A profile export (SCENE is a file) is what
+    `edgedp-runtime instant` runs: G_D plus the profile's kernels give a defocus map and an
+    all-in-focus image of a new capture without PyTorch. Everything is written to a staging
+    folder first; OUT only changes when the whole export succeeded. An option the format or the
+    source ignores (--half / --workspace with --format onnx, --rtol for a profile) is refused.
     Verification failures exit with status 1.
 
     Examples:
@@ -1012,48 +1021,21 @@ def export_cmd(
 
       edgedp export PHONE.profile -o phone_export
     """
-    from .bundle import load_bundle
-    from .onnx_export import ExportConfig, export_scene
+    from .exporter import passed, run_export
 
-    if opset < 13:
-        raise InputError(f"--opset {opset}: need 13 or newer")
-    if workspace < 1:
-        raise InputError(f"--workspace {workspace}: must be >= 1 MiB")
-    if scene.is_file() or (not scene.exists() and scene.suffix == ".profile"):
-        from .profile_export import export_profile
-
-        side = export_profile(scene, out, opset=opset, dynamic=dynamic, verify=verify, overwrite=overwrite, atol=atol)
-        files = [side["instant"]["kernels"]]
-    else:
-        bundle = load_bundle(_scene_folder(scene))
-        side = export_scene(
-            bundle, out, ExportConfig(opset=opset, atol=atol, rtol=rtol), overwrite=overwrite, dynamic=dynamic, verify=verify
-        )
-        files = []
-    graphs = side["graphs"]
-    files = [g["file"] for g in graphs.values()] + files
+    given = explicit_options(ctx, ("opset", "half", "dynamic", "workspace", "verify", "atol", "rtol"))
+    side = run_export(scene, out, format.value, given, overwrite=overwrite, log=typer.echo)
+    files = [g["file"] for g in side["graphs"].values()] + [g["engine"] for g in side["graphs"].values() if "engine" in g]
+    if "instant" in side:
+        files.append(side["instant"]["kernels"])
     typer.echo(f"wrote    {out}: {', '.join(files)}, export.json (opset {side['opset']})")
     for note in side.get("notes", []):
         typer.echo(f"note     {note}")
-    ok = _print_verification(side["verification"]) if verify else True
-    if format is ExportFormat.engine:
-        from .onnx_export import SIDECAR_NAME, _write_json
-        from .tensorrt import build_engine
-
-        for name, g in graphs.items():
-            shapes = None
-            if name == "gd" and g.get("dynamic"):
-                m = int(g.get("multiple_of", 8))
-                hh, ww = side["height"] // m * m, side["width"] // m * m
-                shapes = {"pair": ((1, 2, m, m), (1, 2, max(hh, m), max(ww, m)), (1, 2, max(2 * hh, m), max(2 * ww, m)))}
-            engine = out / (Path(g["file"]).stem + ".engine")
-            build_engine(out / g["file"], engine, half=half, workspace_mib=workspace, dynamic_shapes=shapes)
-            g["engine"] = engine.name
-            typer.echo(f"engine   {engine}")
-        side["engine"] = {"half": half, "workspace_mib": workspace}
-        _write_json(out / SIDECAR_NAME, side)
-    _polygraphy_hint(out, graphs)
-    if not ok:
+    _print_verification(side.get("verification", {}))
+    if "verification_fp16" in side:
+        _print_verification(side["verification_fp16"], "fp16")
+    _polygraphy_hint(out, side["graphs"])
+    if not passed(side):
         typer.echo("error: verification failed (see above)", err=True)
         raise typer.Exit(1)
 
@@ -1061,41 +1043,56 @@ def export_cmd(
 @app.command("verify")
 @user_errors
 def verify_cmd(
+    ctx: typer.Context,
     export_dir: Annotated[Path, typer.Argument(help="Folder written by edgedp export (with export.json).", show_default=False)],
     scene: Annotated[
         Optional[Path],
         typer.Option(help="Scene bundle (or, for a profile export, the PHONE.profile) to compare with "
                           "(default: the one recorded in export.json).", show_default=False),
     ] = None,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
-    rtol: Annotated[float, typer.Option(help="Tolerance relative to the largest reference value.")] = 1e-3,
+    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance [default: 1e-4; --half: 1e-3].", show_default=False)] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Scene render/refocus: tolerance relative to the largest reference value [default: 1e-3; --half: 5e-3].", show_default=False)] = None,
+    half: Annotated[bool, typer.Option("--half", help="Verify the graphs' FP16 emulation (what an FP16 engine computes) instead.")] = False,
 ) -> None:
     """Re-run an export's graphs in ONNX Runtime (CPU) and compare with PyTorch.
 
-    Prints max abs / rel error per graph; exits 1 when one is over the tolerances.
+    Prints max abs / rel error per graph (and per output); exits 1 when one is over the
+    tolerances. --half runs each graph with every float tensor rounded to FP16 (edgedp.onnx_tools
+    .emulate_fp16) against the same FP32 reference, with the FP16 tolerances.
 
     Examples:
 
       edgedp verify out/export
 
       edgedp verify out/export --scene out/scene --atol 1e-5
+
+      edgedp verify out/export --half
     """
+    import math
+
     from .bundle import load_bundle
+    from .exporter import FP16_TOLERANCE, ExportOptions, export_sources, scene_folder
     from .onnx_export import read_sidecar, verify_export
 
     side = read_sidecar(export_dir)
-    if side.get("source") == "profile":  # `edgedp export PHONE.profile`: gd.onnx against the profile's G_D
+    kind = side.get("source", "scene")
+    for name, value in explicit_options(ctx, ("atol", "rtol")).items():
+        if name in export_sources()[kind].ignores and not half:  # the FP16 check is relative everywhere
+            raise InputError(f"--{name} does not apply to a {kind} export: {export_sources()[kind].ignores[name]}")
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"--{name} {value}: must be a finite number >= 0")
+    defaults = FP16_TOLERANCE if half else {"atol": ExportOptions().atol, "rtol": ExportOptions().rtol}
+    atol = defaults["atol"] if atol is None else atol
+    rtol = defaults["rtol"] if rtol is None else rtol
+    if kind == "profile":  # `edgedp export PHONE.profile`: gd.onnx against the profile's G_D
         from .profile_export import verify_profile_export
 
-        ok = _print_verification(verify_profile_export(export_dir, scene, atol=atol))
-        _polygraphy_hint(export_dir, side["graphs"])
-        if not ok:
-            typer.echo("error: verification failed (see above)", err=True)
-            raise typer.Exit(1)
-        return
-    folder = scene if scene is not None else Path(side.get("bundle", ""))
-    bundle = load_bundle(_scene_folder(folder))
-    ok = _print_verification(verify_export(export_dir, bundle, atol=atol, rtol=rtol))
+        results = verify_profile_export(export_dir, scene, atol=atol, rtol=rtol if half else None, fp16=half)
+    else:
+        folder = scene if scene is not None else Path(side.get("bundle", ""))
+        bundle = load_bundle(scene_folder(folder))
+        results = verify_export(export_dir, bundle, atol=atol, rtol=rtol, fp16=half)
+    ok = _print_verification(results, "fp16" if half else "verify")
     _polygraphy_hint(export_dir, side["graphs"])
     if not ok:
         typer.echo("error: verification failed (see above)", err=True)

@@ -25,38 +25,21 @@
     ``|rho|`` clamped to ``[0, R]``.  ``aperture = 0`` returns the image exactly (level 0 is a
     delta).
 
-Sidecar ``export.json`` (format_version 1; the ``export/`` runners read it)::
-
-    {"format": "edgedp-export", "format_version": 1, "edgedp_version": str, "scene_id": str
-     (the bundle_id), "bundle": str (absolute path of the scene bundle folder), "created": ISO 8601
-     UTC, "opset": int, "height": int, "width": int, "layers": int, "kernel_size": int,
-     "radii": [float] * layers, "kernel_model": str ("butterworth", "disk", "+patches" appended
-     when stage-3 kernels are baked in), "input_normalization": str,
-     "graphs": {
-       "render":  {"file": "render.onnx", "inputs": {"latent": [1, L, H, W]},
-                   "outputs": {"left": [1, 1, H, W], "right": [1, 1, H, W], "allinfocus": [1, 1, H, W]},
-                   "test_input": "render_latent.npy", "macs_per_pixel": int},
-       "refocus": {"file": "refocus.onnx", "inputs": {"image": [1, 1, H, W], "focus": [], "aperture": []},
-                   "outputs": {"refocused": [1, 1, H, W]}, "test_input": "allinfocus.npy",
-                   "levels": R, "bank": "refocus_bank.npy", "defaults": {"focus": 0.0, "aperture": 1.0}},
-       "gd": {"file": "gd.onnx", ...export_gd_onnx's dict...}          (when edgedp.onnx_gd exists)
-     },
-     "verification": {graph: {"max_abs", "max_rel", "atol", "rtol", "passed"}}  ({} with --no-verify;
-                      gd's entry is verify_gd_onnx's dict),
-     "notes": [str] (optional), "engine": {"half", "workspace_mib"} (only --format engine, which also
-     adds "engine": "<name>.engine" to each graph)}
+Sidecar ``export.json``: :mod:`edgedp_runtime.schema` defines it (one definition for the exporter
+and the runners); a scene export has ``"source": "scene"``, the graphs render / refocus / gd and
+``"bundle"`` (absolute path of the scene bundle folder).
 
 All float inputs are float32; scalars ``focus`` / ``aperture`` are 0-d tensors.
 
 Error measures (both graphs): ``max_abs = max |onnx - torch|``, ``max_rel = max_abs /
-max |torch|``; a graph passes when ``max_abs <= atol + rtol * max |torch|``.
+max |torch|``; a graph passes when ``max_abs <= atol + rtol * max |torch|``.  ``fp16=True`` runs
+the graphs' FP16 emulation (:func:`edgedp.onnx_tools.emulate_fp16`) against the same references.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,32 +49,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import __version__
+from edgedp_runtime import schema
+from edgedp_runtime.errors import RunnerError
+
+from . import __version__, onnx_tools
 from .errors import InputError, OutputError
 from .io import json_ready, write_json
 
 __all__ = [
-    "EXPORT_FORMAT",
-    "EXPORT_FORMAT_VERSION",
-    "SIDECAR_NAME",
+    "FORBIDDEN_OPS",
     "ExportConfig",
     "RenderModule",
     "RefocusModule",
     "export_scene",
-    "onnx_ops",
+    "export_torch",
+    "read_sidecar",
     "refocus_reference",
     "render_reference",
     "verify_export",
 ]
 
-EXPORT_FORMAT = "edgedp-export"
-EXPORT_FORMAT_VERSION = 1
-SIDECAR_NAME = "export.json"
-RENDER_FILE = "render.onnx"
-REFOCUS_FILE = "refocus.onnx"
-GD_FILE = "gd.onnx"
-RENDER_TEST = "render_latent.npy"
-REFOCUS_TEST = "allinfocus.npy"
+RENDER = schema.GRAPHS["render"]
+REFOCUS = schema.GRAPHS["refocus"]
+GD = schema.GRAPHS["gd"]
 INPUT_NORMALIZATION = "linear sensor values on the fit's normalized scale (~[0, 1], unclipped), float32"
 #: Ops the graphs must never contain (TensorRT 8.5 / ORT CUDA lack them or they break compositing).
 FORBIDDEN_OPS = frozenset({"DFT", "STFT", "CumSum", "Loop", "Scan", "If"})
@@ -314,15 +294,22 @@ def render_reference(bundle: Any, latent: Tensor) -> dict[str, Tensor]:
 
 
 def refocus_reference(defocus: Tensor, bank: Tensor, image: Tensor, focus: float, aperture: float) -> Tensor:
-    """Dense PyTorch refocus (full bank kernels as plain convolutions), ``(1, 1, H, W)``."""
+    """Dense PyTorch refocus, ``(1, 1, H, W)``: every full bank kernel as one true convolution of
+    the replicate-padded image, in float64 by FFT (a dense 35x35 ``conv2d`` in float64 unfolds
+    the image 1225 times: 13 GB at 1008x1344), blended with the hat weights of ``|rho|``."""
     levels = bank.shape[0] - 1
     rho = (aperture * (defocus.double() - focus)).abs().clamp(0, levels)
     x = image.double()
     xp = F.pad(x, (levels,) * 4, mode="replicate")
+    hp, wp = xp.shape[-2:]
+    h, w = x.shape[-2:]
+    spectrum = torch.fft.rfft2(xp)
     out = torch.zeros_like(x)
     for j in range(levels + 1):
         wj = torch.relu(1 - (rho - j).abs())
-        out += wj * F.conv2d(xp, bank[j].double().flip(-1, -2)[None, None])
+        # kernel at [0, 2L]^2: y[n] = sum_m k[m] xp[n - m], so out(p) = y[p + 2L] (no wrap-around)
+        y = torch.fft.irfft2(spectrum * torch.fft.rfft2(bank[j].double(), s=(hp, wp)), s=(hp, wp))
+        out += wj * y[..., 2 * levels : 2 * levels + h, 2 * levels : 2 * levels + w]
     return out.float()
 
 
@@ -330,98 +317,26 @@ def refocus_reference(defocus: Tensor, bank: Tensor, image: Tensor, focus: float
 # ONNX helpers
 
 
-def _require_onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise OutputError("the onnx package is missing: pip install 'edgedp[export]' (CPU) or 'edgedp[gpu]'") from None
-    return onnx
-
-
-def _ort_session(path: Path, threads: int | None = None):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise OutputError(
-            "onnxruntime is missing: pip install 'edgedp[export]' (CPU) or 'edgedp[gpu]' (onnxruntime-gpu; not both)"
-        ) from None
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def onnx_ops(path: Path | str) -> set[str]:
-    """The set of op types in an ONNX file (including nested graphs)."""
-    onnx = _require_onnx()
-    model = onnx.load(str(path))
-    ops: set[str] = set()
-
-    def walk(graph):
-        for node in graph.node:
-            ops.add(node.op_type)
-            for attr in node.attribute:
-                if attr.g is not None and len(attr.g.node):
-                    walk(attr.g)
-
-    walk(model.graph)
-    return ops
-
-
-def onnx_opset(path: Path | str) -> int:
-    """The default-domain opset of an ONNX file."""
-    onnx = _require_onnx()
-    model = onnx.load(str(path))
-    return max(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def _torch_export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], opset: int) -> None:
-    import warnings
-
+def export_torch(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], opset: int) -> None:
+    """``torch.onnx.export`` with the TorchScript exporter (keeps the requested opset, no DFT) and
+    constant folding; every shape here is static, so tracer warnings are silenced."""
     module.eval()
     with torch.no_grad(), warnings.catch_warnings():
-        # TracerWarnings about constant shapes are expected: every shape here is static.
         warnings.simplefilter("ignore")
-        torch.onnx.export(  # TorchScript exporter: keeps the requested opset, no DFT
-            module,
-            args,
-            str(path),
-            input_names=inputs,
-            output_names=outputs,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                module, args, str(path), input_names=inputs, output_names=outputs, opset_version=opset,
+                do_constant_folding=True, dynamo=False,
+            )
+        except OSError as err:
+            raise OutputError(f"{path}: cannot write: {err.strerror or err}") from None
 
 
-def _set_metadata(path: Path, props: dict[str, Any], opset: int) -> None:
-    onnx = _require_onnx()
-    model = onnx.load(str(path))
-    got = max(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if got != opset:
-        raise OutputError(f"{path}: the exporter wrote opset {got}, not the requested {opset}")
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key = key
-        entry.value = value if isinstance(value, str) else json.dumps(value)
-    model.producer_name = "edgedp"
-    model.producer_version = __version__
-    onnx.save(model, str(path))
-    bad = onnx_ops(path) & FORBIDDEN_OPS
+def _finalize(path: Path, props: dict[str, Any], opset: int) -> None:
+    onnx_tools.finalize_graph(path, props, opset)
+    bad = onnx_tools.op_types(path) & FORBIDDEN_OPS
     if bad:
         raise OutputError(f"{path}: exported graph contains forbidden ops {sorted(bad)}")
-
-
-def _compare(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> dict[str, Any]:
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    max_abs = float(np.max(np.abs(got - ref))) if ref.size else 0.0
-    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-    max_rel = max_abs / scale if scale > 0 else max_abs
-    ok = bool(np.isfinite(got).all()) and max_abs <= atol + rtol * scale
-    return {"max_abs": max_abs, "max_rel": max_rel, "atol": atol, "rtol": rtol, "passed": ok}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,6 +360,12 @@ def _levels(bundle: Any, config: ExportConfig) -> int:
     return max(int(math.ceil(float(bundle.radii.abs().max()) - 1e-6)), 0)
 
 
+def scene_files(gd: bool = True) -> list[str]:
+    """Every file a scene export writes (before engines)."""
+    graphs = schema.SOURCE_GRAPHS["scene"] if gd else ("render", "refocus")
+    return [schema.GRAPHS[g].file for g in graphs] + list(schema.SOURCE_FILES["scene"]) + [schema.SIDECAR_NAME]
+
+
 def export_scene(
     bundle: Any,
     out: Path | str,
@@ -455,21 +376,22 @@ def export_scene(
     dynamic: bool = True,
     verify: bool = True,
 ) -> dict[str, Any]:
-    """Write ``render.onnx``, ``refocus.onnx`` (and ``gd.onnx`` when :mod:`edgedp.onnx_gd` exists),
-    their test inputs and ``export.json`` into ``out``; returns the sidecar dict.
+    """Write ``render.onnx``, ``refocus.onnx`` and ``gd.onnx``, their test inputs and
+    ``export.json`` into ``out``; returns the sidecar dict.  (``edgedp export`` goes through
+    :func:`edgedp.exporter.run_export`, which writes into a staging folder first.)
 
     Raises:
         OutputError: ``out`` holds an export and ``overwrite`` is False; onnx missing; the
-            exporter wrote another opset or a forbidden op.
+            exporter wrote another opset, a forbidden op or a graph TensorRT 8.5 would reject.
     """
     out = Path(out)
-    sidecar_path = out / SIDECAR_NAME
-    existing = [p for p in (sidecar_path, out / RENDER_FILE, out / REFOCUS_FILE, out / GD_FILE) if p.exists()]
+    sidecar_path = out / schema.SIDECAR_NAME
+    existing = [out / name for name in scene_files(gd) if (out / name).exists()]
     if existing and not overwrite:
         raise OutputError(f"{existing[0]} exists (use --overwrite to replace it)")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {out} exists and is not a folder")
-    _require_onnx()
+    onnx_tools.require_onnx()
     out.mkdir(parents=True, exist_ok=True)
     _, layers, h, w = bundle.latent.shape
     k = int(bundle.kernels.shape[-1])
@@ -492,73 +414,49 @@ def export_scene(
 
     render = RenderModule(bundle.weights, kernels, config.kernel_tol)
     latent = bundle.latent[0:1].float().contiguous()
-    _torch_export(render, (latent,), out / RENDER_FILE, ["latent"], ["left", "right", "allinfocus"], opset)
+    export_torch(render, (latent,), out / RENDER.file, RENDER.input_names, RENDER.output_names, opset)
     render_io = {
         "inputs": {"latent": [1, layers, h, w]},
         "outputs": {"left": [1, 1, h, w], "right": [1, 1, h, w], "allinfocus": [1, 1, h, w]},
     }
-    _set_metadata(out / RENDER_FILE, {**common, "graph": "render", **{n: json.dumps(v) for n, v in render_io.items()}}, opset)
-    np.save(out / RENDER_TEST, latent.numpy())
+    _finalize(out / RENDER.file, {**common, "graph": "render", **render_io}, opset)
+    np.save(out / RENDER.test_input, latent.numpy())
 
     bank = _bank_kernels(bundle.kernels if bundle.patch_kernels is None else bundle.patch_kernels, bundle.radii, levels)
     refocus = RefocusModule(bundle.defocus, bank, config.kernel_tol)
     image = bundle.allinfocus[0:1][None].float().contiguous()
-    _torch_export(
-        refocus, (image, torch.tensor(0.0), torch.tensor(1.0)), out / REFOCUS_FILE, ["image", "focus", "aperture"], ["refocused"], opset
+    export_torch(
+        refocus, (image, torch.tensor(0.0), torch.tensor(1.0)), out / REFOCUS.file, REFOCUS.input_names,
+        REFOCUS.output_names, opset,
     )
     refocus_io = {
         "inputs": {"image": [1, 1, h, w], "focus": [], "aperture": []},
         "outputs": {"refocused": [1, 1, h, w]},
     }
-    _set_metadata(
-        out / REFOCUS_FILE,
-        {**common, "graph": "refocus", "refocus_levels": str(levels), **{n: json.dumps(v) for n, v in refocus_io.items()}},
-        opset,
-    )
-    np.save(out / REFOCUS_TEST, image.numpy())
-    np.save(out / "refocus_bank.npy", bank.numpy())
+    _finalize(out / REFOCUS.file, {**common, "graph": "refocus", "refocus_levels": str(levels), **refocus_io}, opset)
+    np.save(out / REFOCUS.test_input, image.numpy())
+    np.save(out / schema.REFOCUS_BANK, bank.numpy())
 
     graphs: dict[str, Any] = {
-        "render": {"file": RENDER_FILE, **render_io, "test_input": RENDER_TEST, "macs_per_pixel": int(render.macs)},
+        "render": {**render_io, "test_input": RENDER.test_input, "macs_per_pixel": int(render.macs)},
         "refocus": {
-            "file": REFOCUS_FILE,
             **refocus_io,
-            "test_input": REFOCUS_TEST,
+            "test_input": REFOCUS.test_input,
             "levels": levels,
-            "bank": "refocus_bank.npy",
+            "bank": schema.REFOCUS_BANK,
             "defaults": {"focus": 0.0, "aperture": 1.0},
         },
     }
-    gd_note = None
     if gd:
-        try:
-            from . import onnx_gd  # type: ignore[attr-defined]
-        except ImportError:
-            onnx_gd = None
-            gd_note = "edgedp.onnx_gd is not available: gd.onnx not exported"
-        if onnx_gd is not None:
-            info = onnx_gd.export_gd_onnx(bundle, out / GD_FILE, opset=opset, dynamic=dynamic)
-            graphs["gd"] = {"file": GD_FILE, **json_ready(info)}
-    sidecar: dict[str, Any] = {
-        "format": EXPORT_FORMAT,
-        "format_version": EXPORT_FORMAT_VERSION,
-        "edgedp_version": __version__,
-        "scene_id": scene_id,
-        "bundle": str(Path(bundle.folder).resolve()),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "opset": opset,
-        "height": h,
-        "width": w,
-        "layers": layers,
-        "kernel_size": k,
-        "radii": [float(r) for r in bundle.radii.tolist()],
-        "kernel_model": kmodel,
-        "input_normalization": INPUT_NORMALIZATION,
-        "graphs": graphs,
-        "verification": {},
-    }
-    if gd_note:
-        sidecar["notes"] = [gd_note]
+        from .onnx_gd import export_gd_onnx  # noqa: PLC0415
+
+        info = export_gd_onnx(bundle, out / GD.file, opset=opset, dynamic=dynamic)
+        graphs["gd"] = json_ready(info)
+    sidecar = schema.new_sidecar(
+        source="scene", edgedp_version=__version__, scene_id=scene_id, opset=opset, height=h, width=w, layers=layers,
+        kernel_size=k, radii=[float(r) for r in bundle.radii.tolist()], kernel_model=kmodel,
+        input_normalization=INPUT_NORMALIZATION, graphs=graphs, bundle=str(Path(bundle.folder).resolve()),
+    )
     write_json(sidecar_path, sidecar, overwrite=True)
     if verify:
         sidecar["verification"] = verify_export(out, bundle, atol=config.atol, rtol=config.rtol)
@@ -567,66 +465,60 @@ def export_scene(
 
 
 def read_sidecar(out: Path | str) -> dict[str, Any]:
-    """Read ``OUT/export.json`` (InputError naming the file when missing or not an export)."""
-    path = Path(out) / SIDECAR_NAME if Path(out).is_dir() or not str(out).endswith(".json") else Path(out)
-    if not Path(out).exists():
-        raise InputError(f"export folder {out} does not exist")
-    if not path.is_file():
-        raise InputError(f"{path} does not exist (not an edgedp export folder?)")
+    """Read ``OUT/export.json`` with the runtime's reader (:func:`edgedp_runtime.schema.load_export`),
+    its one-line errors as InputError."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path} is not valid JSON: {err}") from None
-    if data.get("format") != EXPORT_FORMAT:
-        raise InputError(f"{path} is not an {EXPORT_FORMAT} sidecar")
-    if data.get("format_version") != EXPORT_FORMAT_VERSION:
-        raise InputError(f"{path} has format_version {data.get('format_version')}, this edgedp reads {EXPORT_FORMAT_VERSION}")
-    return data
+        return schema.load_export(out).data
+    except RunnerError as err:
+        raise InputError(str(err)) from None
 
 
-def verify_export(out: Path | str, bundle: Any, *, atol: float = 1e-4, rtol: float = 1e-3, threads: int | None = None) -> dict[str, Any]:
+def verify_export(
+    out: Path | str, bundle: Any, *, atol: float = 1e-4, rtol: float = 1e-3, threads: int | None = None,
+    fp16: bool = False,
+) -> dict[str, Any]:
     """Run every graph in ``out`` with ONNX Runtime (CPU) and compare with PyTorch.
 
-    Returns ``{graph: {"max_abs", "max_rel", "atol", "rtol", "passed"}}`` (render: worst over its
-    three outputs; refocus: worst over (focus, aperture) = (0, 1), (max r / 2, 1.5), (0, 0))."""
+    Returns ``{graph: {"max_abs", "max_rel", "atol", "rtol", "passed", "outputs"}}`` (render:
+    worst over its three outputs; refocus: worst over (focus, aperture) = (0, 1), (max r / 2,
+    1.5), (0, 0); gd: :func:`edgedp.onnx_gd.verify_gd_onnx` with ``atol``).  ``fp16``: the FP16
+    emulation of each graph against the same references (module docstring)."""
     out = Path(out)
     side = read_sidecar(out)
     if side.get("scene_id") != str(bundle.meta.get("bundle_id", "")):
-        raise InputError(f"{out / SIDECAR_NAME} belongs to scene {side.get('scene_id')}, not to bundle {bundle.folder}")
+        raise InputError(f"{out / schema.SIDECAR_NAME} belongs to scene {side.get('scene_id')}, not to bundle {bundle.folder}")
     result: dict[str, Any] = {}
     graphs = side["graphs"]
 
-    def worst(items: list[dict[str, Any]]) -> dict[str, Any]:
-        w = max(items, key=lambda r: r["max_rel"])
-        return {**w, "passed": all(r["passed"] for r in items)}
-
     g = graphs["render"]
-    sess = _ort_session(out / g["file"], threads)
+    sess = onnx_tools.ort_session(out / g["file"], threads=threads, fp16=fp16)
     latent = np.load(out / g["test_input"])
     got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"latent": latent})))
     ref = render_reference(bundle, torch.from_numpy(latent))
-    result["render"] = worst([_compare(got[n], ref[n].numpy(), atol, rtol) for n in ("left", "right", "allinfocus")])
+    result["render"] = onnx_tools.worst(
+        {n: onnx_tools.compare(got[n], ref[n].numpy(), atol, rtol) for n in RENDER.output_names}
+    )
 
     g = graphs["refocus"]
-    sess = _ort_session(out / g["file"], threads)
+    sess = onnx_tools.ort_session(out / g["file"], threads=threads, fp16=fp16)
     image = np.load(out / g["test_input"])
     bank = torch.from_numpy(np.load(out / g["bank"]))
     out_name = sess.get_outputs()[0].name
-    items = []
+    cases = {}
     rmax = float(bundle.radii.abs().max())
     for focus, aperture in ((0.0, 1.0), (0.5 * rmax, 1.5), (0.0, 0.0)):
         feeds = {"image": image, "focus": np.array(focus, np.float32), "aperture": np.array(aperture, np.float32)}
         (y,) = sess.run([out_name], feeds)
         r = refocus_reference(bundle.defocus[None, None], bank, torch.from_numpy(image), focus, aperture)
-        items.append(_compare(y, r.numpy(), atol, rtol))
-    result["refocus"] = worst(items)
+        cases[f"{out_name}(focus={focus:g}, aperture={aperture:g})"] = onnx_tools.compare(y, r.numpy(), atol, rtol)
+    result["refocus"] = onnx_tools.worst(cases)
 
     if "gd" in graphs:
-        try:
-            from . import onnx_gd  # type: ignore[attr-defined]
-        except ImportError:
-            onnx_gd = None
-        if onnx_gd is not None:
-            info = onnx_gd.verify_gd_onnx(bundle, out / graphs["gd"]["file"])
-            result["gd"] = json_ready(info)
+        from .onnx_gd import verify_gd_onnx  # noqa: PLC0415
+
+        # FP32: gd by its absolute error (its outputs are alphas in [0, 1] and radii in px); FP16: + rtol
+        gd_rtol = rtol if fp16 else None
+        result["gd"] = json_ready(
+            verify_gd_onnx(bundle, out / graphs["gd"]["file"], atol=atol, rtol=gd_rtol, fp16=fp16, threads=threads)
+        )
     return result

@@ -8,6 +8,7 @@ TensorRT 8.5):
                                      normalized scale (~[0, 1]); H, W multiples of ``8 * input_scale``
     -> AvgPool(input_scale)          area down-scaling, as :func:`edgedp.networks.gd_input`
     -> standardize                   (x - mean) / max(std, 1e-6), mean / unbiased std over the pair
+                                     (FP16-safe: no count above 1344; ONNX nodes "/standardize/...")
     -> G_D                           alpha logits (1, L, H / (8 s), W / (8 s))
     -> Resize (bilinear, half-pixel) logits up-sampled to (H, W), as :func:`upsample_logits`
     -> sigmoid, alpha_0 = 1          :func:`alphas_from_logits` (a constant mask, no Concat)
@@ -23,13 +24,18 @@ graph does not pad; :func:`edgedp.networks.gd_input` replicate-pads, so a runner
 edge replication to the next multiple and crops the outputs).  The sidecar entry returned by
 :func:`export_gd_onnx` states it (``multiple_of``) and runners validate it.
 
+FP16: the unbiased variance needs ``n / (n - 1)`` with ``n = 2 H W / s^2`` values (677,376 at
+1008x1344, beyond FP16's 65,504: an FP16 engine turned every output into NaN).  :class:`Standardize`
+computes it as ``1 / (1 - (1/C)(1/H')(1/W'))`` from per-axis reciprocals, which stay in FP16's
+range, and an FP16 engine build keeps its layers in FP32 as well (the sidecar's ``fp32_nodes``:
+:func:`edgedp.tensorrt.pin_fp32`, ``--layerPrecisions`` in ``build_engines.sh``).
+
 Only the CPU ONNX Runtime is used here (verification); ``onnx`` / ``onnxruntime`` are imported
 lazily with a clear message (extra ``edgedp[export]``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
@@ -40,7 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import __version__
+from edgedp_runtime.schema import FP32_NODES_KEY, GRAPHS
+
+from . import __version__, onnx_tools
 from .errors import EdgedpError, InputError, OutputError
 from .networks import alphas_from_logits, build_gd, gd_input, upsample_logits
 from .physics import over_weights
@@ -48,6 +56,7 @@ from .physics import over_weights
 __all__ = [
     "GD_INPUT_NORMALIZATION",
     "GDExportModule",
+    "Standardize",
     "export_gd_onnx",
     "gd_reference",
     "gd_multiple_of",
@@ -60,16 +69,8 @@ GD_INPUT_NORMALIZATION = (
     "fit's input (black level removed, divided by white - black: ~[0, 1]); H, W multiples of multiple_of; "
     "the graph itself down-scales by input_scale and standardizes by the pair's mean and std"
 )
-MAX_TRT_OPSET = 17
-
-
-def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError as err:  # pragma: no cover - depends on the install
-        raise EdgedpError(
-            f"{module} is not installed: pip install 'edgedp[export]' (onnx + onnxruntime) to export / verify ONNX"
-        ) from err
+#: ONNX node-name scope of the standardization (torch.onnx names nodes after the submodule).
+STANDARDIZE_SCOPE = "/standardize/"
 
 
 def gd_multiple_of(bundle) -> int:
@@ -96,9 +97,35 @@ def _build_net(bundle) -> nn.Module:
     return net.eval()
 
 
+class Standardize(nn.Module):
+    """``(x - mean) / max(std, 1e-6)`` over all of ``x`` (1, C, H, W), ``std`` unbiased (torch.std's
+    default, as :func:`edgedp.networks.gd_input`), in a form that stays within FP16's range.
+
+    Mean and mean square are nested means, one axis at a time: equal to the global ones (every
+    group has the same size), but each ReduceMean adds up at most max(H, W) values, so float32
+    accumulation in the runtime (ONNX Runtime, TensorRT sum sequentially) stays as accurate as
+    torch's cascade summation; one ReduceMean over all 2 H W / s^2 values lost ~1e-4 px of
+    defocus at 1008x1344.  The Bessel factor ``n / (n - 1)`` is ``1 / (1 - (1/C)(1/H)(1/W))``:
+    reciprocals of single dimensions instead of the count n itself (677,376 at 1008x1344, which
+    overflows FP16)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("one", torch.ones(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+        xc = x - mean
+        msq = (xc * xc).mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+        inv_n = (self.one / x.shape[1]) * (self.one / x.shape[2]) * (self.one / x.shape[3])
+        var = msq / (self.one - inv_n)
+        return xc / var.sqrt().clamp_min(1e-6)
+
+
 class GDExportModule(nn.Module):
     """The exported computation (see the module docstring), TensorRT-friendly: no cumprod, no
-    Concat of a dynamically shaped ones tensor, constant Resize scales.
+    Concat of a dynamically shaped ones tensor, constant Resize scales, an FP16-safe
+    standardization (:class:`Standardize`).
 
     ``pair``: (1, 2, H, W), H and W multiples of ``8 * scale``.  Returns ``(alphas, defocus)``.
     """
@@ -107,6 +134,7 @@ class GDExportModule(nn.Module):
         super().__init__()
         self.net = net
         self.scale = int(scale)
+        self.standardize = Standardize()
         layers = int(radii.numel())
         self.layers = layers
         # alpha = sigmoid * mask + (1 - mask): mask[0] = 0 makes alpha_0 exactly 1.
@@ -118,17 +146,7 @@ class GDExportModule(nn.Module):
 
     def forward(self, pair: Tensor) -> tuple[Tensor, Tensor]:
         x = F.avg_pool2d(pair, self.scale) if self.scale > 1 else pair
-        # Mean and unbiased variance (torch.std's default, as gd_input) as nested means, one axis at
-        # a time: equal to the global ones (every group has the same size), but each ReduceMean
-        # adds up at most max(H, W) / s values, so float32 accumulation in the runtime (ONNX
-        # Runtime, TensorRT sum sequentially) stays as accurate as torch's cascade summation;
-        # one ReduceMean over all 2 H W / s^2 values lost ~1e-4 px of defocus at 1008x1344.
-        mean = x.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
-        xc = x - mean
-        n = x.shape[1] * x.shape[2] * x.shape[3]
-        msq = (xc * xc).mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
-        var = msq * (n / (n - 1))
-        x = xc / var.sqrt().clamp_min(1e-6)
+        x = self.standardize(x)
         logits = self.net(x)
         f = 8 * self.scale
         up = F.interpolate(logits, scale_factor=(float(f), float(f)), mode="bilinear", align_corners=False)
@@ -172,11 +190,13 @@ def export_gd_onnx(bundle, path, *, opset: int = 17, dynamic: bool = True) -> di
     """Write ``gd.onnx`` for the bundle's G_D to ``path``; return its sidecar entry.
 
     ``dynamic``: H and W are symbolic (``"H"``, ``"W"``; multiples of ``multiple_of``); otherwise
-    fixed at the bundle's size rounded up to ``multiple_of``.  Raises :class:`OutputError` when the
-    file cannot be written and :class:`EdgedpError` when the saved file's opset is not ``opset``
-    (the exporter may raise it silently) or ``opset > 17`` would lose TensorRT 8.5.
+    fixed at the bundle's size rounded up to ``multiple_of``.  The graph goes through
+    :func:`edgedp.onnx_tools.finalize_graph` (constant folding, TensorRT 8.5 checks, metadata).
+    The entry's ``fp32_nodes`` names the standardization's float nodes, which an FP16 engine
+    keeps in FP32.  Raises :class:`OutputError` when the file cannot be written, the saved
+    file's opset is not ``opset`` or TensorRT 8.5 would reject the graph.
     """
-    onnx = _require("onnx")
+    onnx_tools.require_onnx()
     opset = int(opset)
     path = Path(path)
     if not path.parent.is_dir():
@@ -191,19 +211,16 @@ def export_gd_onnx(bundle, path, *, opset: int = 17, dynamic: bool = True) -> di
     h, w = (2 * m, 3 * m) if dynamic else _static_size(bundle, m)
     example = torch.rand(1, 2, h, w, generator=torch.Generator().manual_seed(0))
     dyn = {"pair": {2: "H", 3: "W"}, "alphas": {2: "H", 3: "W"}, "defocus": {2: "H", 3: "W"}} if dynamic else None
+    spec = GRAPHS["gd"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                module, (example,), str(path), input_names=["pair"], output_names=["alphas", "defocus"],
+                module, (example,), str(path), input_names=spec.input_names, output_names=spec.output_names,
                 dynamic_axes=dyn, opset_version=opset, do_constant_folding=True, dynamo=False,
             )
         except OSError as err:
             raise OutputError(f"{path}: cannot write: {err.strerror or err}") from err
-    model = onnx.load(str(path))
-    saved = _default_opset(model)
-    if saved != opset:
-        raise EdgedpError(f"{path}: exporter wrote opset {saved}, asked for {opset} (TensorRT 8.5 parses <= 17)")
     L = int(radii.numel())
     hs, ws = ("H", "W") if dynamic else (h, w)
     entry: dict[str, Any] = {
@@ -223,35 +240,22 @@ def export_gd_onnx(bundle, path, *, opset: int = 17, dynamic: bool = True) -> di
         "graph": "gd",
         "scene_id": str(bundle.meta.get("bundle_id", "")),
         "layers": str(L),
-        "radii": json.dumps(entry["radii"]),
+        "radii": entry["radii"],
         "opset": str(opset),
         "input_normalization": GD_INPUT_NORMALIZATION,
         "input_scale": str(scale),
         "multiple_of": str(m),
-        "dynamic": json.dumps(bool(dynamic)),
-        "inputs": json.dumps(entry["inputs"]),
-        "outputs": json.dumps(entry["outputs"]),
+        "dynamic": bool(dynamic),
+        "inputs": entry["inputs"],
+        "outputs": entry["outputs"],
         "outputs_meaning": (
             "alphas (1, L, H, W): MPI alphas, layer L-1 on top, alphas[:, 0] = 1; defocus (1, 1, H, W): signed "
             "blur radius in px, sum_i d_i r_i with d_i = a_i prod_{j>i} (1 - a_j); r > 0 behind the focal plane"
         ),
     }
-    del model.metadata_props[:]
-    for k, v in meta.items():
-        p = model.metadata_props.add()
-        p.key, p.value = k, v
-    model.producer_name = "edgedp"
-    model.producer_version = __version__
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    onnx_tools.finalize_graph(path, meta, opset)
+    entry[FP32_NODES_KEY] = onnx_tools.float_nodes(path, STANDARDIZE_SCOPE)
     return entry
-
-
-def _default_opset(model) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return -1
 
 
 def _graph_dims(sess) -> list:
@@ -269,25 +273,26 @@ def _test_pair(bundle, h: int, w: int) -> Tensor:
     return (torch.stack([img, right]) + noise).clamp(0, 1)[None].contiguous()
 
 
-def verify_gd_onnx(bundle, path, *, sizes=None, atol: float = 1e-4) -> dict:
+def verify_gd_onnx(
+    bundle, path, *, sizes=None, atol: float = 1e-4, rtol: float | None = None, fp16: bool = False, threads: int | None = 2
+) -> dict:
     """Run ``gd.onnx`` with ONNX Runtime (CPU) and compare with :func:`gd_reference` (PyTorch).
 
     ``sizes``: list of (H, W), multiples of ``8 * input_scale``; default two different sizes (the
     bundle's size rounded up to the multiple and a smaller one) for a dynamic graph, the graph's
-    own size for a static one.  Returns ``{"sizes", "max_abs", "max_rel", "per_size", "passed"}``
-    with ``max_abs`` = max |onnx - torch| over both outputs and sizes, ``max_rel`` = max over
-    outputs of max_abs / max |torch| (relative to the output's range: alphas near 0 make an
-    element-wise ratio meaningless); ``passed``: ``max_abs <= atol``.
+    own size for a static one.  ``fp16``: run the graph's FP16 emulation
+    (:func:`edgedp.onnx_tools.emulate_fp16`) instead, against the same FP32 reference.  Returns
+    ``{"sizes", "max_abs", "max_rel", "per_size", "outputs", "atol", "passed"}`` with ``max_abs``
+    = max |onnx - torch| over both outputs and sizes, ``max_rel`` = max over outputs of max_abs /
+    max |torch| (relative to the output's range: alphas near 0 make an element-wise ratio
+    meaningless), ``outputs`` the same per output; ``passed``: finite and ``max_abs <= atol``
+    (with ``rtol``: each output's ``max_abs <= atol + rtol * max |torch|``, for the FP16 check).
     """
-    ort = _require("onnxruntime")
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such ONNX file")
     m = gd_multiple_of(bundle)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = onnx_tools.ort_session(path, threads=threads, fp16=fp16)
     dims = _graph_dims(sess)
     static = all(isinstance(d, int) for d in dims[2:])
     if sizes is None:
@@ -306,27 +311,36 @@ def verify_gd_onnx(bundle, path, *, sizes=None, atol: float = 1e-4) -> dict:
         if static and (h, w) != (dims[2], dims[3]):
             raise InputError(f"{path}: static graph takes {dims[2]}x{dims[3]}, not {h}x{w}")
     net = _build_net(bundle)
-    max_abs, rel, per_size = 0.0, 0.0, []
+    names = GRAPHS["gd"].output_names
+    per_output = {name: {"max_abs": 0.0, "max_rel": 0.0} for name in names}
+    finite, within, per_size = True, True, []
     for h, w in sizes:
         pair = _test_pair(bundle, h, w)
         ref = gd_reference(bundle, pair, net)
-        out = sess.run(["alphas", "defocus"], {"pair": pair.numpy()})
+        out = sess.run(names, {"pair": pair.numpy()})
         entry = {"size": [h, w]}
-        for name, r, o in zip(("alphas", "defocus"), ref, out):
+        for name, r, o in zip(names, ref, out):
             r = r.numpy()
             if o.shape != r.shape:
                 raise EdgedpError(f"{path}: {name} has shape {tuple(o.shape)}, PyTorch {tuple(r.shape)}")
-            err = float(np.max(np.abs(o.astype(np.float64) - r)))
-            scale_ = float(np.max(np.abs(r)))
-            entry[name] = err
-            max_abs = max(max_abs, err)
-            rel = max(rel, err / max(scale_, 1e-12))
+            err = onnx_tools.compare(o, r, atol, rtol)
+            finite &= bool(np.isfinite(o).all())
+            within &= err["passed"]
+            entry[name] = err["max_abs"]
+            per_output[name]["max_abs"] = max(per_output[name]["max_abs"], err["max_abs"])
+            per_output[name]["max_rel"] = max(per_output[name]["max_rel"], err["max_rel"])
         per_size.append(entry)
-    return {
+    max_abs = max(r["max_abs"] for r in per_output.values())
+    passed = within if rtol is not None else finite and max_abs <= atol
+    result = {
         "sizes": [list(s) for s in sizes],
         "max_abs": max_abs,
-        "max_rel": rel,
+        "max_rel": max(r["max_rel"] for r in per_output.values()),
         "per_size": per_size,
+        "outputs": per_output,
         "atol": float(atol),
-        "passed": bool(max_abs <= atol),
+        "passed": bool(passed),
     }
+    if rtol is not None:
+        result["rtol"] = float(rtol)
+    return result

@@ -1,10 +1,10 @@
 """Export a device profile (``edgedp tune``) for the instant on-device path: ``edgedp export
 PHONE.profile -o OUT``.
 
-OUT gets three files, the same sidecar format the ``export/`` runners read for a scene export
-(``edgedp/onnx_export.py``), so ``export/run_onnx.py predict`` works on it unchanged and
-``export/run_onnx.py instant`` (``export/instant.py``) predicts a defocus map and a quick
-all-in-focus image of a new capture with ONNX Runtime and numpy alone:
+OUT gets three files, in the sidecar format of a scene export (:mod:`edgedp_runtime.schema`), so
+``edgedp-runtime predict`` works on it unchanged and ``edgedp-runtime instant``
+(:mod:`edgedp_runtime.instant`) predicts a defocus map and a quick all-in-focus image of a new
+capture with ONNX Runtime and numpy alone:
 
 ``gd.onnx``
     the profile's G_D (:func:`edgedp.onnx_gd.export_gd_onnx`: pair (1, 2, H, W) -> alphas
@@ -15,23 +15,21 @@ all-in-focus image of a new capture with ONNX Runtime and numpy alone:
     profile.butterworth)``, [left, right] x layers, true-convolution PSFs centred at
     ``(K // 2, K // 2)`` (CONVENTIONS.md).
 ``export.json``
-    ``{"format": "edgedp-export", "format_version": 1, "edgedp_version", "created", "source":
-    "profile", "scene_id": device name, "opset", "height", "width" (the profile's sensor size),
-    "layers", "kernel_size", "radii", "kernel_model", "input_normalization",
-    "graphs": {"gd": export_gd_onnx's entry + "file"},
-    "verification": {"gd": verify_gd_onnx's dict} ({} when not verified),
-    "profile": {"path": absolute path or null, "device", "created", "input": {"black_level",
+    the sidecar of :mod:`edgedp_runtime.schema` with ``"source": "profile"``, ``"scene_id"`` = the
+    device name, ``"height"`` / ``"width"`` = the profile's sensor size, ``"graphs": {"gd": ...}``,
+    ``"verification": {"gd": verify_gd_onnx's dict}`` ({} when not verified), and
+    ``"profile": {"path": absolute path or null, "device", "created", "input": {"black_level",
     "white_level", "flat_field": [left, right] paths or null, "view_gain": {"model": "exp-poly3",
     "coefficients": [10 floats]} or null (edgedp.profile.VIEW_GAIN_MODEL: the right view's gain over
     the capture, applied after the flat field when the capture is read with the profile's flat
-    field)} (null: edgedp fit's defaults),
-    "kernel": {"model", "butterworth": {order, cutoff, beta, smooth_sigma}, "radius_scale",
-    "asymmetry"}, "gd": {"layers", "width", "input_scale", "focus"}, "sensor": {"height",
-    "width"}, "captures": count},
-    "instant": {"kernels": "kernels.npy", "kernel_size": K, "pad": K // 2 + 8 (replicate padding
-    of the stage-1 solve), "latent_reg": {"gain": 4.0, "floor": 1e-3, "ceil": 0.3} (lam = clamp(
-    gain * sigma^2 / s^2, floor, ceil), edgedp.latent.default_latent_reg), "fuse_window": 15 (px,
-    edgedp.fit.fuse_with_likelihood's window; 0 = G_D's weights alone), "weight_floor": 1e-6}}``
+    field)} (null: edgedp fit's defaults), "kernel": {"model", "butterworth": {order, cutoff, beta,
+    smooth_sigma}, "radius_scale", "asymmetry"}, "gd": {"layers", "width", "input_scale",
+    "focus"}, "sensor": {"height", "width"}, "captures": count}``, ``"instant":
+    schema.instant_entry(...)``: ``{"kernels": "kernels.npy", "kernel_size": K, "pad": K // 2 + 8
+    (replicate padding of the stage-1 solve), "latent_reg": {"gain": 4.0, "floor": 1e-3, "ceil":
+    0.3} (lam = clamp(gain * sigma^2 / s^2, floor, ceil), edgedp.latent.default_latent_reg),
+    "fuse_window": 15 (px, edgedp.fit.fuse_with_likelihood's window; 0 = G_D's weights alone),
+    "weight_floor": 1e-6}``
 
 The defaults of ``instant`` are :class:`edgedp.fit.FitConfig`'s (``fuse_window``) and
 :func:`edgedp.latent.default_latent_reg`'s, so the instant path is ``edgedp fit --profile`` with
@@ -44,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +50,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from edgedp_runtime import schema
+
 from . import __version__
 from .errors import InputError, OutputError
 from .io import json_ready, write_json, write_npy
 from .fit import FUSE_WEIGHT_FLOOR, FitConfig
 from .kernels import kernel_pyramid
 from .latent import default_latent_reg
-from .onnx_export import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, GD_FILE, SIDECAR_NAME
 from .profile import DeviceProfile, load_profile, view_gain_entry
 
-__all__ = ["INSTANT_DEFAULTS", "export_profile", "profile_test_image", "verify_profile_export"]
+__all__ = ["INSTANT_DEFAULTS", "export_profile", "load_profile_source", "profile_files", "profile_test_image", "verify_profile_export"]
 
-KERNELS_FILE = "kernels.npy"
+GD_FILE = schema.GRAPHS["gd"].file
+KERNELS_FILE = schema.KERNELS_FILE
+SIDECAR_NAME = schema.SIDECAR_NAME
 #: The instant path's settings: read off edgedp fit's own defaults (``default_latent_reg``'s
 #: keyword defaults, ``FitConfig.fuse_window``, the clamp of ``fuse_with_likelihood``), so the
 #: two cannot drift apart.
@@ -72,7 +72,7 @@ INSTANT_DEFAULTS: dict[str, Any] = {
     "latent_reg": {
         name: param.default
         for name, param in inspect.signature(default_latent_reg).parameters.items()
-        if name in ("gain", "floor", "ceil")
+        if name in schema.INSTANT_LATENT_REG
     },
     "fuse_window": FitConfig().fuse_window,
     "weight_floor": FUSE_WEIGHT_FLOOR,
@@ -181,17 +181,12 @@ def export_profile(
     """
     from .onnx_gd import export_gd_onnx, verify_gd_onnx
 
-    path = None
-    if not isinstance(profile, DeviceProfile):
-        path = Path(profile)
-        profile = load_profile(path)
-    where = f"profile {path}" if path is not None else f"profile '{profile.device}'"
+    profile, path, where = load_profile_source(profile)
     bundle = _adapter(profile, where)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {out} exists and is not a folder")
-    targets = [out / GD_FILE, out / KERNELS_FILE, out / SIDECAR_NAME]
-    existing = [t for t in targets if t.exists()]
+    existing = [out / name for name in profile_files() if (out / name).exists()]
     if existing and not overwrite:
         raise OutputError(f"{existing[0]} exists (use --overwrite to replace it)")
     try:
@@ -207,36 +202,43 @@ def export_profile(
     # The sidecar is written last: a failed export leaves no export.json naming missing files.
     entry = export_gd_onnx(bundle, out / GD_FILE, opset=opset, dynamic=dynamic)
     write_npy(out / KERNELS_FILE, kernels, overwrite=True)
-    sidecar: dict[str, Any] = {
-        "format": EXPORT_FORMAT,
-        "format_version": EXPORT_FORMAT_VERSION,
-        "edgedp_version": __version__,
-        "source": "profile",
-        "scene_id": profile.device,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "opset": int(opset),
-        "height": profile.height,
-        "width": profile.width,
-        "layers": profile.layers,
-        "kernel_size": k,
-        "radii": [float(r) for r in profile.radii],
-        "kernel_model": profile.kernel_model,
-        "input_normalization": INPUT_NORMALIZATION,
-        "graphs": {"gd": {"file": GD_FILE, **json_ready(entry)}},
-        "verification": {},
-        "profile": _profile_section(profile, path),
-        "instant": {"kernels": KERNELS_FILE, "kernel_size": k, "pad": k // 2 + 8, **INSTANT_DEFAULTS},
-    }
+    sidecar = schema.new_sidecar(
+        source="profile", edgedp_version=__version__, scene_id=profile.device, opset=int(opset),
+        height=profile.height, width=profile.width, layers=profile.layers, kernel_size=k,
+        radii=[float(r) for r in profile.radii], kernel_model=profile.kernel_model,
+        input_normalization=INPUT_NORMALIZATION, graphs={"gd": json_ready(entry)},
+        profile=_profile_section(profile, path),
+        instant=schema.instant_entry(kernel_size=k, pad=k // 2 + 8, kernels=KERNELS_FILE, **INSTANT_DEFAULTS),
+    )
     if verify:
         sidecar["verification"] = {"gd": verify_gd_onnx(bundle, out / GD_FILE, atol=atol)}
     write_json(out / SIDECAR_NAME, sidecar, overwrite=True)
     return sidecar
 
 
-def verify_profile_export(out: Path | str, profile: DeviceProfile | Path | str | None = None, *, atol: float = 1e-4) -> dict[str, Any]:
+def profile_files() -> list[str]:
+    """Every file a profile export writes (before engines)."""
+    return [schema.GRAPHS[g].file for g in schema.SOURCE_GRAPHS["profile"]] + list(schema.SOURCE_FILES["profile"]) + [SIDECAR_NAME]
+
+
+def load_profile_source(profile: DeviceProfile | Path | str) -> tuple[DeviceProfile, Path | None, str]:
+    """``(profile, its path or None, a name for messages)`` of a profile or a profile file."""
+    path = None
+    if not isinstance(profile, DeviceProfile):
+        path = Path(profile)
+        profile = load_profile(path)
+    where = f"profile {path}" if path is not None else f"profile '{profile.device}'"
+    return profile, path, where
+
+
+def verify_profile_export(
+    out: Path | str, profile: DeviceProfile | Path | str | None = None, *, atol: float = 1e-4,
+    rtol: float | None = None, fp16: bool = False,
+) -> dict[str, Any]:
     """Re-run ``out/gd.onnx`` of a profile export in ONNX Runtime (CPU) against PyTorch (what
-    ``edgedp verify`` needs for ``"source": "profile"``).  ``profile``: default the file recorded
-    in the sidecar (``profile.path``).  Returns ``{"gd": verify_gd_onnx's dict}``.
+    ``edgedp verify`` needs for ``"source": "profile"``; ``fp16``: its FP16 emulation).
+    ``profile``: default the file recorded in the sidecar (``profile.path``).  Returns ``{"gd":
+    verify_gd_onnx's dict}``.
 
     Raises:
         InputError: no profile export in ``out``, the profile is missing, or it is another device's.
@@ -248,14 +250,12 @@ def verify_profile_export(out: Path | str, profile: DeviceProfile | Path | str |
     side = read_sidecar(out)
     if side.get("source") != "profile":
         raise InputError(f"{out / SIDECAR_NAME} is not a profile export (no \"source\": \"profile\")")
-    path = None
     if not isinstance(profile, DeviceProfile):
         recorded = (side.get("profile") or {}).get("path")
         if profile is None and not recorded:
             raise InputError(f"{out / SIDECAR_NAME} names no profile file; pass the profile")
-        path = Path(profile if profile is not None else recorded)
-        profile = load_profile(path)
+        profile = Path(profile if profile is not None else recorded)
+    profile, _, where = load_profile_source(profile)
     if profile.device != side.get("scene_id"):
         raise InputError(f"{out / SIDECAR_NAME} belongs to device {side.get('scene_id')!r}, not to profile '{profile.device}'")
-    where = f"profile {path}" if path is not None else f"profile '{profile.device}'"
-    return {"gd": verify_gd_onnx(_adapter(profile, where), out / GD_FILE, atol=atol)}
+    return {"gd": verify_gd_onnx(_adapter(profile, where), out / GD_FILE, atol=atol, rtol=rtol, fp16=fp16)}

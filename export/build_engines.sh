@@ -9,8 +9,9 @@
 #   export/build_engines.sh [options] EXPORT_DIR [-- EXTRA_TRTEXEC_ARGS...]
 #
 # Options:
-#   --fp16             let TensorRT pick FP16 kernels (faster on Jetson, ~1e-3 relative error;
-#                      inputs and outputs stay float32)
+#   --fp16             let TensorRT pick FP16 kernels (faster on Jetson; inputs and outputs stay
+#                      float32; measured FP16-emulation errors in export/README.md); gd.onnx's
+#                      input standardization stays FP32 (the sidecar's graphs.gd.fp32_nodes)
 #   --workspace MIB    builder scratch memory limit in MiB (default 1024; lower it on 8 GB boards)
 #   --min HxW          gd.onnx optimization profile: smallest pair size     (default: multiple_of^2)
 #   --opt HxW          size TensorRT tunes its kernels for   (default: the scene's size, rounded up)
@@ -30,6 +31,11 @@
 #   --onnx=FILE            the ONNX graph to parse (TensorRT's built-in ONNX parser)
 #   --saveEngine=FILE      write the serialized engine (FILE.engine beside the ONNX file)
 #   --fp16                 allow FP16 precision in addition to FP32 (only with --fp16 here)
+#   --precisionConstraints=obey --layerPrecisions=NODE:fp32,...
+#                          (gd.onnx with --fp16) keep the named layers in FP32: the ONNX parser
+#                          names each node's layer after the node; trtexec sets the precision of
+#                          the layers whose names match and ignores names it does not find.
+#                          TensorRT >= 8.4 (JetPack 5.1 and 6.x); skipped with a note on older ones.
 #   --memPoolSize=workspace:N
 #                          cap the builder's workspace pool at N MiB: TensorRT >= 8.4, so JetPack
 #                          5.1 (8.5) and 6.x (8.6 / 10.x).  A plain number is MiB on every version
@@ -45,7 +51,7 @@
 #   engine executes); add `-- --skipInference` to skip it where your trtexec has that flag.
 set -euo pipefail
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "build_engines.sh: error: $*" >&2; exit 2; }
 
 FP16=0
@@ -141,9 +147,20 @@ if want gd; then
     M="${M:-8}"
     NAME="$(py "list(J['graphs']['gd']['inputs'])[0]")"
     NAME="${NAME:-pair}"
+    # FP16: keep G_D's input standardization in FP32 (its layers, named after the ONNX nodes)
+    PIN=()
+    if [[ "$FP16" -eq 1 ]]; then
+      LP="$(py "','.join(n + ':fp32' for n in J['graphs']['gd'].get('fp32_nodes', []))")"
+      if [[ -n "$LP" && ( "$TRT_VER" -eq 0 || "$TRT_VER" -ge 8400 ) ]]; then
+        PIN=(--precisionConstraints=obey "--layerPrecisions=$LP")
+      elif [[ -n "$LP" ]]; then
+        echo "note: trtexec of TensorRT $TRT_VER has no --layerPrecisions; gd's standardization is FP16-safe by construction"
+      fi
+    fi
     if [[ "$(py "J['graphs']['gd'].get('dynamic', True)")" == "False" ]]; then
       # static G_D: its size is fixed in the graph, no profile
-      run "$TRTEXEC" --onnx="$DIR/$f" --saveEngine="$DIR/${f%.onnx}.engine" "$WS_FLAG" ${PREC[@]+"${PREC[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
+      run "$TRTEXEC" --onnx="$DIR/$f" --saveEngine="$DIR/${f%.onnx}.engine" "$WS_FLAG" ${PREC[@]+"${PREC[@]}"} \
+        ${PIN[@]+"${PIN[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
     else
       up() { echo $(( ($1 + M - 1) / M * M )); }
       if [[ -z "$OPT_HW" ]]; then
@@ -168,6 +185,7 @@ if want gd; then
       (( ${MIN_HW%x*} <= ${OPT_HW%x*} && ${OPT_HW%x*} <= ${MAX_HW%x*} &&
          ${MIN_HW#*x} <= ${OPT_HW#*x} && ${OPT_HW#*x} <= ${MAX_HW#*x} )) || die "need min <= opt <= max per dim"
       run "$TRTEXEC" --onnx="$DIR/$f" --saveEngine="$DIR/${f%.onnx}.engine" "$WS_FLAG" ${PREC[@]+"${PREC[@]}"} \
+        ${PIN[@]+"${PIN[@]}"} \
         --minShapes="$NAME:1x2x$MIN_HW" --optShapes="$NAME:1x2x$OPT_HW" --maxShapes="$NAME:1x2x$MAX_HW" ${EXTRA[@]+"${EXTRA[@]}"}
     fi
     BUILT=$((BUILT + 1))

@@ -1,9 +1,11 @@
-"""Device-side runners (``export/run_onnx.py``, ``export/run_trt.py``) run without PyTorch.
+"""The device runtime (``edgedp-runtime``, package ``edgedp_runtime`` in ``export/``) runs without
+PyTorch, with ONNX Runtime (``--backend ort``) or TensorRT engines (``--backend trt``).
 
-Tiny hand-built ONNX graphs (``onnx.helper``) mimic the exported graphs' I/O; the runners run in
+Tiny hand-built ONNX graphs (``onnx.helper``) mimic the exported graphs' I/O; the runtime runs in
 a subprocess whose ``PYTHONPATH`` starts with stubs ``torch`` and ``edgedp`` that raise on import,
-so any import of either fails the test.  A last test exports a real (tiny) fitted scene with the
-real exporter and runs the runner on it.
+so any import of either fails the test.  The TensorRT backend runs against the fakes in
+``tests/fakes`` (``tensorrt`` 8.5 / 10.x flavours, ``pycuda``, a broken cuda-python).  A last test
+exports a real (tiny) fitted scene with the real exporter and runs the runtime on it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
+from edgedp_runtime import common  # noqa: E402  (numpy only)
+
 REPO = Path(__file__).resolve().parents[1]
-EXPORT = REPO / "export"
-sys.path.insert(0, str(EXPORT))
-import common  # noqa: E402  (export/common.py: numpy only)
+FAKES = Path(__file__).resolve().parent / "fakes"
 
 L, H, W = 3, 13, 21
 MULT = 8
@@ -131,11 +133,16 @@ def no_torch_env(tmp_path_factory) -> dict:
     return env
 
 
-def run(script: str, args: list, env: dict, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run(args: list, env: dict, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m edgedp_runtime ARGS`` (the ``edgedp-runtime`` console script's code)."""
     return subprocess.run(
-        [sys.executable, str(EXPORT / script), *map(str, args)],
+        [sys.executable, "-m", "edgedp_runtime", *map(str, args)],
         capture_output=True, text=True, env=env, timeout=120, cwd=cwd,
     )
+
+
+def trt(args: list, env: dict) -> subprocess.CompletedProcess:
+    return run([*args, "--backend", "trt"], env)
 
 
 def read16(path: Path) -> np.ndarray:
@@ -159,9 +166,10 @@ def test_stub_really_blocks_torch(no_torch_env):
 
 def test_render_without_torch(bundle_dir, no_torch_env, tmp_path):
     out = tmp_path / "r"
-    proc = run("run_onnx.py", ["render", bundle_dir, "-o", out, "--provider", "cpu", "--repeat", "2"], no_torch_env)
+    proc = run(["render", bundle_dir, "-o", out, "--provider", "cpu", "--repeat", "2"], no_torch_env)
     assert proc.returncode == 0, proc.stderr
-    assert "provider: CPUExecutionProvider runs render" in proc.stdout
+    # the providers that ran the nodes, from ONNX Runtime's profile of the first call
+    assert "provider: render: 3 nodes ran on CPUExecutionProvider" in proc.stdout
     assert "time render: first" in proc.stdout
     latent = np.load(bundle_dir / "render_latent.npy")[0].astype(np.float64)
     for name, ref in (("left", latent.mean(0)), ("right", latent.max(0)), ("allinfocus", latent.min(0))):
@@ -169,27 +177,27 @@ def test_render_without_torch(bundle_dir, no_torch_env, tmp_path):
         assert got.shape == (H, W)
         assert np.abs(got - ref).max() <= 0.5 / 65535 + 1e-6
     # no overwrite without --overwrite; with it, fine
-    again = run("run_onnx.py", ["render", bundle_dir, "-o", out], no_torch_env)
+    again = run(["render", bundle_dir, "-o", out], no_torch_env)
     assert_one_line_error(again, "--overwrite")
-    again = run("run_onnx.py", ["render", bundle_dir, "-o", out, "--overwrite"], no_torch_env)
+    again = run(["render", bundle_dir, "-o", out, "--overwrite"], no_torch_env)
     assert again.returncode == 0, again.stderr
 
 
 def test_refocus_focus_and_sweep(bundle_dir, no_torch_env, tmp_path):
     image = np.load(bundle_dir / "allinfocus.npy")[0, 0].astype(np.float64)
-    proc = run("run_onnx.py", ["refocus", bundle_dir, "-o", tmp_path, "--focus", 2, "--aperture", 0.5, "--npy"],
+    proc = run(["refocus", bundle_dir, "-o", tmp_path, "--focus", 2, "--aperture", 0.5, "--npy"],
                no_torch_env)
     assert proc.returncode == 0, proc.stderr
     npy = np.load(tmp_path / "refocus_f2.00_a0.50.npy")
     assert npy.shape == (1, 1, H, W) and np.allclose(npy[0, 0], 0.5 * image + 0.02, atol=1e-6)
     got = read16(tmp_path / "refocus_f2.00_a0.50.png")
     assert np.abs(got - (0.5 * image + 0.02)).max() < 1e-4
-    proc = run("run_onnx.py", ["refocus", bundle_dir, "-o", tmp_path / "s", "--sweep", 3], no_torch_env)
+    proc = run(["refocus", bundle_dir, "-o", tmp_path / "s", "--sweep", 3], no_torch_env)
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in (tmp_path / "s").iterdir())
     assert names == ["sweep_00_f0.00_a1.00.png", "sweep_01_f1.00_a1.00.png", "sweep_02_f2.00_a1.00.png"]
     assert np.abs(read16(tmp_path / "s" / names[1]) - (image + 0.01)).max() < 1e-4
-    bad = run("run_onnx.py", ["refocus", bundle_dir, "-o", tmp_path / "x"], no_torch_env)
+    bad = run(["refocus", bundle_dir, "-o", tmp_path / "x"], no_torch_env)
     assert_one_line_error(bad, "--focus")
 
 
@@ -207,7 +215,7 @@ def test_predict_png_pair_pads_and_crops_back(bundle_dir, no_torch_env, tmp_path
     out = tmp_path / "o"
     args = ["predict", bundle_dir, tmp_path / "l.png", tmp_path / "r.png", "-o", out,
             "--black-level", 1000, "--white-level", 50000, "--save-alphas"]
-    proc = run("run_onnx.py", args, no_torch_env)
+    proc = run(args, no_torch_env)
     assert proc.returncode == 0, proc.stderr
     assert "predict 24x32" in proc.stdout
     defocus = np.load(out / "defocus.npy")
@@ -219,7 +227,7 @@ def test_predict_png_pair_pads_and_crops_back(bundle_dir, no_torch_env, tmp_path
     rgb = common.decode_png((out / "defocus.png").read_bytes())
     assert rgb.shape == (h, w, 3) and rgb.dtype == np.uint8
     # crop mode: central 16x24
-    proc = run("run_onnx.py", [*args[:5], tmp_path / "c", "--fit", "crop"], no_torch_env)
+    proc = run([*args[:5], tmp_path / "c", "--fit", "crop"], no_torch_env)
     assert proc.returncode == 0, proc.stderr
     assert np.load(tmp_path / "c" / "defocus.npy").shape == (1, 1, 16, 24)
 
@@ -228,18 +236,18 @@ def test_predict_npy_and_shape_errors(bundle_dir, no_torch_env, tmp_path):
     a = np.full((16, 16), 0.75, np.float32)
     np.save(tmp_path / "l.npy", a)
     np.save(tmp_path / "r.npy", a * 0.5)
-    proc = run("run_onnx.py", ["predict", bundle_dir, tmp_path / "l.npy", tmp_path / "r.npy", "-o", tmp_path / "o"],
+    proc = run(["predict", bundle_dir, tmp_path / "l.npy", tmp_path / "r.npy", "-o", tmp_path / "o"],
                no_torch_env)
     assert proc.returncode == 0, proc.stderr
     assert np.allclose(np.load(tmp_path / "o" / "defocus.npy"), 10 * 0.375, atol=1e-5)
     np.save(tmp_path / "r2.npy", np.zeros((16, 8), np.float32))
-    bad = run("run_onnx.py", ["predict", bundle_dir, tmp_path / "l.npy", tmp_path / "r2.npy", "-o", tmp_path / "p"],
+    bad = run(["predict", bundle_dir, tmp_path / "l.npy", tmp_path / "r2.npy", "-o", tmp_path / "p"],
               no_torch_env)
     assert_one_line_error(bad, "right view")
     np.save(tmp_path / "lat.npy", np.zeros((1, L + 1, H, W), np.float32))
-    bad = run("run_onnx.py", ["render", bundle_dir, "--latent", tmp_path / "lat.npy", "-o", tmp_path / "q"], no_torch_env)
+    bad = run(["render", bundle_dir, "--latent", tmp_path / "lat.npy", "-o", tmp_path / "q"], no_torch_env)
     assert_one_line_error(bad, "does not match the graph input")
-    bad = run("run_onnx.py", ["predict", bundle_dir, tmp_path / "missing.png", tmp_path / "r.npy"], no_torch_env)
+    bad = run(["predict", bundle_dir, tmp_path / "missing.png", tmp_path / "r.npy"], no_torch_env)
     assert_one_line_error(bad, "left view not found")
 
 
@@ -248,56 +256,128 @@ def test_bad_sidecar_and_missing_graph(bundle_dir, no_torch_env, tmp_path):
     shutil.copytree(bundle_dir, broken)
     side = json.loads((broken / "export.json").read_text())
     (broken / "export.json").write_text("{not json")
-    assert_one_line_error(run("run_onnx.py", ["render", broken, "-o", tmp_path / "a"], no_torch_env), "not valid JSON")
+    assert_one_line_error(run(["render", broken, "-o", tmp_path / "a"], no_torch_env), "not valid JSON")
     (broken / "export.json").write_text(json.dumps({**side, "format_version": 99}))
-    assert_one_line_error(run("run_onnx.py", ["render", broken, "-o", tmp_path / "a"], no_torch_env), "format_version 99")
+    assert_one_line_error(run(["render", broken, "-o", tmp_path / "a"], no_torch_env), "format_version 99")
     (broken / "export.json").write_text(json.dumps({**side, "format": "other"}))
-    assert_one_line_error(run("run_onnx.py", ["render", broken, "-o", tmp_path / "a"], no_torch_env), "expected 'edgedp-export'")
+    assert_one_line_error(run(["render", broken, "-o", tmp_path / "a"], no_torch_env), "expected 'edgedp-export'")
     del side["graphs"]["gd"]
     (broken / "export.json").write_text(json.dumps(side))
     a = np.zeros((16, 16), np.float32)
     np.save(tmp_path / "v.npy", a)
-    proc = run("run_onnx.py", ["predict", broken, tmp_path / "v.npy", tmp_path / "v.npy", "-o", tmp_path / "a"], no_torch_env)
+    proc = run(["predict", broken, tmp_path / "v.npy", tmp_path / "v.npy", "-o", tmp_path / "a"], no_torch_env)
     assert_one_line_error(proc, "no 'gd' graph")
     (broken / "render.onnx").unlink()
-    assert_one_line_error(run("run_onnx.py", ["render", broken, "-o", tmp_path / "a"], no_torch_env), "render onnx file not found")
-    assert_one_line_error(run("run_onnx.py", ["render", tmp_path / "nowhere"], no_torch_env), "export folder not found")
+    assert_one_line_error(run(["render", broken, "-o", tmp_path / "a"], no_torch_env), "render onnx file not found")
+    assert_one_line_error(run(["render", tmp_path / "nowhere"], no_torch_env), "export folder not found")
 
 
 def test_unwritable_output(bundle_dir, no_torch_env, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    proc = run("run_onnx.py", ["render", bundle_dir, "-o", blocker / "sub"], no_torch_env)
+    proc = run(["render", bundle_dir, "-o", blocker / "sub"], no_torch_env)
     assert_one_line_error(proc, "cannot create output folder")
 
 
 def test_provider_fallback_warning(bundle_dir, no_torch_env, tmp_path):
-    """Asking for CUDA on a CPU-only onnxruntime warns and reports the provider that really runs."""
+    """Asking for CUDA / TensorRT on a CPU-only onnxruntime: one warning line each, and the report
+    names the provider that really ran the nodes."""
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("CUDA provider present: no fallback to observe")
-    proc = run("run_onnx.py", ["render", bundle_dir, "-o", tmp_path, "--provider", "cuda"], no_torch_env)
+    for provider, name in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
+        proc = run(["render", bundle_dir, "-o", tmp_path / provider, "--provider", provider], no_torch_env)
+        assert proc.returncode == 0, proc.stderr
+        assert "provider: render: 3 nodes ran on CPUExecutionProvider" in proc.stdout
+        warnings = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(warnings) == 1 and warnings[0].startswith("warning: ") and name in warnings[0], proc.stderr
+    # the TensorRT EP's options only with --provider tensorrt: on a CPU-only ORT it is not even
+    # offered, so no engine cache folder is created either
+    proc = run(["render", bundle_dir, "-o", tmp_path / "c", "--provider", "tensorrt", "--fp16",
+                "--trt-cache", tmp_path / "cache"], no_torch_env)
     assert proc.returncode == 0, proc.stderr
-    assert "provider: CPUExecutionProvider runs render" in proc.stdout
-    assert "warning:" in proc.stderr and "CUDAExecutionProvider" in proc.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_placement_report_and_provider_options():
+    """The provider list handed to ONNX Runtime (TensorRT EP with engine cache and FP16 options)
+    and the report read from a profile trace: compute nodes off the requested provider warn,
+    shape ops on the CPU beside CUDA do not."""
+    from collections import Counter
+
+    from edgedp_runtime import ort_backend as ob
+
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    providers, warning = ob.choose_providers("tensorrt", gpu, fp16=True, trt_cache=Path("/x/cache"))
+    assert warning is None
+    assert providers[0] == ("TensorrtExecutionProvider", {
+        "trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": "/x/cache"})
+    assert providers[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ob.choose_providers("auto", gpu)[0] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ob.choose_providers("auto", ["CPUExecutionProvider"]) == (["CPUExecutionProvider"], None)
+    line, warning = ob.placement_report("gd", "cuda", "CUDAExecutionProvider",
+                                        Counter(CUDAExecutionProvider=40, CPUExecutionProvider=3),
+                                        Counter(CUDAExecutionProvider=38))
+    assert line.startswith("provider: gd: 40 nodes ran on CUDAExecutionProvider, 3 on CPUExecutionProvider")
+    assert warning is None  # only shape bookkeeping on the CPU
+    line, warning = ob.placement_report("render", "tensorrt", "TensorrtExecutionProvider",
+                                        Counter(TensorrtExecutionProvider=1, CUDAExecutionProvider=5),
+                                        Counter(TensorrtExecutionProvider=1, CUDAExecutionProvider=5))
+    assert warning.startswith("warning: requested tensorrt") and "5 of 6 compute nodes of render" in warning
+    assert "\n" not in warning
+
+
+def test_every_option_is_validated(bundle_dir, no_torch_env, tmp_path):
+    """NaN / inf / out-of-range numbers and options of the other backend end in one line, exit 2,
+    before anything is written (the export battery wrote an image for --focus nan)."""
+    out = tmp_path / "o"
+    a = np.zeros((16, 16), np.float32)
+    np.save(tmp_path / "v.npy", a)
+    pair = [bundle_dir, tmp_path / "v.npy", tmp_path / "v.npy", "-o", out]
+    cases = [
+        (["refocus", bundle_dir, "-o", out, "--focus", "nan"], "--focus: must be a finite number"),
+        (["refocus", bundle_dir, "-o", out, "--focus", "inf"], "--focus: must be a finite number"),
+        (["refocus", bundle_dir, "-o", out, "--focus", "1", "--aperture", "nan"], "--aperture: must be a finite number"),
+        (["refocus", bundle_dir, "-o", out, "--focus", "1", "--aperture", "-1"], "--aperture: must be >= 0"),
+        (["refocus", bundle_dir, "-o", out, "--sweep", "0"], "--sweep: must be >= 1"),
+        (["refocus", bundle_dir, "-o", out, "--focus", "1", "--sweep", "2"], "exactly one of --focus"),
+        (["predict", *pair, "--black-level", "nan"], "--black-level: must be a finite number"),
+        (["predict", *pair, "--white-level", "0"], "--white-level: must be > 0"),
+        (["predict", *pair, "--white-level", "inf"], "--white-level: must be a finite number"),
+        (["predict", *pair, "--limit", "-2"], "--limit: must be > 0"),
+        (["instant", *pair, "--crop", "10xq"], "expected HxW"),
+        (["render", bundle_dir, "-o", out, "--repeat", "0"], "--repeat: must be >= 1"),
+        (["render", bundle_dir, "-o", out, "--threads", "0"], "--threads: must be >= 1"),
+        (["render", bundle_dir, "-o", out, "--cuda", "pycuda"], "--cuda is an option of --backend trt"),
+        (["render", bundle_dir, "-o", out, "--backend", "trt", "--provider", "cpu"], "--provider is an option of --backend ort"),
+        (["render", bundle_dir, "-o", out, "--fp16"], "add --provider tensorrt"),
+        (["render", bundle_dir, "-o", out, "--trt-cache", tmp_path], "add --provider tensorrt"),
+        (["render", bundle_dir, "-o", out, "--provider", "gpu"], "invalid choice"),
+    ]
+    for args, needle in cases:
+        proc = run(args, no_torch_env)
+        assert_one_line_error(proc, needle)
+        assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) == 1, proc.stderr
+    assert not out.exists()
 
 
 def test_trt_runner_help_and_missing_runtime(bundle_dir, no_torch_env, tmp_path):
     for args in (["--help"], ["render", "--help"], ["predict", "--help"]):
-        proc = run("run_trt.py", args, no_torch_env)
+        proc = run(args, no_torch_env)
         assert proc.returncode == 0, proc.stderr
-        assert "usage: run_trt.py" in proc.stdout
+        assert "usage: python -m edgedp_runtime" in proc.stdout
+    assert "--backend" in run(["render", "--help"], no_torch_env).stdout
     try:
         import tensorrt  # noqa: F401
 
         pytest.skip("tensorrt is installed here: the missing-runtime path cannot be observed")
     except ImportError:
         pass
-    proc = run("run_trt.py", ["render", bundle_dir, "-o", tmp_path], no_torch_env)
+    proc = trt(["render", bundle_dir, "-o", tmp_path], no_torch_env)
     assert_one_line_error(proc, "TensorRT Python bindings not found")
     # sidecar problems are reported before the runtime check
-    proc = run("run_trt.py", ["render", tmp_path / "nowhere"], no_torch_env)
+    proc = trt(["render", tmp_path / "nowhere"], no_torch_env)
     assert_one_line_error(proc, "export folder not found")
 
 
@@ -366,7 +446,7 @@ def test_real_export_runs_without_torch(no_torch_env, tmp_path):
             "export_scene(load_bundle(sys.argv[1]), sys.argv[2])", str(data / "fit"), str(out)])
     side = json.loads((out / "export.json").read_text())
     res = tmp_path / "res"
-    proc = run("run_onnx.py", ["render", out, "-o", res, "--provider", "cpu"], no_torch_env)
+    proc = run(["render", out, "-o", res, "--provider", "cpu"], no_torch_env)
     assert proc.returncode == 0, proc.stderr
     h, w = side["height"], side["width"]
     assert read16(res / "left.png").shape == (h, w)
@@ -376,11 +456,11 @@ def test_real_export_runs_without_torch(no_torch_env, tmp_path):
     sess = ort.InferenceSession(str(out / "render.onnx"), providers=["CPUExecutionProvider"])
     ref = sess.run(["left"], {"latent": np.load(out / "render_latent.npy")})[0][0, 0]
     assert np.abs(read16(res / "left.png") - np.clip(ref, 0, 1)).max() <= 0.5 / 65535 + 1e-6
-    proc = run("run_onnx.py", ["refocus", out, "-o", res, "--sweep", 2], no_torch_env)
+    proc = run(["refocus", out, "-o", res, "--sweep", 2], no_torch_env)
     assert proc.returncode == 0, proc.stderr
     if "gd" in side["graphs"]:
         m = side["graphs"]["gd"]["multiple_of"]
-        proc = run("run_onnx.py", ["predict", out, data / "left.png", data / "right.png", "-o", res], no_torch_env)
+        proc = run(["predict", out, data / "left.png", data / "right.png", "-o", res], no_torch_env)
         assert proc.returncode == 0, proc.stderr
         d = np.load(res / "defocus.npy")
         assert d.shape[-2:] == (97, 131) and np.isfinite(d).all(), m
@@ -396,131 +476,92 @@ def test_runner_without_cv2(bundle_dir, no_torch_env, tmp_path):
     left, right = rng.integers(0, 65536, (2, 16, 16))
     _png16(tmp_path / "l.png", left)
     _png16(tmp_path / "r.png", right)
-    proc = run("run_onnx.py", ["predict", bundle_dir, tmp_path / "l.png", tmp_path / "r.png", "-o", tmp_path / "o"], env)
+    proc = run(["predict", bundle_dir, tmp_path / "l.png", tmp_path / "r.png", "-o", tmp_path / "o"], env)
     assert proc.returncode == 0, proc.stderr
     ref = 10 * (left - right) / 65535.0
     assert np.abs(np.load(tmp_path / "o" / "defocus.npy")[0, 0] - ref).max() < 1e-4
     assert common.decode_png((tmp_path / "o" / "defocus.png").read_bytes()).shape == (16, 16, 3)
 
 
-# --- run_trt.py against fake `tensorrt` and `pycuda` modules ------------------------------------
-# The fakes implement just the API run_trt.py uses (TensorRT >= 8.5 name-based I/O, pycuda
-# buffers); "engines" are ONNX files executed with onnxruntime, "device memory" is a dict.
-FAKE_PYCUDA_DRIVER = '''
-import numpy as np
-MEMORY = {}
-_next = [4096]
-class _Mem:
-    def __init__(self, n):
-        self.ptr = _next[0]; _next[0] += n + 256; MEMORY[self.ptr] = bytearray(n)
-    def __int__(self): return self.ptr
-    def free(self): MEMORY.pop(self.ptr, None)
-def mem_alloc(n): return _Mem(n)
-def memcpy_htod_async(ptr, array, stream=None):
-    b = np.ascontiguousarray(array).tobytes(); MEMORY[int(ptr)][:len(b)] = b
-def memcpy_dtoh_async(array, ptr, stream=None):
-    array[...] = np.frombuffer(bytes(MEMORY[int(ptr)][:array.nbytes]), array.dtype).reshape(array.shape)
-class Stream:
-    handle = 1
-    def synchronize(self): pass
-'''
-
-FAKE_TENSORRT = '''
-import numpy as np
-import onnxruntime as ort
-from pycuda import driver
-__version__ = "8.5.fake"
-class Logger:
-    WARNING = 2
-    def __init__(self, level): pass
-class TensorIOMode:
-    INPUT = "in"; OUTPUT = "out"
-def nptype(dtype): return np.float32
-class Runtime:
-    def __init__(self, logger): pass
-    def deserialize_cuda_engine(self, data):
-        return None if data.startswith(b"junk") else _Engine(data)
-class _Engine:
-    def __init__(self, data):
-        self.sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        self.ins = [i.name for i in self.sess.get_inputs()]
-        self.outs = [o.name for o in self.sess.get_outputs()]
-        self.num_io_tensors = len(self.ins) + len(self.outs)
-    def get_tensor_name(self, i): return (self.ins + self.outs)[i]
-    def get_tensor_mode(self, n): return TensorIOMode.INPUT if n in self.ins else TensorIOMode.OUTPUT
-    def get_tensor_dtype(self, n): return "float"
-    def get_tensor_shape(self, n):
-        return tuple(d if isinstance(d, int) else -1 for d in self.sess.get_inputs()[self.ins.index(n)].shape)
-    def create_execution_context(self): return _Context(self)
-class _Context:
-    def __init__(self, engine): self.e, self.shapes, self.addr, self.res = engine, {}, {}, None
-    def set_input_shape(self, n, shape):
-        if len(shape) == 4 and shape[-1] > 64: return False  # "profile" max width 64
-        self.shapes[n] = tuple(shape); self.res = None; return True
-    def set_tensor_address(self, n, ptr): self.addr[n] = ptr; self.res = None
-    def _run(self):
-        if self.res is None:
-            feeds = {}
-            for n in self.e.ins:
-                size = int(np.prod(self.shapes[n])) * 4
-                feeds[n] = np.frombuffer(bytes(driver.MEMORY[self.addr[n]][:size]), np.float32).reshape(self.shapes[n])
-            self.res = dict(zip(self.e.outs, self.e.sess.run(self.e.outs, feeds)))
-        return self.res
-    def get_tensor_shape(self, n): return self._run()[n].shape
-    def execute_async_v3(self, stream):
-        for n, v in self._run().items():
-            driver.memcpy_htod_async(self.addr[n], v.astype(np.float32))
-        return True
-'''
+# --- the TensorRT backend against the fakes in tests/fakes ---------------------------------------
+# tensorrt (8.5 / 10.x flavours: name-based I/O, engines = ONNX run by onnxruntime), pycuda
+# (primary context, "device memory" in a dict) and a cuda-python that is installed but fails.
+def fake_env(base: dict, version: str = "8.5.3.1", broken_cuda_python: bool = True) -> dict:
+    paths = [str(FAKES)] + ([str(FAKES / "broken_cuda_python")] if broken_cuda_python else [])
+    return dict(base, FAKE_TENSORRT_VERSION=version, PYTHONPATH=os.pathsep.join(paths + [base["PYTHONPATH"]]))
 
 
 @pytest.fixture(scope="module")
-def fake_trt_env(no_torch_env, tmp_path_factory) -> dict:
-    stubs = tmp_path_factory.mktemp("fake_trt")
-    (stubs / "pycuda").mkdir()
-    (stubs / "pycuda" / "__init__.py").write_text("")
-    (stubs / "pycuda" / "autoinit.py").write_text("")
-    (stubs / "pycuda" / "driver.py").write_text(FAKE_PYCUDA_DRIVER)
-    (stubs / "tensorrt").mkdir()
-    (stubs / "tensorrt" / "__init__.py").write_text(FAKE_TENSORRT)
-    return dict(no_torch_env, PYTHONPATH=str(stubs) + os.pathsep + no_torch_env["PYTHONPATH"])
+def fake_trt_env(no_torch_env) -> dict:
+    return fake_env(no_torch_env)
+
+
+def fake_engine(onnx_path: Path, engine_path: Path, profile: dict | None = None) -> None:
+    sys.path.insert(0, str(FAKES))
+    try:
+        import tensorrt as fake  # tests/fakes/tensorrt
+
+        assert fake.__file__.startswith(str(FAKES)), fake.__file__
+        engine_path.write_bytes(fake.engine_bytes(onnx_path.read_bytes(), {"profile": profile or {}}))
+    finally:
+        sys.path.remove(str(FAKES))
 
 
 @pytest.fixture()
 def engine_dir(bundle_dir, tmp_path) -> Path:
     out = tmp_path / "eng"
     shutil.copytree(bundle_dir, out)
-    for name in ("render", "refocus", "gd"):
-        shutil.copy(out / f"{name}.onnx", out / f"{name}.engine")
+    for name in ("render", "refocus"):
+        fake_engine(out / f"{name}.onnx", out / f"{name}.engine")
+    # gd.engine's optimization profile: up to 64 px wide
+    fake_engine(out / "gd.onnx", out / "gd.engine", {"pair": [[1, 2, 8, 8], [1, 2, 16, 24], [1, 2, 64, 64]]})
     return out
 
 
 def test_trt_runner_with_fake_tensorrt(engine_dir, fake_trt_env, tmp_path):
     latent = np.load(engine_dir / "render_latent.npy")[0].astype(np.float64)
-    proc = run("run_trt.py", ["render", engine_dir, "-o", tmp_path / "r", "--cuda", "pycuda", "--repeat", 2], fake_trt_env)
+    proc = trt(["render", engine_dir, "-o", tmp_path / "r", "--cuda", "pycuda", "--repeat", 2], fake_trt_env)
     assert proc.returncode == 0, proc.stderr
-    assert "tensorrt 8.5.fake, CUDA binding pycuda" in proc.stdout and "engine: render.engine" in proc.stdout
+    assert "tensorrt 8.5.3.1, CUDA binding pycuda" in proc.stdout and "engine: render.engine" in proc.stdout
     assert np.abs(read16(tmp_path / "r" / "left.png") - latent.mean(0)).max() <= 0.5 / 65535 + 1e-6
     image = np.load(engine_dir / "allinfocus.npy")[0, 0].astype(np.float64)
-    proc = run("run_trt.py", ["refocus", engine_dir, "-o", tmp_path / "f", "--focus", -1, "--aperture", 2], fake_trt_env)
+    proc = trt(["refocus", engine_dir, "-o", tmp_path / "f", "--focus", -1, "--aperture", 2], fake_trt_env)
     assert proc.returncode == 0, proc.stderr
     assert np.abs(read16(tmp_path / "f" / "refocus_fm1.00_a2.00.png") - np.clip(2 * image - 0.01, 0, 1)).max() < 1e-4
     a = np.full((16, 24), 0.5, np.float32)
     np.save(tmp_path / "l.npy", a)
     np.save(tmp_path / "r.npy", a * 0.2)
-    proc = run("run_trt.py", ["predict", engine_dir, tmp_path / "l.npy", tmp_path / "r.npy", "-o", tmp_path / "p"],
-               fake_trt_env)
+    proc = trt(["predict", engine_dir, tmp_path / "l.npy", tmp_path / "r.npy", "-o", tmp_path / "p"], fake_trt_env)
     assert proc.returncode == 0, proc.stderr
     assert np.allclose(np.load(tmp_path / "p" / "defocus.npy"), 4.0, atol=1e-5)
     # outside the engine's profile (fake max width 64): one-line error naming the rebuild
     np.save(tmp_path / "wide.npy", np.zeros((16, 80), np.float32))
-    proc = run("run_trt.py", ["predict", engine_dir, tmp_path / "wide.npy", tmp_path / "wide.npy", "-o", tmp_path / "w"],
-               fake_trt_env)
+    proc = trt(["predict", engine_dir, tmp_path / "wide.npy", tmp_path / "wide.npy", "-o", tmp_path / "w"], fake_trt_env)
     assert_one_line_error(proc, "outside the engine's profile")
     # an engine TensorRT cannot deserialize, and a missing engine
     (engine_dir / "refocus.engine").write_bytes(b"junk")
-    proc = run("run_trt.py", ["refocus", engine_dir, "--focus", 0, "-o", tmp_path / "j"], fake_trt_env)
+    proc = trt(["refocus", engine_dir, "--focus", 0, "-o", tmp_path / "j"], fake_trt_env)
     assert_one_line_error(proc, "cannot deserialize")
     (engine_dir / "render.engine").unlink()
-    proc = run("run_trt.py", ["render", engine_dir, "-o", tmp_path / "m"], fake_trt_env)
+    proc = trt(["render", engine_dir, "-o", tmp_path / "m"], fake_trt_env)
     assert_one_line_error(proc, "build_engines.sh")
+
+
+@pytest.mark.parametrize("version", ["8.5.3.1", "10.3.0"])
+def test_trt_runner_falls_back_to_pycuda(engine_dir, no_torch_env, tmp_path, version):
+    """cuda-python installed but unusable (CUDA error at start-up): --cuda auto falls back to
+    pycuda (its primary context: the fake has autoprimaryctx and no autoinit); --cuda cuda-python
+    stops with one line naming the CUDA error; with neither binding usable the line names both."""
+    env = fake_env(no_torch_env, version)
+    proc = trt(["render", engine_dir, "-o", tmp_path / "r"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"tensorrt {version}, CUDA binding pycuda" in proc.stdout
+    proc = trt(["render", engine_dir, "-o", tmp_path / "s", "--cuda", "cuda-python"], env)
+    assert_one_line_error(proc, "cuda-python: CUDA error in cudaStreamCreate")
+    no_pycuda = tmp_path / "nopycuda" / "pycuda"
+    no_pycuda.mkdir(parents=True)
+    (no_pycuda / "__init__.py").write_text("raise ImportError('no pycuda here')\n")
+    env = dict(env, PYTHONPATH=os.pathsep.join([str(no_pycuda.parent), env["PYTHONPATH"]]))
+    proc = trt(["render", engine_dir, "-o", tmp_path / "t"], env)
+    assert_one_line_error(proc, "no usable CUDA Python binding (cuda-python: CUDA error")
+    assert "pycuda: no pycuda here" in proc.stderr

@@ -6,8 +6,6 @@ is in tests/test_profile_export.py (it needs a profile export)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +18,7 @@ from edgedp.metrics import psnr
 from edgedp.physics import blur_stack_fft, over_weights
 from edgedp.synth import SynthConfig, make_scene
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
-import instant  # noqa: E402  (export/instant.py: numpy only)
+from edgedp_runtime import instant  # noqa: E402  (numpy only)
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,9 @@ from edgedp.errors import OutputError  # noqa: E402
 from edgedp.fit import FitConfig, FitResult  # noqa: E402
 from edgedp.kernels import front_radii, kernel_pyramid  # noqa: E402
 from edgedp.networks import DefocusNet  # noqa: E402
-from edgedp.onnx_export import (  # noqa: E402
-    FORBIDDEN_OPS,
-    RenderModule,
-    _factor,
-    export_scene,
-    onnx_ops,
-    onnx_opset,
-    render_reference,
-)
+from edgedp.onnx_export import FORBIDDEN_OPS, RenderModule, _factor, export_scene, render_reference  # noqa: E402
+from edgedp.onnx_tools import default_opset as onnx_opset  # noqa: E402
+from edgedp.onnx_tools import op_types as onnx_ops  # noqa: E402
 from edgedp.physics import over_weights  # noqa: E402
 
 H, W = 37, 53
@@ -223,3 +217,74 @@ def test_cli_export_verify(tmp_path):
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
     res = runner.invoke(app, ["export", "--help"])
     assert res.exit_code == 0 and "edgedp export out -o out/export" in res.output
+
+
+def _one_line(res, needle: str) -> None:
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2, res.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.output
+
+
+def test_cli_refuses_options_a_format_or_source_ignores(tmp_path):
+    """--half / --workspace with --format onnx, --rtol on a profile, tolerances with --no-verify and
+    out-of-range values (the export battery's --opset 99 traceback) end in one line, exit 2,
+    before anything is written; options that apply are used, not dropped (--atol reaches gd)."""
+    from edgedp.profile import save_profile
+    from test_profile_export import tiny_profile
+
+    make_bundle(tmp_path / "fit" / "scene", layers=3)
+    runner = CliRunner()
+    out = tmp_path / "x"
+    scene = str(tmp_path / "fit")
+    for args, needle in (
+        (["--half"], "--half applies to --format engine only"),
+        (["--workspace", "512"], "--workspace applies to --format engine only"),
+        (["--opset", "99"], "--opset 99: edgedp exports opsets 13 to 17"),
+        (["--opset", "12"], "--opset 12"),
+        (["--no-verify", "--atol", "1e-3"], "--atol is a verification tolerance"),
+        (["--rtol", "nan"], "--rtol nan: must be a finite number"),
+        (["--atol", "-1"], "--atol -1.0: must be a finite number >= 0"),
+        (["--format", "engine", "--workspace", "0"], "--workspace 0"),
+    ):
+        _one_line(runner.invoke(app, ["export", scene, "-o", str(out), *args]), needle)
+        assert not out.exists()
+    profile = save_profile(tiny_profile(), tmp_path / "PHONE.profile")
+    _one_line(runner.invoke(app, ["export", str(profile), "-o", str(out), "--rtol", "1e-3"]),
+              "--rtol does not apply to a profile export")
+    assert not out.exists()
+    res = runner.invoke(app, ["export", str(profile), "-o", str(tmp_path / "p"), "--atol", "1e-3"])
+    assert res.exit_code == 0, res.output
+    _one_line(runner.invoke(app, ["verify", str(tmp_path / "p"), "--rtol", "1e-3"]), "--rtol does not apply")
+    # --atol reaches the scene's gd verification (it was dropped); nothing meets 1e-12: exit 1
+    res = runner.invoke(app, ["export", scene, "-o", str(out), "--atol", "1e-12", "--rtol", "0"])
+    assert res.exit_code == 1, res.output
+    side = json.loads((out / "export.json").read_text())
+    assert side["verification"]["gd"]["atol"] == 1e-12 and side["verification"]["render"]["rtol"] == 0.0
+    assert side["source"] == "scene" and side["runtime_version"]
+
+
+def test_overwrite_removes_engines_of_the_replaced_graphs(tmp_path):
+    """An engine left by an earlier --format engine export must not outlive the ONNX graph it was
+    built from: --overwrite removes the known export files the new export does not write."""
+    make_bundle(tmp_path / "fit" / "scene", layers=3)
+    out = tmp_path / "x"
+    runner = CliRunner()
+    assert runner.invoke(app, ["export", str(tmp_path / "fit"), "-o", str(out), "--no-verify"]).exit_code == 0
+    (out / "render.engine").write_bytes(b"old engine")
+    (out / "notes.txt").write_text("mine")
+    res = runner.invoke(app, ["export", str(tmp_path / "fit"), "-o", str(out), "--no-verify", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert not (out / "render.engine").exists() and (out / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_opsets_13_to_17_export_trt_clean(bundle, tmp_path, opset):
+    from edgedp.onnx_export import ExportConfig
+    from edgedp.tensorrt import unsupported_trt_ops
+
+    side = export_scene(bundle, tmp_path, ExportConfig(opset=opset), gd=True)
+    for g in side["graphs"].values():
+        assert onnx_opset(tmp_path / g["file"]) == opset
+        assert unsupported_trt_ops(tmp_path / g["file"]) == []
+    assert all(v["passed"] for v in side["verification"].values()), side["verification"]

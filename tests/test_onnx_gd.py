@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,3 +164,54 @@ def test_standardization_is_accurate_in_the_runtime(tmp_path):
     # float32 rounding of 0.9 + 0.01 u alone is ~1e-5 of the contrast; the flat reduction was 0.16 off
     assert abs(ref_a.numpy() - alphas).max() < 5e-4
     assert abs(ref_d.numpy() - defocus).max() < 1e-3
+
+
+class _OldStandardize(torch.nn.Module):
+    """The standardization before issue 9: the Bessel factor from the count n itself."""
+
+    def forward(self, x):
+        mean = x.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+        xc = x - mean
+        n = x.shape[1] * x.shape[2] * x.shape[3]
+        msq = (xc * xc).mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+        return xc / (msq * (n / (n - 1))).sqrt().clamp_min(1e-6)
+
+
+def test_fp16_standardization_stays_finite(tmp_path):
+    """At 1008x1344 (n = 2 * 504 * 672 = 677,376 > FP16's 65,504 after the 2x pooling) the old
+    Bessel factor overflows in FP16: the FP16 emulation of its graph is NaN everywhere (what the
+    issue reports for TensorRT FP16 engines), while the reciprocal form stays finite and close to
+    FP32.  Also proves the emulation really rounds (it is not a no-op)."""
+    from edgedp.onnx_gd import Standardize
+    from edgedp.onnx_tools import ort_session
+
+    torch.manual_seed(0)
+    layers = 4
+    net = torch.nn.Sequential(torch.nn.AvgPool2d(16), torch.nn.Conv2d(2, layers, 1))
+    pair = 0.3 + 0.4 * torch.rand(1, 2, 1008, 1344, generator=torch.Generator().manual_seed(1))
+    results = {}
+    for name, std in (("old", _OldStandardize()), ("new", Standardize())):
+        module = GDExportModule(net, 2, torch.arange(layers, dtype=torch.float32)).eval()
+        module.standardize = std
+        path = tmp_path / f"{name}.onnx"
+        torch.onnx.export(module, (pair[..., :64, :64],), str(path), input_names=["pair"], output_names=["alphas", "defocus"],
+                          dynamic_axes={"pair": {2: "H", 3: "W"}}, opset_version=17, dynamo=False)
+        fp32 = ort_session(path).run(None, {"pair": pair.numpy()})
+        fp16 = ort_session(path, fp16=True).run(None, {"pair": pair.numpy()})
+        results[name] = (fp32, fp16)
+    (old32, old16), (new32, new16) = results["old"], results["new"]
+    assert np.isfinite(old32[1]).all() and np.isnan(old16[1]).all() and np.isnan(old16[0][:, 1:]).all()
+    assert np.isfinite(new16[0]).all() and np.isfinite(new16[1]).all()
+    assert np.abs(new32[1] - old32[1]).max() < 1e-5  # same function in FP32
+    err = np.abs(new16[1] - new32[1]).max()
+    assert 1e-5 < err < 2e-2, err  # rounded, but only by FP16's precision
+
+
+def test_fp16_verification_entry(exported, bundle):
+    path, _ = exported
+    report = verify_gd_onnx(bundle, path, atol=1e-3, rtol=5e-3, fp16=True)
+    assert report["passed"] and report["rtol"] == 5e-3, report
+    assert set(report["outputs"]) == {"alphas", "defocus"}
+    assert 1e-6 < report["max_abs"] < 1e-2
+    fp32 = verify_gd_onnx(bundle, path)
+    assert fp32["max_abs"] < report["max_abs"] and "rtol" not in fp32

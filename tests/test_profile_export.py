@@ -27,11 +27,9 @@ from edgedp.profile import CaptureInfo, DeviceProfile, save_profile  # noqa: E40
 from edgedp.profile_export import _adapter, export_profile, profile_test_image, verify_profile_export  # noqa: E402
 from edgedp.synth import SynthConfig, make_scene  # noqa: E402
 
+from edgedp_runtime import common, instant, schema  # noqa: E402  (numpy only)
+
 REPO = Path(__file__).resolve().parents[1]
-EXPORT = REPO / "export"
-sys.path.insert(0, str(EXPORT))
-import common  # noqa: E402  (export/common.py: numpy only)
-import instant  # noqa: E402
 
 LAYERS, H, W = 6, 97, 131
 BW = ButterworthParams(order=6.0, cutoff=2.5, beta=0.2)
@@ -97,7 +95,7 @@ def test_export_profile_files_sidecar_and_metadata(exported):
     assert meta["graph"] == "gd" and meta["scene_id"] == "sim-phone" and meta["layers"] == str(LAYERS)
     assert json.loads(meta["radii"]) == side["radii"] and meta["multiple_of"] == "16"
     # the runners' reader takes it (predict works on it unchanged)
-    info = common.load_export(out)
+    info = schema.load_export(out)
     assert set(info.graphs) == {"gd"} and info.radii == side["radii"]
     assert instant.load_instant(out).kernels.shape == (2, LAYERS, 11, 11)
 
@@ -191,11 +189,7 @@ def test_cli_exports_a_profile_and_rejects_bad_ones(exported, tmp_path):
 # tests/test_export_runners.py's; importing the fixture makes it available here.
 from test_export_runners import assert_one_line_error as assert_runner_error  # noqa: E402
 from test_export_runners import no_torch_env  # noqa: E402, F401
-from test_export_runners import run as run_script  # noqa: E402
-
-
-def run(args: list, env: dict, script: str = "run_onnx.py"):
-    return run_script(script, args, env)
+from test_export_runners import run  # noqa: E402
 
 
 def test_runner_instant_end_to_end_without_torch(exported, pair, no_torch_env, tmp_path):

@@ -11,10 +11,13 @@ random latent map) is exported with :func:`edgedp.onnx_export.export_scene`; the
 - ``refocus.onnx`` at (focus, aperture) = (0, 1),
 
 each timed (median of ``--repeat`` calls, ``--threads`` threads), with the errors against the
-PyTorch render (max abs, max rel = max abs / max |ref|).
+PyTorch render (max abs, max rel = max abs / max |ref|); then the FP16 emulation of render.onnx
+and refocus.onnx (every float tensor rounded to FP16, :func:`edgedp.onnx_tools.emulate_fp16`:
+what an FP16 TensorRT engine computes) against the same references.
 
     .venv/bin/python tools/bench_export.py            # full size (needs ~4 GB RAM, ~1-2 min)
     .venv/bin/python tools/bench_export.py --size 301x401 --repeat 2
+    .venv/bin/python tools/bench_export.py --skip-naive --unfolded   # + the graph before constant folding
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgedp.kernels import kernel_pyramid  # noqa: E402
-from edgedp.onnx_export import ExportConfig, _ort_session, _torch_export, export_scene, render_reference  # noqa: E402
+from edgedp.onnx_export import ExportConfig, export_scene, export_torch, refocus_reference, render_reference  # noqa: E402
+from edgedp.onnx_tools import ort_session  # noqa: E402
 from edgedp.physics import render_dual_pixel  # noqa: E402
 
 
@@ -98,6 +102,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-naive", action="store_true", help="Skip the (slow) naive export.")
+    ap.add_argument("--unfolded", action="store_true",
+                    help="Also time render.onnx as torch.onnx writes it, before edgedp's constant folding (side by side).")
     args = ap.parse_args()
     h, w = (int(v) for v in args.size.lower().split("x"))
     torch.set_num_threads(args.threads)
@@ -117,28 +123,52 @@ def main() -> None:
         t_torch = timeit(lambda: render_dual_pixel(latent, scene.weights[None], scene.kernels), args.repeat)
         print(f"pytorch render_dual_pixel (FFT): {t_torch:.3f} s")
 
-        sess = _ort_session(tmp / "render.onnx", args.threads)
+        sess = ort_session(tmp / "render.onnx", threads=args.threads)
         got = sess.run(None, feeds)
         t_fact = timeit(lambda: sess.run(None, feeds), args.repeat)
         print(f"render.onnx (factored), ORT CPU:  {t_fact:.3f} s   left {err(got[0], ref['left'])}  right {err(got[1], ref['right'])}  "
               f"allinfocus {err(got[2], ref['allinfocus'])}")
         del sess
 
+        if args.unfolded:  # the same graph before onnx_tools.fold_constants: folding must not cost speed
+            from edgedp.onnx_export import RenderModule  # noqa: PLC0415
+
+            export_torch(RenderModule(scene.weights, scene.kernels), (latent,), tmp / "unfolded.onnx",
+                         ["latent"], ["left", "right", "allinfocus"], 17)
+            sess = ort_session(tmp / "unfolded.onnx", threads=args.threads)
+            t_unf = timeit(lambda: sess.run(None, feeds), args.repeat)
+            print(f"render.onnx before constant folding, ORT CPU: {t_unf:.3f} s")
+            print(f"  folded / unfolded: {t_fact / t_unf:.2f}x time")
+            del sess
+
         t_naive = None
         if not args.skip_naive:
-            _torch_export(NaiveRender(scene.weights, scene.kernels), (latent,), tmp / "naive.onnx",
+            export_torch(NaiveRender(scene.weights, scene.kernels), (latent,), tmp / "naive.onnx",
                           ["latent"], ["left", "right", "allinfocus"], 17)
-            sess = _ort_session(tmp / "naive.onnx", args.threads)
+            sess = ort_session(tmp / "naive.onnx", threads=args.threads)
             got = sess.run(None, feeds)
             t_naive = timeit(lambda: sess.run(None, feeds), max(1, min(args.repeat, 2)))
             print(f"naive render (grouped {args.kernel_size}x{args.kernel_size} Conv/view), ORT CPU: {t_naive:.3f} s   "
                   f"left {err(got[0], ref['left'])}  right {err(got[1], ref['right'])}")
             del sess
 
-        sess = _ort_session(tmp / "refocus.onnx", args.threads)
+        sess = ort_session(tmp / "refocus.onnx", threads=args.threads)
         rfeeds = {"image": scene.allinfocus[None].numpy(), "focus": np.array(0, np.float32), "aperture": np.array(1, np.float32)}
         t_ref = timeit(lambda: sess.run(None, rfeeds), args.repeat)
         print(f"refocus.onnx ({side['graphs']['refocus']['levels'] + 1} levels), ORT CPU: {t_ref:.3f} s")
+        del sess
+
+        # FP16: what an FP16 engine computes, emulated (every float tensor rounded to FP16)
+        sess = ort_session(tmp / "render.onnx", threads=args.threads, fp16=True)
+        got = sess.run(None, feeds)
+        print(f"render.onnx FP16 emulation: left {err(got[0], ref['left'])}  right {err(got[1], ref['right'])}  "
+              f"allinfocus {err(got[2], ref['allinfocus'])}")
+        del sess
+        sess = ort_session(tmp / "refocus.onnx", threads=args.threads, fp16=True)
+        bank = torch.from_numpy(np.load(tmp / side["graphs"]["refocus"]["bank"]))
+        rref = refocus_reference(scene.defocus[None, None], bank, scene.allinfocus[None], 0.0, 1.0)
+        print(f"refocus.onnx FP16 emulation (focus 0, aperture 1): {err(sess.run(None, rfeeds)[0], rref.numpy())}")
+        del sess
 
     print("ratios:")
     print(f"  render.onnx / pytorch FFT render: {t_fact / t_torch:.2f}x time")

@@ -11,8 +11,8 @@ machine's state and compare as ratios):
 3. warm: ``edgedp fit S --preset P --profile PHONE.profile`` (G_D, kernel shape and
    radius-per-disparity from the profile, the warm preset's stage 2 steps);
 4. ``edgedp export PHONE.profile -o OUT/S/export`` (gd.onnx + kernels; not timed as a target);
-5. instant: ``python export/run_onnx.py instant OUT/S/export LEFT RIGHT ... --provider cpu``
-   (ONNX Runtime + numpy, no optimization, no PyTorch).
+5. instant: ``python -m edgedp_runtime instant OUT/S/export LEFT RIGHT ... --provider cpu`` (the
+   ``edgedp-runtime`` command: ONNX Runtime + numpy, no optimization, no PyTorch).
 
 Every run gets the data README's input settings (black 1024, white 16383, white-sheet flat
 field, centred 1008x1344 crop) and is scored with the README's protocol (registered PSNR /
@@ -93,7 +93,7 @@ def commands(edgedp: Path, scene: bp.Scene, others: Sequence[bp.Scene], data: Pa
         "warm": [str(edgedp), "fit", *pair, "-o", str(out / "warm"), "--preset", preset, "--profile", str(profile),
                  *inputs, "--overwrite"],
         "export": [str(edgedp), "export", str(profile), "-o", str(out / "export"), "--overwrite"],
-        "instant": [sys.executable, str(REPO / "export" / "run_onnx.py"), "instant", str(out / "export"), *pair,
+        "instant": [sys.executable, "-m", "edgedp_runtime", "instant", str(out / "export"), *pair,
                     *inputs, "-o", str(out / "instant"), "--provider", "cpu", "--overwrite"],
     }  # fmt: skip
 

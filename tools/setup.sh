@@ -4,6 +4,8 @@
 # PyTorch: when the venv has no torch yet, install the CPU build 2.13.0 that this kind of machine
 # keeps on disk (pip finds it there); an unpinned torch would download a multi-GB CUDA build.
 # Set EDGEDP_TORCH to another requirement (e.g. "torch==2.5.1") to override.
+# Two packages: the device runtime (./export, edgedp-runtime: numpy only, no torch) first, then
+# edgedp itself, which imports the runtime's export schema (edgedp_runtime.schema).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -15,6 +17,7 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     pip install "${EDGEDP_TORCH:-torch==2.13.0}"
 fi
+pip install -e ./export
 if [ -n "$extras" ]; then
     pip install -e ".[${extras}]"
 else

@@ -1,37 +1,25 @@
-#!/usr/bin/env python3
-"""Run an edgedp export with TensorRT engines on the device (no PyTorch, no edgedp, no ONNX Runtime).
+"""TensorRT backend of ``edgedp-runtime`` (``--backend trt``): serialized ``.engine`` files.
 
 Needs numpy, the TensorRT Python bindings (JetPack ships them: ``python3 -c "import tensorrt"``;
-TensorRT >= 8.5, the name-based I/O API) and one CUDA binding: cuda-python (preferred:
-``pip install cuda-python`` matching your CUDA), or pycuda.  Engines are built on the device
-itself (engines are not portable between GPUs or TensorRT versions) with
-``export/build_engines.sh OUT`` (trtexec) or ``edgedp export SCENE --format engine``; they sit in
-the export folder beside the ONNX files: OUT/render.engine, OUT/refocus.engine, OUT/gd.engine.
+TensorRT >= 8.5 for the name-based I/O API: ``num_io_tensors``, ``get_tensor_name``,
+``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``, the same calls in 10.x) and one
+CUDA binding: cuda-python (preferred: ``pip install cuda-python`` matching your CUDA) or pycuda
+(its primary context, ``pycuda.autoprimaryctx``, as NVIDIA's samples do; ``autoinit`` would
+create a second context beside TensorRT's).  With ``--cuda auto`` a cuda-python that is installed
+but unusable (wrong CUDA major version, no driver) falls back to pycuda.
 
-Usage (same subcommands and options as run_onnx.py):
-  python run_trt.py render  OUT [--latent L.npy] [-o DIR] [--repeat N]
-  python run_trt.py refocus OUT --focus F [--aperture A] [--image AIF.png|.npy] [-o DIR]
-  python run_trt.py refocus OUT --sweep N [--aperture A] [-o DIR]
-  python run_trt.py predict OUT LEFT RIGHT [--black-level B] [--white-level W] [--fit pad|crop] [-o DIR]
-  python run_trt.py instant OUT LEFT RIGHT [--black-level B] [--white-level W] [--flat-field WL WR] [--crop HxW] [-o DIR]
-
-Outputs are the same files as run_onnx.py writes.  For gd.engine the input shape is set per call
-(it must lie inside the engine's optimization profile, see build_engines.sh).  ``--cuda
-cuda-python|pycuda|auto`` picks the CUDA binding.  Errors are one line with exit code 2; a
-missing TensorRT or CUDA binding is reported as such.
+Engines are built on the device itself (an engine is tied to its GPU and TensorRT version) with
+``build_engines.sh EXPORT`` (trtexec) or ``edgedp export SCENE --format engine``; they sit beside
+the ONNX files: EXPORT/render.engine, EXPORT/refocus.engine, EXPORT/gd.engine.  For gd.engine the
+input shape is set per call and must lie inside the engine's optimization profile.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import numpy as np  # noqa: E402
-
-import common  # noqa: E402
-from common import RunnerError  # noqa: E402
+from . import schema
+from .errors import RunnerError
 
 
 def _import_trt():
@@ -40,8 +28,8 @@ def _import_trt():
     except ImportError as err:
         raise RunnerError(
             f"TensorRT Python bindings not found ({err}); on a Jetson they come with JetPack "
-            f"(python3-libnvinfer), elsewhere pip install tensorrt; or use run_onnx.py"
-        )
+            f"(python3-libnvinfer), elsewhere pip install tensorrt; or use --backend ort"
+        ) from None
     return trt
 
 
@@ -89,8 +77,14 @@ class _PyCuda:
     name = "pycuda"
 
     def __init__(self) -> None:
-        import pycuda.autoinit  # noqa: F401, PLC0415
         import pycuda.driver as cuda  # noqa: PLC0415
+
+        try:
+            import pycuda.autoprimaryctx  # noqa: F401, PLC0415  (pycuda >= 2021.1)
+        except ImportError as err:
+            if getattr(err, "name", None) != "pycuda.autoprimaryctx":
+                raise
+            raise ImportError("pycuda has no autoprimaryctx (needs pycuda >= 2021.1): pip install -U pycuda") from None
 
         self.cuda = cuda
         self.stream = cuda.Stream()
@@ -121,20 +115,21 @@ class _PyCuda:
 
 
 def make_cuda(choice: str):
-    """The CUDA binding: cuda-python preferred, then pycuda (``choice`` = auto/cuda-python/pycuda)."""
+    """The CUDA binding: cuda-python preferred, then pycuda (``choice`` = auto/cuda-python/pycuda).
+    With ``auto`` any failure of cuda-python (not installed, or installed but unusable: a CUDA
+    error at start-up, a binding for another CUDA major version) falls through to pycuda; the
+    one-line error names why each binding failed."""
     order = {"auto": (_CudaPython, _PyCuda), "cuda-python": (_CudaPython,), "pycuda": (_PyCuda,)}[choice]
     errors = []
     for cls in order:
         try:
             return cls()
-        except ImportError as err:
-            errors.append(f"{cls.name}: {err}")
-        except RunnerError:
-            raise
-        except Exception as err:  # noqa: BLE001 - driver init failures (no GPU, ...)
-            errors.append(f"{cls.name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        except Exception as err:  # noqa: BLE001 - ImportError, RunnerError (CUDA error), driver failures
+            text = str(err).splitlines()[0] if str(err) else ""
+            errors.append(f"{cls.name}: {text or type(err).__name__}")
     raise RunnerError(
-        "no usable CUDA Python binding (" + "; ".join(errors) + "); pip install cuda-python (or pycuda)"
+        "no usable CUDA Python binding (" + "; ".join(errors) + "); pip install cuda-python (the major "
+        "version of your CUDA) or pycuda"
     )
 
 
@@ -167,7 +162,8 @@ class TrtModel:
             if name not in feeds:
                 raise RunnerError(f"{self.graph_name}: engine input '{name}' not supplied")
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            array = np.ascontiguousarray(feeds[name], dtype=dtype)
+            # np.asarray keeps 0-d scalars 0-d (ascontiguousarray makes them (1,): refocus focus / aperture)
+            array = np.asarray(feeds[name], dtype=dtype, order="C")
             if not ctx.set_input_shape(name, tuple(array.shape)):
                 raise RunnerError(
                     f"{self.graph_name}: input '{name}' shape {tuple(array.shape)} is outside the engine's "
@@ -202,9 +198,9 @@ class TrtBackend:
         self.runtime = self.trt.Runtime(self.logger)
         print(f"tensorrt {self.trt.__version__}, CUDA binding {self.cuda.name}")
 
-    def load(self, graph: common.GraphInfo, input_shape=None) -> TrtModel:
-        path = common.graph_file(
-            graph, ".engine", "build it on this device: export/build_engines.sh EXPORT_DIR (or edgedp export --format engine)"
+    def load(self, graph: schema.GraphInfo, input_shape=None) -> TrtModel:
+        path = schema.graph_file(
+            graph, schema.ENGINE_SUFFIX, "build it on this device: build_engines.sh EXPORT_DIR (or edgedp export --format engine)"
         )
         engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
@@ -213,21 +209,6 @@ class TrtBackend:
                 f"version or GPU?); rebuild it on this device"
             )
         if not hasattr(engine, "num_io_tensors"):
-            raise RunnerError(f"TensorRT {self.trt.__version__} is too old; run_trt.py needs >= 8.5")
+            raise RunnerError(f"TensorRT {self.trt.__version__} is too old; edgedp-runtime --backend trt needs >= 8.5")
         print(f"engine: {path.name} ({graph.name})")
         return TrtModel(self.trt, engine, self.cuda, graph.name)
-
-
-def backend_args(parser) -> None:
-    parser.add_argument(
-        "--cuda", choices=("auto", "cuda-python", "pycuda"), default="auto",
-        help="CUDA Python binding for buffers (auto: cuda-python, else pycuda)",
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    return common.run_cli(argv, "run_trt.py", __doc__, backend_args, lambda args: TrtBackend(args.cuda))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

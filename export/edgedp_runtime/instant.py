@@ -23,7 +23,7 @@ the fit's normalized scale (``(raw - black) / white``, unclipped); kernels ``(2,
 Everything runs in float32 / complex64 (numpy >= 2 computes float32 FFTs natively) and loops over
 layers, so the peak memory is about three (L, H, W) float32 stacks (alphas, latent, weights).
 
-Sidecar fields read here (written by ``edgedp export PHONE.profile``, edgedp/profile_export.py)::
+Sidecar fields read here (schema: :mod:`edgedp_runtime.schema`; written by ``edgedp export PHONE.profile``)::
 
     "instant": {"kernels": "kernels.npy",        (2, L, K, K) float32, as above
                 "kernel_size": K,
@@ -41,7 +41,6 @@ Sidecar fields read here (written by ``edgedp export PHONE.profile``, edgedp/pro
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +48,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402  (export/common.py: numpy only)
-from common import RunnerError  # noqa: E402
+from . import common, schema  # numpy only
+from .common import RunnerError
 
 __all__ = [
     "InstantConfig",
@@ -93,15 +90,9 @@ class InstantConfig:
 
     @classmethod
     def from_sidecar(cls, entry: dict) -> "InstantConfig":
-        """From the sidecar's ``instant`` object (missing keys keep the defaults)."""
-        reg = entry.get("latent_reg") or {}
-        raw = {k: reg.get(k) for k in ("gain", "floor", "ceil")}
-        raw.update({k: entry.get(k) for k in ("fuse_window", "weight_floor", "pad")})
-        kinds = {"fuse_window": int, "pad": int}
-        try:
-            values = {k: kinds.get(k, float)(v) for k, v in raw.items() if v is not None}
-        except (TypeError, ValueError):
-            raise RunnerError(f"{common.SIDECAR_NAME}: 'instant' holds a non-numeric setting: {raw}")
+        """From the sidecar's ``instant`` object (missing keys keep the defaults; the keys are
+        :func:`edgedp_runtime.schema.read_instant_settings`')."""
+        values = schema.read_instant_settings(entry)
         return cls(**values)
 
 
@@ -396,9 +387,9 @@ class InstantExport:
 def load_instant(folder) -> InstantExport:
     """Read the sidecar, the kernels and the instant settings; one-line RunnerError if the
     export has none (a scene export) or they disagree with the layers."""
-    info = common.load_export(folder)
+    info = schema.load_export(folder)
     entry = info.data.get("instant")
-    side = info.folder / common.SIDECAR_NAME
+    side = info.folder / schema.SIDECAR_NAME
     if not isinstance(entry, dict):
         raise RunnerError(
             f"{side}: this export has no 'instant' data (kernels); export a device profile with "
@@ -454,7 +445,7 @@ def run_instant(export_folder, views: np.ndarray, threads: int | None = None) ->
     t0 = time.perf_counter()
     inst = load_instant(export_folder)
     graph = inst.info.graph("gd")
-    model = _OrtCpu(common.graph_file(graph, ".onnx", "re-export with 'edgedp export PHONE.profile'"), threads)
+    model = _OrtCpu(schema.graph_file(graph, ".onnx", "re-export with 'edgedp export PHONE.profile'"), threads)
     t1 = time.perf_counter()
     alphas = run_gd(model, views, graph.multiple_of)
     t2 = time.perf_counter()

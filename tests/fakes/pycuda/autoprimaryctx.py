@@ -1,0 +1,1 @@
+"""Fake ``pycuda.autoprimaryctx``: retaining the primary context is a no-op here."""
