@@ -217,8 +217,8 @@ def write_tree(folder: str | Path, files: dict[str, bytes]) -> None:
 
 @dataclass
 class Plan:
-    """What a batch will do: captures to fit, captures skipped (complete outputs), and the
-    records of skipped ones."""
+    """What a batch will do: captures to fit, captures skipped (complete outputs found by
+    ``--resume``), and captures whose folder is in the way (name -> the one-line reason)."""
 
     todo: list[Capture]
     skipped: list[Capture]

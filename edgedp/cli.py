@@ -814,11 +814,12 @@ def tune(
     found, notes = find_captures(captures)
     echo_warnings(notes)
     pairs = [(c.left, c.right) for c in found]
-    data = []
+    data, messages = [], []
     for left, right in pairs:
         pair = read_dp_pair(left, right, options)
-        echo_warnings(pair.info.warnings)
+        messages.extend(pair.info.warnings)
         data.append((pair.left, pair.right))
+    echo_warnings(messages)  # a condition shared by several captures (8-bit input) once
     with FitProgress() as progress:
         profile, scores = tune_device(data, config, device_name=name, paths=[f"{l},{r}" for l, r in pairs],
                                       search=search, rounds=rounds, progress=progress)
@@ -916,8 +917,16 @@ def batch(
     config = BatchConfig(out=out, options=options, jobs=jobs, threads=threads, backend=backend.strip().lower(),
                          address=address, resume=resume, overwrite=overwrite)
     progress = BatchProgress(len(captures))
-    with progress:
-        result = run_batch(config, captures, on_record=progress)
+    try:
+        with progress:
+            result = run_batch(config, captures, on_record=progress)
+    except KeyboardInterrupt:
+        from .batch import read_manifest
+
+        finished = sum(r["status"] != "failed" for r in read_manifest(out).values())
+        typer.echo(f"error: interrupted with {finished} of {len(captures)} captures complete in {out}; "
+                   "run the same command with --resume to fit the rest", err=True)
+        raise typer.Exit(130) from None
     grouped: dict[str, list[str]] = {}
     for record in result.records:
         for message in record.get("warnings") or []:

@@ -158,3 +158,15 @@ def test_capture_app_pgm_reads_with_its_preset(tmp_path):
     assert explicit["black_level"] == 4000.0
     bad = runner.invoke(app, ["info", str(left), str(right), "--camera", "canon5d"])
     assert bad.exit_code == 2 and bad.stderr.startswith("error: unknown --camera 'canon5d'") and bad.stderr.count("\n") == 1
+
+
+def test_tune_prints_a_shared_warning_once(tmp_path):
+    g = np.random.default_rng(5)
+    for name in ("a", "b"):
+        base = (g.random((H, W)) * 200 + 20).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / f"{name}_left.png"), base)
+        cv2.imwrite(str(tmp_path / f"{name}_right.png"), np.roll(base, 1, axis=1))
+    result = runner.invoke(app, ["tune", str(tmp_path), "-o", str(tmp_path / "p.profile"), "--iterations", "1"])
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith("warning")] == [
+        "warning: 8-bit input: precision is lost"]
