@@ -75,6 +75,25 @@ FlatFieldOpt = Annotated[
     typer.Option("--flat-field", help="Flat-field (white sheet) frames, LEFT then RIGHT, for vignetting correction."),
 ]
 CropOpt = Annotated[Optional[str], typer.Option("--crop", help="Centred crop HxW, e.g. 1008x1344.")]
+TransferOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--transfer",
+        help="Colour transfer of the files: linear, srgb (decode IEC 61966-2-1 to linear light before fitting, "
+        "encode the image outputs back) or auto (default: srgb for 8-bit files and PNG/TIFF files that declare "
+        "sRGB or an ICC profile, linear for raw mode and untagged 16-bit/float files).",
+        show_default=False,
+    ),
+]
+CameraOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--camera",
+        help="Input preset of a known device (pixel4: black 1024, white 16383; pdcapture: Google's dual-pixel "
+        "capture app .pgm files). Explicit --black-level/--white-level/--transfer win.",
+        show_default=False,
+    ),
+]
 
 
 def read_options(
@@ -83,6 +102,7 @@ def read_options(
     flat_field: Optional[tuple[Path, Path]],
     crop: Optional[str],
     min_size: int = 1,
+    transfer: str = "auto",
 ):
     """Build :class:`edgedp.io.ReadOptions` from the shared CLI input options."""
     from .io import ReadOptions, parse_size
@@ -95,9 +115,36 @@ def read_options(
         black_level=black_level,
         white_level=white_level,
         flat_field=tuple(flat_field) if flat_field else None,
-        crop=parse_size(crop) if crop else None,
+        crop=parse_size(crop, what="--crop") if crop else None,
         min_size=min_size,
+        transfer=transfer,
     )
+
+
+def camera_read_options(
+    camera: Optional[str],
+    black_level: Optional[float],
+    white_level: Optional[float],
+    flat_field: Optional[tuple[Path, Path]],
+    crop: Optional[str],
+    transfer: Optional[str],
+    min_size: int = 1,
+):
+    """:func:`read_options` after ``--camera`` filled the input options not given."""
+    from .cameras import apply_camera
+    from .transfer import check_transfer
+
+    if transfer is not None:
+        check_transfer(transfer)
+    chosen = apply_camera(camera, black_level=black_level, white_level=white_level, transfer=transfer)
+    return read_options(chosen["black_level"], chosen["white_level"], flat_field, crop, min_size=min_size,
+                        transfer=chosen["transfer"])
+
+
+def echo_warnings(messages, prefix: str = "") -> None:
+    """Each message once, as one ``warning: ...`` line on stderr."""
+    for message in dict.fromkeys(messages):
+        typer.echo(f"warning: {prefix}{message}", err=True)
 
 
 @app.command()
@@ -109,24 +156,30 @@ def info(
     white_level: WhiteLevelOpt = None,
     flat_field: FlatFieldOpt = None,
     crop: CropOpt = None,
+    transfer: TransferOpt = None,
+    camera: CameraOpt = None,
     max_disparity: Annotated[int, typer.Option(help="Largest |disparity| searched (px).")] = 16,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
 ) -> None:
-    """Describe a DP pair: size, bit depth, value range, DP disparity range, side of focus.
+    """Describe a DP pair: size, bit depth, colour transfer, value range, DP disparity range,
+    side of focus.
 
     The disparity (x_right - x_left, px) is estimated by block matching; positive means the
-    blurred content lies behind the focal plane (the thesis' "front focus").
+    blurred content lies behind the focal plane (the thesis' "front focus"). Value ranges are
+    after normalization and, for sRGB files, decoding to linear light. Warnings go to stderr.
 
     Examples:
 
       edgedp info left.png right.png
 
       edgedp info 001_left.png 001_right.png --black-level 1024 --white-level 16383 --crop 1008x1344
+
+      edgedp info 20200101_120000_000_left.pgm 20200101_120000_000_right.pgm --camera pdcapture
     """
     from .disparity import estimate_disparity
     from .io import read_dp_pair
 
-    pair = read_dp_pair(left, right, read_options(black_level, white_level, flat_field, crop))
+    pair = read_dp_pair(left, right, camera_read_options(camera, black_level, white_level, flat_field, crop, transfer))
     est = estimate_disparity(pair.left.mean(0), pair.right.mean(0), max_disparity=max_disparity)
     c, h, w = pair.left.shape
     report = {
@@ -142,20 +195,26 @@ def info(
         },
         "disparity_px": {"low": est.low, "median": est.median, "high": est.high, "tile": est.tile},
         "focus_side": est.side,
+        "transfer": {"requested": pair.info.transfer_requested, "used": pair.info.transfer, "reason": pair.info.transfer_reason},
+        "camera": camera,
+        "black_level": pair.info.black_level,
+        "white_level": pair.info.white_level,
         "warnings": list(pair.info.warnings),
     }
+    echo_warnings(pair.info.warnings)
     if as_json:
         typer.echo(json.dumps(report))
         return
+    from .capture import transfer_line
+
     vr = report["value_range"]
     typer.echo(f"size          {h} x {w} (H x W), {c} channel(s), {pair.info.kind}, {pair.info.bit_depth}-bit")
+    typer.echo(f"transfer      {transfer_line(report['transfer'])[len('transfer '):]}")
     typer.echo(f"value range   left [{vr['left'][0]:.4f}, {vr['left'][1]:.4f}]  right [{vr['right'][0]:.4f}, {vr['right'][1]:.4f}]")
     typer.echo(
         f"disparity     {est.low:+.2f} .. {est.high:+.2f} px (median {est.median:+.2f}; x_right - x_left, 2nd-98th pct of tiles)"
     )
     typer.echo(f"focus side    {_side_text(est.side)}")
-    for warning in pair.info.warnings:
-        typer.echo(f"warning       {warning}")
 
 
 def _side_text(side: str) -> str:
@@ -189,7 +248,11 @@ SYNTH_FILES = ("left.png", "right.png", "gt_allinfocus.png", "gt_defocus.npy", "
 def synth(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.", show_default=False)],
     seed: Annotated[int, typer.Option(help="Seed of texture, depth and noise.")] = 0,
-    focus: Annotated[FocusChoice, typer.Option(help="front: all blur behind the focal plane; both: both sides.")] = FocusChoice.front,
+    focus: Annotated[
+        Optional[FocusChoice],
+        typer.Option(help="front: all blur behind the focal plane; both: both sides. Default: front, or both with --transfer srgb.",
+                     show_default=False),
+    ] = None,
     kernel: Annotated[SynthKernel, typer.Option(help="Parametric DP kernel model.")] = SynthKernel.butterworth,
     kernel_file: Annotated[
         Optional[Path], typer.Option(help=".npy kernels (2,K,K) [left,right] or (2,Pr,Pc,K,K), for radius (K-1)/2; overrides --kernel.")
@@ -199,25 +262,42 @@ def synth(
     depth: Annotated[DepthChoice, typer.Option(help="layered objects or a smooth depth.")] = DepthChoice.layered,
     spatially_varying: Annotated[bool, typer.Option(help="Kernels vary over the frame.")] = False,
     noise: Annotated[float, typer.Option(help="Read-noise standard deviation ([0,1] scale).")] = 0.002,
+    transfer: Annotated[
+        str,
+        typer.Option(help="linear: 16-bit linear views (raw-like); srgb: 8-bit sRGB views as cameras and DPDD store "
+                          "them (front+back focus by default), ground truth 16-bit sRGB."),
+    ] = "linear",
     overwrite: Annotated[bool, typer.Option(help="Replace existing files in OUT.")] = False,
 ) -> None:
     """Simulate a DP capture with ground truth (the built-in sample and test data).
 
-    Writes left.png and right.png (16-bit, linear), gt_allinfocus.png (16-bit), gt_defocus.npy
-    (signed blur radius in px, > 0 behind the focal plane) and scene.json (all parameters and the
-    simulated disparity range).
+    The scene is rendered in linear light. With --transfer linear (default) it writes left.png
+    and right.png (16-bit, linear), gt_allinfocus.png (16-bit linear); with --transfer srgb,
+    DPDD-like pairs: left.png and right.png 8-bit sRGB (IEC 61966-2-1, with an sRGB chunk), the
+    ground truth gt_allinfocus.png 16-bit sRGB. Both also write gt_defocus.npy (signed blur
+    radius in px, > 0 behind the focal plane) and scene.json (all parameters, the transfer and
+    the simulated disparity range).
 
     Examples:
 
       edgedp synth -o sample
 
       edgedp synth -o sample2 --focus both --kernel disk --size 480x640 --seed 3
+
+      edgedp synth -o dpdd_like --transfer srgb
     """
     import numpy as np
     import torch
 
-    from .io import parse_size, prepare_output_dir, write_json, write_npy, write_png16
+    from .io import parse_size, prepare_output_dir, write_json, write_npy, write_png16, write_srgb_png8
     from .synth import SynthConfig, make_scene
+    from .transfer import SRGB, check_transfer
+
+    transfer = check_transfer(transfer)
+    if transfer not in ("linear", SRGB):
+        raise InputError(f"--transfer {transfer}: synth writes linear or srgb files")
+    if focus is None:
+        focus = FocusChoice.both if transfer == SRGB else FocusChoice.front
 
     user_kernels = None
     if kernel_file is not None:
@@ -249,14 +329,21 @@ def synth(
     if existing and not overwrite:
         raise OutputError(f"{out / existing[0]} exists (use --overwrite)")
     scene = make_scene(config, kernels=user_kernels)
-    write_png16(out / "left.png", scene.left, overwrite=overwrite)
-    write_png16(out / "right.png", scene.right, overwrite=overwrite)
-    write_png16(out / "gt_allinfocus.png", scene.allinfocus, overwrite=overwrite)
+    scene.params["transfer"] = transfer
+    if transfer == SRGB:
+        scene.params["files"] = {"views": "8-bit sRGB", "gt_allinfocus": "16-bit sRGB"}
+        write_srgb_png8(out / "left.png", scene.left, overwrite=overwrite)
+        write_srgb_png8(out / "right.png", scene.right, overwrite=overwrite)
+    else:
+        scene.params["files"] = {"views": "16-bit linear", "gt_allinfocus": "16-bit linear"}
+        write_png16(out / "left.png", scene.left, overwrite=overwrite)
+        write_png16(out / "right.png", scene.right, overwrite=overwrite)
+    write_png16(out / "gt_allinfocus.png", scene.allinfocus, overwrite=overwrite, transfer=transfer)
     write_npy(out / "gt_defocus.npy", scene.defocus.numpy().astype(np.float32), overwrite=overwrite)
     write_json(out / "scene.json", scene.params, overwrite=overwrite)
     lo, hi = scene.params["disparity_percentiles_2_98_px"]
     typer.echo(
-        f"wrote {out}: {config.size[0]}x{config.size[1]}, {config.focus} focus, {config.kernel} kernels, "
+        f"wrote {out}: {config.size[0]}x{config.size[1]}, {transfer}, {config.focus} focus, {config.kernel} kernels, "
         f"blur radius {scene.params['defocus_range_px'][0]:+.1f}..{scene.params['defocus_range_px'][1]:+.1f} px, "
         f"disparity {lo:+.2f}..{hi:+.2f} px"
     )
@@ -319,8 +406,6 @@ class DeviceChoice(str, Enum):
     cuda = "cuda"
 
 
-#: What ``edgedp fit`` writes into OUTDIR (the bundle is the folder ``scene/``).
-FIT_OUTPUTS = ("allinfocus.png", "defocus.npy", "defocus.png", "preview.png", "scene", "report.json")
 #: Smallest H and W a fit accepts (G_D works at 1/16 of the full resolution).
 MIN_FIT_SIZE = 16
 
@@ -437,39 +522,6 @@ def check_device(device: str) -> None:
             raise InputError(f"--device cuda: CUDA is not available ({why}, torch {torch.__version__}); use --device cpu")
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def input_info(pair, options, fit_channel: str | int) -> dict:
-    """What ``edgedp fit`` read, for report.json and the bundle's ``input``."""
-    info = pair.info
-    return {
-        "left": str(info.left_path),
-        "right": str(info.right_path),
-        "kind": info.kind,
-        "bit_depth": info.bit_depth,
-        "channels": info.channels,
-        "original_size_hw": list(info.original_size),
-        "size_hw": list(info.size),
-        "crop_hw": list(options.crop) if options.crop else None,
-        "crop_offset_yx": list(info.crop_offset),
-        "black_level": info.black_level,
-        "white_level": info.white_level,
-        "flat_field": [str(p) for p in info.flat_field] if info.flat_field else None,
-        "flat_gain_range": list(info.flat_gain_range) if info.flat_gain_range else None,
-        "raw_min": list(info.raw_min),
-        "raw_max": list(info.raw_max),
-        "warnings": list(info.warnings),
-        "fit_channel": ("luminance" if info.channels == 3 else "single") if fit_channel == "luminance" else fit_channel,
-    }
-
-
 class FitProgress:
     """A :data:`edgedp.fit.ProgressCallback` drawing one rich progress bar per stage on stderr.
 
@@ -538,312 +590,182 @@ def stage_line(index: int, stage) -> str:
     return f"{head}  {rest:<14}{stage.iterations:>6} it {stage.seconds:>8.1f} s   loss {_short(stage.final_loss)}"
 
 
-def _warm_start_message(err: InputError, path: Path) -> InputError:
-    text = str(err)
-    if text.startswith("warm start"):
-        return InputError(f"--warm-start {path}: {text[len('warm start'):].strip()}")
-    return err
+# Options of `edgedp fit`, shared with `edgedp batch` (which passes them to every capture).
+PresetOpt = Annotated[PresetChoice, typer.Option(help="Speed/quality preset (iterations per stage); flags below override it.")]
+IterationsOpt = Annotated[
+    Optional[str], typer.Option(help="Optimizer steps per stage: S2 or S2,S3 (stage 3 off with S3 = 0). Default: the preset's.")
+]
+LayersOpt = Annotated[
+    Optional[int], typer.Option(help="Layers per side of focus. Default: one per pixel of blur radius.", show_default=False)
+]
+MaxKernelOpt = Annotated[
+    Optional[int], typer.Option(help="Largest kernel size K (odd); sets the largest blur radius to (K-1)/2.", show_default=False)
+]
+MaxRadiusOpt = Annotated[
+    Optional[float],
+    typer.Option(help="Largest blur radius in px. Default: from the DP disparity of the pair.", show_default=False),
+]
+PatchesOpt = Annotated[Optional[str], typer.Option(help="Stage 3 kernel grid RxC (default 6x8).", show_default=False)]
+FitFocusOpt = Annotated[
+    Optional[FitFocusChoice],
+    typer.Option(help="auto (decide from the DP disparity; default), front (blur behind the focal plane only) or both.", show_default=False),
+]
+KernelOpt = Annotated[
+    Optional[SynthKernel], typer.Option(help="Parametric DP kernel model (default butterworth).", show_default=False)
+]
+DeviceOpt = Annotated[DeviceChoice, typer.Option(help="Where the fit runs.")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Seed of every random initialization (default 0).", show_default=False)]
+WarmStartOpt = Annotated[
+    Optional[Path],
+    typer.Option(help="G_D weights to start from: a scene bundle folder (OUTDIR/scene) or its scene.npz, a .npz or .pt state dict.", show_default=False),
+]
+ChannelOpt = Annotated[
+    str,
+    typer.Option(
+        help="RGB input: the channel the fit runs on, luminance, green (or red/blue) or a number 0..2. "
+        "The fit runs on the luminance by default; the fitted defocus map and kernels are then applied to every channel."
+    ),
+]
+ProfileOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Device profile from `edgedp tune`: kernels, layer radii, G_D warm start and input settings "
+        "(black/white level, flat field) are taken from it; explicit flags win.",
+        show_default=False,
+    ),
+]
 
 
-@app.command()
-@user_errors
-def fit(
-    left: LeftArg,
-    right: RightArg,
-    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (created if needed).", show_default=False)],
+def _fit_options(
     black_level: BlackLevelOpt = None,
     white_level: WhiteLevelOpt = None,
     flat_field: FlatFieldOpt = None,
     crop: CropOpt = None,
-    preset: Annotated[PresetChoice, typer.Option(help="Speed/quality preset (iterations per stage); flags below override it.")] = PresetChoice.default,
-    iterations: Annotated[
-        Optional[str], typer.Option(help="Optimizer steps per stage: S2 or S2,S3 (stage 3 off with S3 = 0). Default: the preset's.")
-    ] = None,
-    layers: Annotated[
-        Optional[int], typer.Option(help="Layers per side of focus. Default: one per pixel of blur radius.", show_default=False)
-    ] = None,
-    max_kernel: Annotated[
-        Optional[int], typer.Option(help="Largest kernel size K (odd); sets the largest blur radius to (K-1)/2.", show_default=False)
-    ] = None,
-    max_radius: Annotated[
-        Optional[float],
-        typer.Option(help="Largest blur radius in px. Default: from the DP disparity of the pair.", show_default=False),
-    ] = None,
-    patches: Annotated[Optional[str], typer.Option(help="Stage 3 kernel grid RxC (default 6x8).", show_default=False)] = None,
-    focus: Annotated[
-        Optional[FitFocusChoice],
-        typer.Option(help="auto (decide from the DP disparity; default), front (blur behind the focal plane only) or both.", show_default=False),
-    ] = None,
-    kernel: Annotated[
-        Optional[SynthKernel], typer.Option(help="Parametric DP kernel model (default butterworth).", show_default=False)
-    ] = None,
-    device: Annotated[DeviceChoice, typer.Option(help="Where the fit runs.")] = DeviceChoice.cpu,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of every random initialization (default 0).", show_default=False)] = None,
-    warm_start: Annotated[
-        Optional[Path],
-        typer.Option(help="G_D weights to start from: a scene bundle folder (OUTDIR/scene) or its scene.npz, a .npz or .pt state dict.", show_default=False),
-    ] = None,
-    channel: Annotated[
-        str,
-        typer.Option(
-            help="RGB input: the channel the fit runs on, luminance, green (or red/blue) or a number 0..2. "
-            "The fit runs on the luminance by default; the fitted defocus map and kernels are then applied to every channel."
-        ),
-    ] = "luminance",
-    profile: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Device profile from `edgedp tune`: kernels, layer radii, G_D warm start and input settings "
-            "(black/white level, flat field) are taken from it; explicit flags win.",
-            show_default=False,
-        ),
-    ] = None,
+    transfer: TransferOpt = None,
+    camera: CameraOpt = None,
+    preset: PresetOpt = PresetChoice.default,
+    iterations: IterationsOpt = None,
+    layers: LayersOpt = None,
+    max_kernel: MaxKernelOpt = None,
+    max_radius: MaxRadiusOpt = None,
+    patches: PatchesOpt = None,
+    focus: FitFocusOpt = None,
+    kernel: KernelOpt = None,
+    device: DeviceOpt = DeviceChoice.cpu,
+    seed: SeedOpt = None,
+    warm_start: WarmStartOpt = None,
+    channel: ChannelOpt = "luminance",
+    profile: ProfileOpt = None,
+) -> None:
+    """The options of one fit, declared once: :func:`with_fit_options` gives them to `edgedp fit`
+    and `edgedp batch` (each field of :class:`edgedp.capture.CaptureOptions` but ``overwrite``)."""
+
+
+def with_fit_options(command: F) -> F:
+    """Give a Typer command the fit options (:func:`_fit_options`), right after its ``out``
+    parameter, and call it with them gathered in ``options`` (a CaptureOptions; enums as their
+    values).  A new fit option is one parameter of ``_fit_options`` and one CaptureOptions field."""
+    import inspect
+
+    from .capture import CaptureOptions
+
+    shared = list(inspect.signature(_fit_options, eval_str=True).parameters.values())
+    names = [p.name for p in shared]
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
+    at = next(i for i, p in enumerate(own) if p.name == "out") + 1
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        values = {name: kwargs.pop(name) for name in names}
+        values = {k: (v.value if isinstance(v, Enum) else v) for k, v in values.items()}
+        if values["flat_field"] is not None and any(p is None for p in values["flat_field"]):
+            values["flat_field"] = None
+        return command(**kwargs, options=CaptureOptions(**values))
+
+    wrapper.__signature__ = inspect.Signature(own[:at] + shared + own[at:])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@user_errors
+@with_fit_options
+def fit(
+    left: LeftArg,
+    right: RightArg,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (created if needed).", show_default=False)],
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs in OUT.")] = False,
+    *,
+    options,
 ) -> None:
     """Fit a DP pair zero-shot: all-in-focus image, defocus map, scene bundle.
 
-    Writes into OUT: allinfocus.png (16-bit linear, on the normalized input's scale; RGB for RGB
-    input), defocus.npy (float32 signed blur radius in px, > 0 behind the focal plane),
-    defocus.png (colour map with legend), preview.png (input | all-in-focus | defocus),
-    scene/ (the fitted scene bundle, see edgedp.bundle) and report.json (settings, per-stage time
-    and losses, peak memory). Progress goes to stderr, the summary to stdout.
+    Writes into OUT: allinfocus.png (16-bit on the normalized input's scale: linear, or
+    sRGB-encoded when the input was read as sRGB; RGB for RGB input), defocus.npy (float32 signed
+    blur radius in px, > 0 behind the focal plane), defocus.png (colour map with legend),
+    preview.png (input | all-in-focus | defocus), scene/ (the fitted scene bundle, linear, see
+    edgedp.bundle) and report.json (settings, per-stage time and losses, peak memory). Progress
+    and warnings go to stderr, the summary to stdout.
 
     Examples:
 
       edgedp fit left.png right.png -o out
 
-      edgedp fit 001_left.png 001_right.png -o out/001 --black-level 1024 --white-level 16383 --flat-field white_sheet_left.png white_sheet_right.png --crop 1008x1344 --preset fast --overwrite
+      edgedp fit 001_left.png 001_right.png -o out/001 --camera pixel4 --flat-field white_sheet_left.png white_sheet_right.png --crop 1008x1344 --preset fast --overwrite
 
       edgedp fit left.png right.png -o out --focus both --max-kernel 35 --iterations 500,100 --warm-start other/scene
+
+      edgedp fit camera_left.jpg camera_right.jpg -o out --transfer srgb
     """
     import dataclasses
-    import math
-    import time
-    from datetime import datetime, timezone
 
-    import numpy as np
-    import torch
+    from .capture import FIT_OUTPUTS, fit_capture, transfer_line
 
-    from . import fit as fit_module
-    from .bundle import read_gd_state, save_bundle, versions
-    from .io import prepare_output_dir, read_dp_pair, write_json, write_npy, write_png8, write_png16
-    from .visualize import defocus_figure, preview_image
-
-    started = time.perf_counter()
-    config = fit_config_from_options(
-        preset.value,
-        iterations=iterations,
-        layers=layers,
-        max_kernel=max_kernel,
-        max_radius=max_radius,
-        patches=patches,
-        focus=focus.value if focus is not None else None,
-        kernel=kernel.value if kernel is not None else None,
-        device=device.value,
-        seed=seed,
-    )
-    check_device(config.device)
-    device_profile = None
-    if profile is not None:
-        from .profile import load_profile
-
-        device_profile = load_profile(profile)
-        # The device's kernel shape and radius-per-disparity; the blur RANGE still comes from this
-        # capture's disparity (a scene may hold more blur than the ones tuned on), spread over the
-        # profile's layer count so that G_D's weights fit.
-        changes = {
-            "butterworth": device_profile.butterworth,
-            "radius_scale": device_profile.radius_scale,
-            "gd_width": device_profile.gd_width,
-            "gd_scale": device_profile.gd_scale,
-        }
-        if kernel is None:
-            changes["kernel_model"] = device_profile.kernel_model
-        if focus is None:
-            changes["focus"] = device_profile.focus
-        if layers is None:
-            changes["layers"] = device_profile.layers
-        if iterations is None and warm_start is None:
-            # G_D's features come from this device's captures: a few steps of its last layer
-            # adapt it to this scene (tools/bench_warmstart.py measures it against a cold fit).
-            changes["stage2_iterations"] = warm_iterations(preset.value)
-            changes["gd_train"] = "head"
-        config = dataclasses.replace(config, **changes)
-        if black_level is None and device_profile.black_level is not None:
-            black_level = device_profile.black_level
-            if white_level is None:
-                white_level = device_profile.white_level
-        if flat_field is None and device_profile.flat_field is not None:
-            flat_field = tuple(Path(p) for p in device_profile.flat_field)
-
-    # Outputs first: refuse before the (long) fit, not after it.
-    out = prepare_output_dir(out)
-    targets = {name: out / name for name in FIT_OUTPUTS}
-    bundle_dir = targets["scene"]
-    if not overwrite:
-        for name, path in targets.items():
-            existing = (bundle_dir / "scene.npz", bundle_dir / "scene.json") if name == "scene" else (path,)
-            for p in existing:
-                if p.exists():
-                    raise OutputError(f"{p} exists (use --overwrite)")
-    prepare_output_dir(bundle_dir)
-
-    min_size = MIN_FIT_SIZE
-    if config.max_radius is not None:
-        min_size = max(min_size, 2 * math.ceil(config.max_radius) + 1)
-    options = read_options(black_level, white_level, flat_field, crop, min_size=min_size)
-    pair = read_dp_pair(left, right, options)
-    fit_channel = parse_channel(channel, pair.left.shape[0])
-    if fit_channel != "luminance":
-        if "channel" not in {f.name for f in dataclasses.fields(fit_module.FitConfig)}:
-            raise InputError(f"--channel {channel}: this version fits on the luminance only")
-        config = dataclasses.replace(config, channel=fit_channel)
-    gd_init = read_gd_state(warm_start) if warm_start is not None else None
-    if device_profile is not None:
-        from .profile import check_compatible
-
-        height, width = pair.left.shape[-2:]
-        check_compatible(device_profile, height=int(height), width=int(width), layers=config.layers if warm_start is None else None)
-        if gd_init is None:
-            gd_init = device_profile.gd_state
-        # The left/right gain the profile measured is relative to the flat field it was tuned
-        # with: it applies when this capture is read the same way (another flat field replaces it).
-        same_flat = (flat_field is None and device_profile.flat_field is None) or (
-            flat_field is not None and device_profile.flat_field is not None
-            and [str(p) for p in flat_field] == list(device_profile.flat_field)
-        )
-        if device_profile.view_gain is not None and same_flat:
-            from .profile import view_gain_map
-
-            pair.right = pair.right * view_gain_map(device_profile.view_gain, int(height), int(width))
-    read_seconds = time.perf_counter() - started
-
-    t_fit = time.perf_counter()
-    try:
-        with FitProgress() as progress:
-            result = fit_module.fit_scene(pair.left, pair.right, config, gd_init=gd_init, progress=progress)
-    except InputError as err:
-        raise (_warm_start_message(err, warm_start) if warm_start is not None else err) from None
-    fit_seconds = time.perf_counter() - t_fit
-
-    t_write = time.perf_counter()
-    info = input_info(pair, options, fit_channel)
-    blurry = (pair.left + pair.right) / 2  # the protocol's input baseline
-    write_png16(targets["allinfocus.png"], result.allinfocus, overwrite=overwrite)
-    write_npy(targets["defocus.npy"], result.defocus.detach().cpu().numpy().astype(np.float32), overwrite=overwrite)
-    # Colours span the layers' radii, so a colour means the same radius in every fit of that
-    # range, and a front+back fit always gets the diverging map.
-    span = {"vmin": float(result.radii.min()), "vmax": float(result.radii.max())}
-    if not span["vmax"] > span["vmin"]:
-        span = {}
-    write_png8(targets["defocus.png"], defocus_figure(result.defocus, **span), overwrite=overwrite)
-    write_png8(targets["preview.png"], preview_image(blurry, result.allinfocus, result.defocus, **span), overwrite=overwrite)
-    save_bundle(result, bundle_dir, input_info=info, overwrite=overwrite)
-    write_seconds = time.perf_counter() - t_write
-
-    total_seconds = time.perf_counter() - started
-    peak = peak_rss_bytes()
-    radii = result.radii.detach().cpu()
-    report = {
-        "command": "fit",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions(),
-        "settings": {
-            "left": str(left),
-            "right": str(right),
-            "out": str(out),
-            "preset": preset.value,
-            "iterations": iterations,
-            "layers": layers,
-            "max_kernel": max_kernel,
-            "max_radius": max_radius,
-            "patches": patches,
-            "focus": focus.value if focus is not None else None,
-            "kernel": kernel.value if kernel is not None else None,
-            "device": device.value,
-            "seed": seed,
-            "warm_start": str(warm_start) if warm_start is not None else None,
-            "profile": str(profile) if profile is not None else None,
-            "channel": channel,
-            "overwrite": overwrite,
-            "torch_threads": torch.get_num_threads(),
-        },
-        "config_requested": config,
-        "config": result.config,
-        "focus": {"requested": config.focus, "decided": result.focus},
-        "layers": {"count": int(radii.numel()), "radii_px": radii.tolist(), "kernel_size": int(result.kernels.shape[-1])},
-        "disparity": result.disparity,
-        "stages": result.stages,
-        "seconds": {"read": read_seconds, "fit": fit_seconds, "write": write_seconds, "total": total_seconds},
-        "peak_rss_bytes": peak,
-        "peak_rss_mib": peak / 2**20,
-        "input": info,
-        "outputs": {name: name + ("/" if name == "scene" else "") for name in FIT_OUTPUTS},
-    }
-    write_json(targets["report.json"], report, overwrite=overwrite)
+    options = dataclasses.replace(options, overwrite=overwrite)
+    with FitProgress() as progress:
+        done = fit_capture(left, right, out, options, progress=progress, warn=lambda m: echo_warnings([m]))
+    result, report = done.result, done.report
 
     for index, stage in enumerate(result.stages, start=1):
         typer.echo(stage_line(index, stage))
+    typer.echo(f"input    {transfer_line(report['input']['transfer'])}")
     d = result.disparity or {}
     disparity = f"DP disparity {d.get('low', float('nan')):+.2f} .. {d.get('high', float('nan')):+.2f} px"
-    if config.focus == "auto":
+    if done.requested.focus == "auto":
         typer.echo(f"focus    auto -> {result.focus} ({disparity}, {d.get('side', '?')})")
     else:
         typer.echo(f"focus    {result.focus} (as requested; {disparity})")
+    radii = result.radii.detach().cpu()
     typer.echo(
         f"layers   {radii.numel()}, blur radius {float(radii.min()):+.1f} .. {float(radii.max()):+.1f} px, "
         f"kernels {result.kernels.shape[-1]}x{result.kernels.shape[-1]}"
     )
     typer.echo(
         f"wrote    {out}: {', '.join(n + ('/' if n == 'scene' else '') for n in FIT_OUTPUTS)} "
-        f"({total_seconds:.1f} s, peak RSS {peak / 2**30:.2f} GiB)"
+        f"({report['seconds']['total']:.1f} s, peak RSS {report['peak_rss_bytes'] / 2**30:.2f} GiB)"
     )
+
 
 
 # ---------------------------------------------------------------------------------------------
 # tune (device profile)
 
-_VIEW_SUFFIXES = (("_left", "_right"), ("_L", "_R"))
-
-
-def capture_pairs(specs: list[str]) -> list[tuple[Path, Path]]:
-    """``LEFT,RIGHT`` or a folder of ``*_left``/``*_right`` (or ``*_L``/``*_R``) files -> pairs.
-
-    Raises:
-        InputError: a spec that is neither, or a folder without pairs.
-    """
-    pairs: list[tuple[Path, Path]] = []
-    for spec in specs:
-        if "," in spec:
-            left, right = (Path(p.strip()) for p in spec.split(",", 1))
-            pairs.append((left, right))
-            continue
-        folder = Path(spec)
-        if not folder.is_dir():
-            raise InputError(f"capture '{spec}': give LEFT,RIGHT or a folder of *_left/*_right files")
-        found = []
-        for path in sorted(folder.iterdir()):
-            for lt, rt in _VIEW_SUFFIXES:
-                if path.stem.endswith(lt):
-                    other = path.with_name(path.stem[: -len(lt)] + rt + path.suffix)
-                    if other.is_file():
-                        found.append((path, other))
-        if not found:
-            raise InputError(f"capture folder {folder}: no *_left/*_right (or *_L/*_R) pairs")
-        pairs.extend(found)
-    return pairs
-
-
 @app.command()
 @user_errors
 def tune(
-    captures: Annotated[list[str], typer.Argument(help="Captures of one device: LEFT,RIGHT pairs or folders of *_left/*_right files.", show_default=False)],
+    captures: Annotated[
+        list[str],
+        typer.Argument(help="Captures of one device: LEFT,RIGHT pairs, view files, folders of pairs or .txt lists "
+                            "(as for edgedp batch).", show_default=False),
+    ],
     out: Annotated[Path, typer.Option("-o", "--out", help="Profile file to write (e.g. PHONE.profile).", show_default=False)],
     name: Annotated[str, typer.Option("--name", help="Device name stored in the profile.")] = "device",
     black_level: BlackLevelOpt = None,
     white_level: WhiteLevelOpt = None,
     flat_field: FlatFieldOpt = None,
     crop: CropOpt = None,
+    transfer: TransferOpt = None,
+    camera: CameraOpt = None,
     preset: Annotated[PresetChoice, typer.Option(help="Speed/quality preset for the G_D fits.")] = PresetChoice.fast,
     iterations: Annotated[Optional[str], typer.Option(help="Stage 2 steps per capture (S2). Default: the preset's.")] = None,
     focus: Annotated[Optional[FitFocusChoice], typer.Option(help="auto (default), front or both.", show_default=False)] = None,
@@ -868,11 +790,11 @@ def tune(
 
       edgedp tune a_left.png,a_right.png b_left.png,b_right.png -o PHONE.profile --name pixel4
 
-      edgedp tune captures/ -o PHONE.profile --black-level 1024 --white-level 16383
+      edgedp tune captures/ -o PHONE.profile --camera pixel4
     """
     import dataclasses
 
-    from .io import read_dp_pair
+    from .io import find_captures, read_dp_pair
     from .profile import save_profile
     from .tune import tune_device
 
@@ -888,20 +810,24 @@ def tune(
         raise InputError(f"--rounds {rounds}: must be >= 1")
     config = fit_config_from_options(preset.value, iterations=iterations, focus=focus.value if focus is not None else None)
     config = dataclasses.replace(config, stage3_iterations=0)
-    options = read_options(black_level, white_level, flat_field, crop, min_size=MIN_FIT_SIZE)
-    pairs = capture_pairs(captures)
-    data = []
+    options = camera_read_options(camera, black_level, white_level, flat_field, crop, transfer, min_size=MIN_FIT_SIZE)
+    found, notes = find_captures(captures)
+    echo_warnings(notes)
+    pairs = [(c.left, c.right) for c in found]
+    data, messages = [], []
     for left, right in pairs:
         pair = read_dp_pair(left, right, options)
+        messages.extend(pair.info.warnings)
         data.append((pair.left, pair.right))
+    echo_warnings(messages)  # a condition shared by several captures (8-bit input) once
     with FitProgress() as progress:
         profile, scores = tune_device(data, config, device_name=name, paths=[f"{l},{r}" for l, r in pairs],
                                       search=search, rounds=rounds, progress=progress)
     profile = dataclasses.replace(
         profile,
-        black_level=black_level,
-        white_level=white_level,
-        flat_field=None if not flat_field or any(p is None for p in flat_field) else tuple(str(p) for p in flat_field),
+        black_level=options.black_level,
+        white_level=options.white_level,
+        flat_field=None if options.flat_field is None else tuple(str(p) for p in options.flat_field),
     )
     save_profile(profile, out, overwrite=overwrite)
     typer.echo(f"{'capture':<40} {'size':>11} {'disparity px':>15} {'G_D s':>7} {'loss':>9}")
@@ -923,6 +849,136 @@ def tune(
                    f"(centre {profile.asymmetry:.3f}; measured after the flat field given, if any)")
     typer.echo(f"layers   {profile.layers} ({profile.focus}), radius {min(profile.radii):+.1f} .. {max(profile.radii):+.1f} px")
     typer.echo(f"wrote    {out}")
+
+
+# ---------------------------------------------------------------------------------------------
+# batch
+
+
+@app.command()
+@user_errors
+@with_fit_options
+def batch(
+    inputs: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Captures: folders of pairs (*_left/*_right, *_L/*_R, DPDD test_l/source + test_r/source, Google "
+                 "left_pd/ + right_pd/ or capture-app .pgm files), LEFT,RIGHT pairs, view files, or .txt files listing them.",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Batch folder: OUT/<name>/ per capture, manifest.jsonl, index.html.", show_default=False)] = None,
+    jobs: Annotated[int, typer.Option(help="Captures fitted at the same time (local: worker processes).")] = 1,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(help="Torch threads per capture (Ray: num_cpus per task). Default: cores // jobs.", show_default=False),
+    ] = None,
+    backend: Annotated[str, typer.Option(help="local (this machine) or ray (Ray tasks; needs edgedp[cluster]).")] = "local",
+    address: Annotated[
+        Optional[str],
+        typer.Option(help="Ray cluster address (e.g. ray://head:10001 or head:6379). Default: RAY_ADDRESS, a cluster "
+                          "started with `ray start` on this machine, else a local Ray instance.", show_default=False),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Skip captures whose outputs in OUT are complete; append to the manifest.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Fit every capture again and replace its outputs; start a new manifest.")] = False,
+    *,
+    options,
+) -> None:
+    """Fit many DP captures: OUT/<name>/ per capture (the outputs of edgedp fit), OUT/manifest.jsonl
+    and OUT/index.html (an offline gallery of the previews).
+
+    The fit options are those of edgedp fit and apply to every capture. A failed capture is
+    recorded with its error line and the batch goes on (exit status 1 at the end if any failed).
+    Each capture is written into a hidden staging folder and renamed when complete, so a killed
+    batch leaves no half-written outputs; run it again with --resume to fit only what is missing.
+    --jobs N fits N captures at a time with cores // N torch threads each; --backend ray runs
+    the captures as Ray tasks (num_cpus = threads per task, num_gpus = 1 with --device cuda) on
+    the cluster at --address, with the same results and manifest.
+
+    Examples:
+
+      edgedp batch captures/ -o out/batch --preset fast
+
+      edgedp batch dd_dp_dataset_png/ -o out/dpdd --transfer srgb --jobs 2 --resume
+
+      edgedp batch list.txt a_left.png,a_right.png -o out/b --camera pixel4 --backend ray --address head:6379
+    """
+    import time
+
+    from .batch import BatchConfig, run_batch, summary_rows
+    from .io import find_captures
+
+    if out is None:
+        raise InputError("missing -o/--out: the batch folder to write into")
+    if not inputs:
+        raise InputError("no captures given: name folders of pairs, LEFT,RIGHT pairs or .txt lists")
+    captures, notes = find_captures(inputs)
+    echo_warnings(notes)
+    config = BatchConfig(out=out, options=options, jobs=jobs, threads=threads, backend=backend.strip().lower(),
+                         address=address, resume=resume, overwrite=overwrite)
+    progress = BatchProgress(len(captures))
+    try:
+        with progress:
+            result = run_batch(config, captures, on_record=progress)
+    except KeyboardInterrupt:
+        from .batch import read_manifest
+
+        finished = sum(r["status"] != "failed" for r in read_manifest(out).values())
+        typer.echo(f"error: interrupted with {finished} of {len(captures)} captures complete in {out}; "
+                   "run the same command with --resume to fit the rest", err=True)
+        raise typer.Exit(130) from None
+    grouped: dict[str, list[str]] = {}
+    for record in result.records:
+        for message in record.get("warnings") or []:
+            grouped.setdefault(message, []).append(record["name"])
+    for message, names in grouped.items():
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        echo_warnings([f"{message} ({shown})" if len(names) > 1 else f"{names[0]}: {message}"])
+    for row in summary_rows(result.records):
+        typer.echo(row)
+    counts = {s: sum(r["status"] == s for r in result.records) for s in ("done", "failed", "skipped")}
+    fitted = counts["done"]
+    rate = f", {fitted / result.seconds * 60:.2f} captures/min" if fitted and result.seconds > 0 else ""
+    typer.echo(
+        f"batch    {counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped in {result.seconds:.1f} s"
+        f"{rate} ({config.backend}, {config.jobs} job(s)); wrote {out / 'manifest.jsonl'}, {out / 'index.html'}"
+    )
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+class BatchProgress:
+    """One progress bar over a batch's captures on stderr (a plain line per capture when stderr
+    is not a terminal)."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.total = total
+        self.progress = None
+        self.task = None
+
+    def __enter__(self) -> "BatchProgress":
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("batch   "), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                     TextColumn("{task.fields[last]}"), console=self.console)
+            self.progress.start()
+            self.task = self.progress.add_task("batch", total=max(self.total, 1), last="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, record: dict, finished: int, total: int) -> None:
+        what = f"{record['name']} {record['status']}"
+        if self.progress is not None:
+            self.progress.update(self.task, completed=finished, last=what)
+        else:
+            typer.echo(f"batch: {finished}/{total} {what}", err=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -307,14 +307,16 @@ def test_flat_field_protocol_before_crop(tmp_path):
     assert hi == pytest.approx(gain[y0 : y0 + h, x0 : x0 + w].max())
 
 
-def test_eight_bit_warning(tmp_path):
+def test_eight_bit_warning_is_recorded_once_not_raised(tmp_path):
     rng = np.random.default_rng(7)
     left = _png(tmp_path / "x_left.png", rng.integers(0, 200, (H, W, 3), dtype=np.uint8))
     right = _png(tmp_path / "x_right.png", rng.integers(0, 200, (H, W, 3), dtype=np.uint8))
-    with pytest.warns(UserWarning, match="8-bit input: precision is lost"):
-        pair = read_dp_pair(left, right)
-    assert "8-bit input: precision is lost" in pair.info.warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reading a pair issues no Python warning
+        pair = read_dp_pair(left, right, ReadOptions(transfer="linear"))
+    assert pair.info.warnings.count("8-bit input: precision is lost") == 1
     assert pair.info.bit_depth == 8 and pair.info.kind == "rgb"
+    assert (pair.info.transfer, pair.info.transfer_reason) == ("linear", "--transfer linear")
     bgr = cv2.imread(str(left), cv2.IMREAD_UNCHANGED)
     np.testing.assert_allclose(pair.left[0].numpy(), bgr[..., 2] / 255, rtol=1e-6)
 
