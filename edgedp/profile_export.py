@@ -76,6 +76,9 @@ INSTANT_DEFAULTS: dict[str, Any] = {
     },
     "fuse_window": FitConfig().fuse_window,
     "weight_floor": FUSE_WEIGHT_FLOOR,
+    "deconvolution": {
+        key: getattr(FitConfig().deconvolution, key) for key in schema.INSTANT_DECONVOLUTION
+    },
 }
 INPUT_NORMALIZATION = (
     "linear sensor values (raw - black_level) / white_level, unclipped, float32 (the profile's input settings; "

@@ -154,7 +154,7 @@ def test_instant_predict_beats_blurry_input():
     assert np.allclose(fused.sum(0), 1.0, atol=1e-5)
     assert psnr(np.clip(aif, 0, 1), gt) > p_in + 3.5, (psnr(np.clip(aif, 0, 1), gt), p_in)  # measured +4.1 dB
     assert np.abs(defocus - true_defocus).mean() < 0.3  # measured 0.20 px
-    assert set(timings) == {"latent", "fuse", "latent_reg"} and timings["latent_reg"] > 0
+    assert set(timings) == {"latent", "fuse", "deconvolution", "latent_reg"} and timings["latent_reg"] > 0
     # fusion off: G_D's weights exactly
     aif0, defocus0, w0 = instant.instant_predict(views, alphas, kernels, radii.numpy(), config=instant.InstantConfig(fuse_window=0))
     assert np.abs(w0 - weights.numpy()).max() <= 1e-5
@@ -165,6 +165,37 @@ def test_instant_predict_beats_blurry_input():
     aif_u, defocus_u, _ = instant.instant_predict(views, uniform, kernels, radii.numpy())
     assert psnr(np.clip(aif_u, 0, 1), gt) > p_in + 3.5
     assert np.abs(defocus_u - true_defocus).mean() < 0.35  # measured 0.25 px
+
+
+def test_tv_deconvolution_matches_torch(scene):
+    """The numpy half-quadratic splitting (gradient, shrinkage, TV weight, the target solve and
+    the whole deconvolution) against edgedp.deconvolution / edgedp.latent.LatentSolver."""
+    from edgedp.deconvolution import DeconvolutionConfig, FiniteDifference, deconvolve_layers, default_tv_weight, shrink_gradient
+    from edgedp.latent import LatentSolver
+
+    _, views, _, kernels, lam = scene
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(45, 61, generator=g)
+    assert np.abs(instant.image_gradient(x.numpy()) - FiniteDifference.A(x).numpy()).max() <= 1e-6
+    field = torch.randn(2, 45, 61, generator=g) * 0.1
+    assert np.abs(instant.shrink_gradient(field.numpy(), 0.05) - shrink_gradient(field, 0.05).numpy()).max() <= 1e-6
+    tv = default_tv_weight(views, lam)
+    assert instant.tv_weight(views.numpy(), lam) == pytest.approx(tv, rel=1e-5)
+    solver = LatentSolver(views, kernels, lam)
+    ref = solver.solve(field, 0.02, [4, 1]).numpy()
+    out, _ = instant.solve_latent(views.numpy(), kernels.numpy(), lam, target=field.numpy(), target_weight=0.02, layers=[4, 1])
+    assert out.shape == (2, 45, 61) and np.abs(out - ref).max() <= 1e-4 * float(ref.max() - ref.min())
+    weights = torch.softmax(torch.randn(5, 45, 61, generator=g) * 3, 0)
+    latent = solver.solve()
+    config = DeconvolutionConfig()
+    ref = (deconvolve_layers(solver, latent, weights, lam, 10 * tv, config) * weights).sum(0).numpy()
+    cfg = instant.InstantConfig()
+    assert (cfg.tv_iterations, cfg.tv_beta_start, cfg.tv_beta_growth, cfg.tv_min_layer_weight) == (
+        config.iterations, config.beta_start, config.beta_growth, config.min_layer_weight)
+    got = instant.deconvolve_layers(views.numpy(), kernels.numpy(), latent.numpy().copy(), weights.numpy(), lam, 10 * tv, cfg)
+    got = (got * weights.numpy()).sum(0)
+    assert np.abs(got - ref).max() <= 1e-4 * float(ref.max() - ref.min())
+    assert np.abs(got - (latent * weights).sum(0).numpy()).max() > 1e-3  # it did something
 
 
 def test_instant_predict_rejects_mismatched_shapes(scene):
@@ -181,6 +212,8 @@ def test_config_from_sidecar():
         {"latent_reg": {"gain": 2.0, "floor": 1e-4, "ceil": 0.5}, "fuse_window": 9, "pad": 30, "weight_floor": 1e-5}
     )
     assert cfg == instant.InstantConfig(gain=2.0, floor=1e-4, ceil=0.5, fuse_window=9, pad=30, weight_floor=1e-5)
+    cfg = instant.InstantConfig.from_sidecar({"deconvolution": {"iterations": 0, "beta_start": 0.5, "beta_growth": 3.0, "min_layer_weight": 0.01}})
+    assert (cfg.tv_iterations, cfg.tv_beta_start, cfg.tv_beta_growth, cfg.tv_min_layer_weight) == (0, 0.5, 3.0, 0.01)
     assert instant.InstantConfig.from_sidecar({}) == instant.InstantConfig()
     with pytest.raises(instant.RunnerError, match="non-numeric"):
         instant.InstantConfig.from_sidecar({"fuse_window": "wide"})

@@ -14,7 +14,12 @@ after Stage 2, with the fitted G_D replaced by a device profile's G_D (``gd.onnx
 3. Fusion (edgedp/fit.py ``fuse_with_likelihood``): ``d_i ~ max(d_i^GD, 1e-6) * q_i`` normalized
    over layers, ``q = softmax(-box(e) / T)``, ``box`` the ``window`` px mean (border windows
    average only the pixels inside the image), ``T = 0.5 * mean_p min_i box(e)_i + 1e-20``.
-4. ``allinfocus = sum_i d_i x_i``, ``defocus = sum_i d_i r_i`` (signed blur radius, px, > 0
+4. The final TV deconvolution (edgedp/deconvolution.py): half-quadratic splitting warm-started
+   at ``sum_i d_i x_i``: ``tv_iterations`` times, the composite's forward differences are
+   soft-thresholded (isotropic, by ``tv / (2 beta)`` with ``tv = 2 lam s^2 / b`` from the views'
+   gradients) and every layer with weight solves step 2 again pulled towards them with weight
+   ``beta`` (``beta_start * lam``, times ``beta_growth`` per step): streak-free flat regions.
+5. ``allinfocus = sum_i d_i x_i``, ``defocus = sum_i d_i r_i`` (signed blur radius, px, > 0
    behind the focal plane).
 
 Conventions (the project's CONVENTIONS.md): views are float32 ``(2, H, W)`` = [left, right] on
@@ -31,7 +36,9 @@ Sidecar fields read here (schema: :mod:`edgedp_runtime.schema`; written by ``edg
                 "latent_reg": {"gain": 4.0, "floor": 1e-3, "ceil": 0.3},   lam = clamp(gain
                               * sigma^2 / s^2, floor, ceil) (edgedp.latent.default_latent_reg)
                 "fuse_window": 15,                 box window (px) of the likelihood, 0 = off
-                "weight_floor": 1e-6}              clamp of G_D's weights before the product
+                "weight_floor": 1e-6,              clamp of G_D's weights before the product
+                "deconvolution": {"iterations": 6, "beta_start": 0.25, "beta_growth": 2.0,
+                                  "min_layer_weight": 1e-3}}    step 4 (absent: these defaults)
     "profile": {"input": {"black_level", "white_level", "flat_field",      input defaults
                           "view_gain": {"model": "exp-poly3", "coefficients": [10]} or null}, ...}
                (view_gain: the right view's gain over the frame measured by edgedp tune,
@@ -57,6 +64,7 @@ __all__ = [
     "box_mean",
     "estimate_noise_sigma",
     "flat_field_gain",
+    "deconvolve_layers",
     "fuse_weights",
     "instant_predict",
     "latent_reg",
@@ -79,6 +87,10 @@ class InstantConfig:
     weight_floor: G_D's weights are clamped to at least this before the product with the
         likelihood (so the data can still pick a layer G_D ruled out).
     pad: replicate padding (px) of stage 1; None: ``K // 2 + 8``.
+    tv_iterations, tv_beta_start, tv_beta_growth, tv_min_layer_weight: the final TV
+        deconvolution (:func:`deconvolve_layers`; edgedp.deconvolution.DeconvolutionConfig's
+        ``iterations``, ``beta_start``, ``beta_growth``, ``min_layer_weight``); 0 iterations keep
+        the composite.
     """
 
     gain: float = 4.0
@@ -87,6 +99,10 @@ class InstantConfig:
     fuse_window: int = 15
     weight_floor: float = 1e-6
     pad: int | None = None
+    tv_iterations: int = 6
+    tv_beta_start: float = 0.25
+    tv_beta_growth: float = 2.0
+    tv_min_layer_weight: float = 1e-3
 
     @classmethod
     def from_sidecar(cls, entry: dict) -> "InstantConfig":
@@ -137,10 +153,27 @@ def _centre_phase(shape: tuple[int, int], k: int) -> np.ndarray:
     return np.exp(2j * np.pi * (k // 2) * (fy[:, None] + fx[None, :])).astype(np.complex64)
 
 
+def gradient_operator_spectra(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """rfft2 transfer functions ``(Gx, Gy)`` of circular forward differences on a ``shape`` grid
+    (edgedp.latent.gradient_operator_spectra): ``exp(2 pi i k / N) - 1``, complex64."""
+    hp, wp = shape
+    gx = np.exp(2j * np.pi * np.fft.rfftfreq(wp))[None, :] - 1
+    gy = np.exp(2j * np.pi * np.fft.fftfreq(hp))[:, None] - 1
+    return np.broadcast_to(gx, (hp, wp // 2 + 1)).astype(np.complex64), np.broadcast_to(gy, (hp, wp // 2 + 1)).astype(np.complex64)
+
+
 def solve_latent(
-    views: np.ndarray, kernels: np.ndarray, reg: float, *, pad: int | None = None, error: bool = False
+    views: np.ndarray,
+    kernels: np.ndarray,
+    reg: float,
+    *,
+    pad: int | None = None,
+    error: bool = False,
+    target: np.ndarray | None = None,
+    target_weight: float = 0.0,
+    layers=None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Closed-form per-layer latent map (numpy port of edgedp.latent.solve_latent_map).
+    """Closed-form per-layer latent map (numpy port of edgedp.latent.LatentSolver.solve).
 
     Args:
         views: (2, H, W) float32 [left, right].
@@ -149,36 +182,97 @@ def solve_latent(
         pad: replicate padding (px); default ``K // 2 + 8``.
         error: also return each layer's re-render error ``sum_v (x_i conv f_i^v - y_v)^2``,
             computed on the padded grid from the same spectra (``irfft2(X_i F_i^v - Y_v)``).
+        target, target_weight: a gradient field (2, H, W) the solution's forward differences are
+            pulled towards with ``target_weight * ||grad x - target||^2`` (zero over the padding).
+        layers: the layer indices to solve (default: all), in that order.
 
     Returns:
-        ``(latent (L, H, W) float32, error (L, H, W) float32 or None)``.
+        ``(latent (l, H, W) float32, error (l, H, W) float32 or None)``.
     """
     views = np.asarray(views, np.float32)
     kernels = np.asarray(kernels, np.float32)
     _, h, w = views.shape
-    _, layers, k, _ = kernels.shape
+    k = kernels.shape[-1]
+    index = list(range(kernels.shape[1])) if layers is None else list(layers)
     p = (k // 2 + 8) if pad is None else int(pad)
     hp, wp = fast_size(h + 2 * p), fast_size(w + 2 * p, even=True)
     # Replicate to (h + 2p), then on out to the fast size: every margin is replicated.
     vp = np.pad(views, ((0, 0), (p, hp - h - p), (p, wp - w - p)), mode="edge")
     yf = np.fft.rfft2(vp)  # (2, Hp, Wf) complex64
-    g2 = np.float32(reg) * gradient_spectrum((hp, wp))
+    weight = float(reg)
+    extra = None
+    if target is not None and target_weight > 0:
+        zf = np.fft.rfft2(np.pad(np.asarray(target, np.float32), ((0, 0), (p, hp - h - p), (p, wp - w - p))))
+        gx, gy = gradient_operator_spectra((hp, wp))
+        extra = np.complex64(target_weight) * (np.conj(gx) * zf[0] + np.conj(gy) * zf[1])
+        weight += float(target_weight)
+    g2 = np.float32(weight) * gradient_spectrum((hp, wp))
     phase = _centre_phase((hp, wp), k)
-    latent = np.empty((layers, h, w), np.float32)
-    err = np.empty((layers, h, w), np.float32) if error else None
+    latent = np.empty((len(index), h, w), np.float32)
+    err = np.empty((len(index), h, w), np.float32) if error else None
     crop = (slice(p, p + h), slice(p, p + w))
-    for i in range(layers):  # per layer: a few full-size buffers, not (2, L, Hp, Wf) spectra
+    for n, i in enumerate(index):  # per layer: a few full-size buffers, not (2, L, Hp, Wf) spectra
         fl, fr = kernel_spectrum(kernels[:, i], (hp, wp), phase)
         den = (fl.real**2 + fl.imag**2) + (fr.real**2 + fr.imag**2) + g2
-        x = (np.conj(fl) * yf[0] + np.conj(fr) * yf[1]) / den
-        latent[i] = np.fft.irfft2(x, s=(hp, wp))[crop]
+        num = np.conj(fl) * yf[0] + np.conj(fr) * yf[1]
+        if extra is not None:
+            num += extra
+        x = num / den
+        latent[n] = np.fft.irfft2(x, s=(hp, wp))[crop]
         if err is not None:
             acc = np.zeros((h, w), np.float32)
             for v, f in enumerate((fl, fr)):
                 r = np.fft.irfft2(x * f - yf[v], s=(hp, wp))[crop]
                 acc += r * r
-            err[i] = acc
+            err[n] = acc
     return latent, err
+
+
+# --- the final TV deconvolution (edgedp.deconvolution) -----------------------------------------
+def image_gradient(x: np.ndarray) -> np.ndarray:
+    """Forward differences of (H, W) -> (2, H, W), zero in the last column / row
+    (edgedp.deconvolution.FiniteDifference.A)."""
+    g = np.zeros((2,) + x.shape, np.float32)
+    g[0, :, :-1] = x[:, 1:] - x[:, :-1]
+    g[1, :-1, :] = x[1:, :] - x[:-1, :]
+    return g
+
+
+def shrink_gradient(g: np.ndarray, threshold: float) -> np.ndarray:
+    """Isotropic soft threshold of a (2, H, W) gradient field (edgedp.deconvolution.shrink_gradient)."""
+    magnitude = np.sqrt(g[0] * g[0] + g[1] * g[1])
+    scale = np.maximum(1 - np.float32(threshold) / np.maximum(magnitude, np.float32(1e-30)), 0)
+    return (g * scale[None]).astype(np.float32)
+
+
+def tv_weight(views: np.ndarray, reg: float) -> float:
+    """``2 lam s^2 / b`` of the views (edgedp.deconvolution.default_tv_weight)."""
+    g = image_gradient(np.asarray(views, np.float32).mean(axis=0))[:, :-1, :-1].astype(np.float64)
+    magnitude = np.sqrt(g[0] ** 2 + g[1] ** 2)
+    b = float(magnitude.mean())
+    s2 = float((magnitude**2).mean()) / 2
+    return 2.0 * float(reg) * s2 / max(b, 1e-12)
+
+
+def deconvolve_layers(
+    views: np.ndarray, kernels: np.ndarray, latent: np.ndarray, weights: np.ndarray, reg: float, tv: float,
+    config: "InstantConfig",
+) -> np.ndarray:
+    """The TV deconvolution of the composite ``sum_i d_i x_i`` by half-quadratic splitting (numpy
+    port of edgedp.deconvolution.deconvolve_layers): returns the (L, H, W) latent map whose
+    composite is the deconvolved image (``latent`` is updated in place)."""
+    if config.tv_iterations <= 0 or tv <= 0:
+        return latent
+    used = [i for i in range(latent.shape[0]) if float(weights[i].max()) >= config.tv_min_layer_weight]
+    x = (latent * weights).sum(axis=0)
+    beta = config.tv_beta_start * float(reg)
+    for _ in range(config.tv_iterations):
+        z = shrink_gradient(image_gradient(x), tv / (2 * beta))
+        solved, _ = solve_latent(views, kernels, reg, pad=config.pad, target=z, target_weight=beta, layers=used)
+        latent[used] = solved
+        x = (latent * weights).sum(axis=0)
+        beta *= config.tv_beta_growth
+    return latent
 
 
 def estimate_noise_sigma(image: np.ndarray) -> float:
@@ -333,7 +427,8 @@ def instant_predict(
         radii: (L,) signed blur radius (px) per layer.
         config: regularization, fusion window, weight floor, padding.
         reg: ``lam``; None: :func:`latent_reg` of the views with ``config``'s gain/floor/ceil.
-        timings: filled with seconds ``latent`` (reg + stage 1 + errors) and ``fuse``.
+        timings: filled with seconds ``latent`` (reg + stage 1 + errors), ``fuse`` and
+            ``deconvolution`` (the final TV deconvolution).
 
     Returns:
         ``(allinfocus (H, W), defocus (H, W), weights (L, H, W))`` float32; ``defocus`` is the
@@ -357,13 +452,16 @@ def instant_predict(
     weights = over_weights(alphas)
     if error is not None:
         weights = fuse_weights(weights, error, config.fuse_window, floor=config.weight_floor, out=error)
+    t2 = time.perf_counter()
+    latent = deconvolve_layers(views, kernels, latent, weights, lam, tv_weight(views, lam), config)
+    t3 = time.perf_counter()
     allinfocus = np.zeros(views.shape[1:], np.float32)
     defocus = np.zeros(views.shape[1:], np.float32)
     for i in range(layers):
         allinfocus += weights[i] * latent[i]
         defocus += weights[i] * radii[i]
     if timings is not None:
-        timings.update(latent=t1 - t0, fuse=time.perf_counter() - t1, latent_reg=lam)
+        timings.update(latent=t1 - t0, fuse=t2 - t1, deconvolution=t3 - t2, latent_reg=lam)
     return allinfocus, defocus, weights
 
 

@@ -151,21 +151,27 @@ def new_sidecar(
 #: Numeric settings of the instant path and their types (the sidecar's ``instant`` object holds
 #: gain / floor / ceil under ``latent_reg``, the rest at its top level).
 INSTANT_LATENT_REG = ("gain", "floor", "ceil")
+#: The final TV deconvolution's settings (edgedp.deconvolution.DeconvolutionConfig's names
+#: prefixed ``tv_``), under ``deconvolution`` in the sidecar's ``instant`` object.
+INSTANT_DECONVOLUTION = {"iterations": "tv_iterations", "beta_start": "tv_beta_start",
+                         "beta_growth": "tv_beta_growth", "min_layer_weight": "tv_min_layer_weight"}
 INSTANT_SETTINGS: dict[str, type] = {
     "gain": float, "floor": float, "ceil": float, "fuse_window": int, "weight_floor": float, "pad": int,
+    "tv_iterations": int, "tv_beta_start": float, "tv_beta_growth": float, "tv_min_layer_weight": float,
 }
 
 
 def instant_entry(
     *, kernel_size: int, pad: int, latent_reg: dict[str, float], fuse_window: int, weight_floor: float,
-    kernels: str = KERNELS_FILE,
+    deconvolution: dict[str, float] | None = None, kernels: str = KERNELS_FILE,
 ) -> dict[str, Any]:
     """The sidecar's ``instant`` object: ``{"kernels", "kernel_size", "pad", "latent_reg": {"gain",
-    "floor", "ceil"}, "fuse_window", "weight_floor"}`` (meanings: edgedp_runtime.instant)."""
+    "floor", "ceil"}, "fuse_window", "weight_floor", "deconvolution": {"iterations", "beta_start",
+    "beta_growth", "min_layer_weight"}}`` (meanings: edgedp_runtime.instant)."""
     missing = [k for k in INSTANT_LATENT_REG if k not in latent_reg]
     if missing:
         raise ValueError(f"latent_reg lacks {missing}")
-    return {
+    entry = {
         "kernels": str(kernels),
         "kernel_size": int(kernel_size),
         "pad": int(pad),
@@ -173,15 +179,23 @@ def instant_entry(
         "fuse_window": int(fuse_window),
         "weight_floor": float(weight_floor),
     }
+    if deconvolution is not None:
+        entry["deconvolution"] = {k: float(deconvolution[k]) for k in INSTANT_DECONVOLUTION}
+        entry["deconvolution"]["iterations"] = int(deconvolution["iterations"])
+    return entry
 
 
 def read_instant_settings(entry: dict) -> dict[str, float | int]:
     """The numeric settings of a sidecar ``instant`` object, flat (``gain``, ``floor``, ``ceil``,
-    ``fuse_window``, ``weight_floor``, ``pad``); missing keys are left out.  One-line
+    ``fuse_window``, ``weight_floor``, ``pad``, ``tv_iterations``, ``tv_beta_start``,
+    ``tv_beta_growth``, ``tv_min_layer_weight``); missing keys are left out.  One-line
     :class:`RunnerError` for a non-numeric or non-finite value."""
     reg = entry.get("latent_reg") or {}
     raw = {k: reg.get(k) for k in INSTANT_LATENT_REG}
-    raw.update({k: entry.get(k) for k in INSTANT_SETTINGS if k not in INSTANT_LATENT_REG})
+    deconv = entry.get("deconvolution") or {}
+    flat = {v: k for k, v in INSTANT_DECONVOLUTION.items()}
+    raw.update({k: entry.get(k) for k in INSTANT_SETTINGS if k not in INSTANT_LATENT_REG and k not in flat})
+    raw.update({k: deconv.get(flat[k]) for k in flat})
     values: dict[str, float | int] = {}
     for key, value in raw.items():
         if value is None:
