@@ -231,25 +231,38 @@ def _box_rows(x: np.ndarray, size: int) -> np.ndarray:
     return (c[size:] - c[:-size]) / size
 
 
-def streak_energy(residual: ArrayLike, *, segment: int = 64, smooth: int = 15) -> float:
+def streak_energy(
+    residual: ArrayLike, reference: ArrayLike | None = None, *, segment: int = 64, smooth: int = 15, flat: float = 0.5
+) -> float:
     """Energy of **horizontal streaks** in a residual image ``(H, W)``: the residual averaged along
-    each row over ``segment``-px runs (a streak is coherent along its row, noise and texture
+    each row over ``segment``-px runs (a streak is coherent along its row; noise and texture
     average out), high-passed across rows (minus a ``smooth``-row box mean, so that slowly varying
-    brightness errors do not count), mean square.  Compare a restoration's value with the input's
-    (their ratio: below 1 the output carries fewer streaks than the blurry input's residual)."""
+    brightness errors do not count), mean square.  With a ``reference`` (the ground truth, same
+    shape) only the flattest ``flat`` fraction of the runs counts (by the reference's mean absolute
+    gradient over the run and the ``smooth`` rows around it): streaks show in flat regions, where
+    texture does not hide them.  Compare a restoration's value with the input's (their ratio:
+    below 1 the output carries less streak energy than the blurry input's residual)."""
     r = _as_f64(residual, "residual")
     w = (r.shape[1] // segment) * segment
     if w == 0:
         raise ValueError(f"residual {r.shape} is narrower than one segment of {segment} px")
     runs = r[:, :w].reshape(r.shape[0], w // segment, segment).mean(axis=2)  # (H, W / segment)
-    return float(np.mean((runs - _box_rows(runs, smooth)) ** 2))
+    energy = (runs - _box_rows(runs, smooth)) ** 2
+    if reference is None:
+        return float(np.mean(energy))
+    g = _as_f64(reference, "reference")
+    if g.shape != r.shape:
+        raise ValueError(f"residual {r.shape} and reference {g.shape} must have the same shape")
+    texture = np.abs(np.diff(g, axis=1, append=g[:, -1:])) + np.abs(np.diff(g, axis=0, append=g[-1:, :]))
+    texture = _box_rows(texture[:, :w].reshape(g.shape[0], w // segment, segment).mean(axis=2), smooth)
+    keep = texture <= np.quantile(texture, flat)
+    return float(np.mean(energy[keep]))
 
 
 def bead_energy(residual: ArrayLike, gt: ArrayLike, *, quantile: float = 0.98) -> float:
-    """Energy of **beads** along strong vertical edges: mean square of the residual's vertical
-    derivative at the pixels where the reference ``gt`` (same shape as ``residual``) has its
-    strongest mostly-vertical edges (horizontal gradient above its ``quantile`` and twice the
-    vertical one).  A beaded (dotted) edge varies along the edge, i.e. vertically; a clean one
+    """Energy of **beads** along strong vertical edges: mean square (the largest 2% trimmed) of
+    the residual's vertical derivative at the pixels where the reference ``gt`` (same shape as ``residual``) has its strongest mostly-vertical edges
+    (horizontal gradient above its ``quantile`` and twice the vertical one).  A beaded (dotted) edge varies along the edge, i.e. vertically; a clean one
     does not.  Compare with the input's value."""
     r = _as_f64(residual, "residual")
     g = _as_f64(gt, "gt")
@@ -260,5 +273,7 @@ def bead_energy(residual: ArrayLike, gt: ArrayLike, *, quantile: float = 0.98) -
     edges = (gx > np.quantile(gx, quantile)) & (gx > 2 * gy)
     if not edges.any():
         return 0.0
-    ry = np.diff(r, axis=0)[:, :-1]
-    return float(np.mean(ry[edges] ** 2))
+    ry2 = np.diff(r, axis=0)[:, :-1][edges] ** 2
+    # Trimmed: the largest 2% go (clipped highlights, whose residual is the clipping's; a few
+    # of them would otherwise decide the figure), beads are a pattern along many edge pixels.
+    return float(np.mean(np.sort(ry2)[: max(1, int(np.ceil(0.98 * ry2.size)))]))

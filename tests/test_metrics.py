@@ -173,3 +173,45 @@ def test_pixel4_scene001_input_baseline() -> None:
     assert s.registered.mae == pytest.approx(0.0210, abs=1e-4)
     assert s.raw.psnr == pytest.approx(28.433, abs=1e-3)
     assert s.raw.ssim == pytest.approx(0.8527, abs=1e-4)
+
+
+def test_streak_energy_sees_horizontal_streaks_in_flat_regions():
+    from edgedp.metrics import streak_energy
+
+    gen = np.random.default_rng(0)
+    h, w = 193, 257
+    noise = 0.01 * gen.standard_normal((h, w))
+    rows = np.arange(h)[:, None]
+    streaks = noise + 0.01 * np.sin(2 * np.pi * rows / 9.0) * np.ones((1, w))
+    clean = streak_energy(noise)
+    assert streak_energy(streaks) > 20 * clean
+    # Vertical streaks (coherent along columns) and a smooth brightness ramp across rows do not count.
+    vertical = noise + 0.01 * np.sin(2 * np.pi * np.arange(w)[None, :] / 9.0)
+    ramp = noise + 0.05 * rows / h
+    assert streak_energy(vertical) < 3 * clean and streak_energy(ramp) < 1.5 * clean
+    # With a reference, only the flat half of the frame counts: streaks confined to a textured half
+    # are not what the measure reports, streaks in the flat half are.
+    reference = np.zeros((h, w))
+    reference[:, : w // 2] = gen.random((h, w // 2))
+    in_texture = noise.copy()
+    in_texture[:, : w // 2] = streaks[:, : w // 2]
+    in_flat = noise.copy()
+    in_flat[:, w // 2 :] = streaks[:, w // 2 :]
+    assert streak_energy(in_flat, reference) > 10 * streak_energy(in_texture, reference)
+    with pytest.raises(ValueError):
+        streak_energy(noise[:, :10])
+
+
+def test_bead_energy_sees_dotted_vertical_edges():
+    from edgedp.metrics import bead_energy
+
+    h, w = 101, 121
+    gt = np.zeros((h, w))
+    gt[:, 60:] = 0.5  # one strong vertical edge
+    gt[0, 0] = 1.0  # a highlight far from it
+    clean = np.zeros((h, w))
+    beads = np.zeros((h, w))
+    beads[::6, 58:62] = 0.2  # dots along the edge
+    assert bead_energy(clean, gt) == 0.0
+    assert bead_energy(beads, gt) > 0.0
+    assert bead_energy(beads, np.zeros((h, w))) == 0.0  # no edges: nothing to measure

@@ -63,9 +63,9 @@ from edgedp.physics import blur_stack_fft, blur_stack_patchwise  # noqa: E402
 
 #: Regions (rows, cols of the crop) where the issue reported streaks, soft large blur and beads.
 CROPS = {
-    "001": {"top background": (0, 160, 0, 330), "book covers": (500, 660, 100, 430), "table": (848, 1008, 560, 890)},
+    "001": {"top background": (0, 160, 0, 330), "book covers": (500, 660, 100, 430), "table": (880, 1008, 0, 330)},
     "004": {"left background": (150, 400, 0, 330)},
-    "007": {"lettering": (130, 290, 0, 330)},
+    "007": {"lettering": (150, 300, 20, 260)},
     "010": {"lettering": (250, 450, 1000, 1330), "foliage": (0, 200, 0, 330)},
 }
 TILE = 96
@@ -105,7 +105,7 @@ def score(method: str, image: np.ndarray, gt: np.ndarray, reference: tuple[float
     # also do): the residual at its own best shift.
     r = registered_residual(image, gt, s.shift)
     g = gt[4 + 0 : gt.shape[0] - 4, 4 : gt.shape[1] - 4]
-    streaks, beads = streak_energy(r), bead_energy(r, g)
+    streaks, beads = streak_energy(r, g), bead_energy(r, g)
     if reference is not None:
         streaks, beads = streaks / reference[0], beads / reference[1]
     return Row(method, s.psnr, s.ssim, streaks, beads, local_psnr(image, gt))
@@ -150,7 +150,7 @@ def study_scene(scene: bp.Scene, data: Path, out: Path, stage3: bool, log) -> li
     s_in = evaluate(inp, gt).registered
     r_in = registered_residual(inp, gt, s_in.shift)
     g_int = gt[4:-4, 4:-4]
-    reference = (streak_energy(r_in), bead_energy(r_in, g_int))
+    reference = (streak_energy(r_in, g_int), bead_energy(r_in, g_int))
     rows.append(score("input", inp, gt, reference))
 
     t0 = time.perf_counter()
@@ -199,7 +199,7 @@ def study_scene(scene: bp.Scene, data: Path, out: Path, stage3: bool, log) -> li
             log(f"{scene.name}: {name} {time.perf_counter() - t0:.0f} s")
 
     for region, (y0, y1, x0, x1) in CROPS.get(scene.name, {}).items():
-        norm = float(np.percentile(gt[y0:y1, x0:x1], 99.5)) or 1.0
+        norm = 1.3 * float(np.percentile(gt[y0:y1, x0:x1], 90)) or 1.0  # bright highlights may clip
         tiles = [np.clip(img[y0:y1, x0:x1] / norm, 0, 1) ** (1 / 2.2) for img in (inp, composite, final, gt)]
         gap = np.ones((y1 - y0, 4))
         strip = np.concatenate([np.concatenate([t, gap], axis=1) for t in tiles], axis=1)[:, :-4]
