@@ -465,6 +465,36 @@ def instant_predict(
     return allinfocus, defocus, weights
 
 
+# --- memory ------------------------------------------------------------------------------------
+#: Estimated peak bytes of :func:`instant_predict` per pixel and layer: the alphas, weights,
+#: latent and error stacks (float32) and the deconvolution's per-layer temporaries.
+INSTANT_BYTES_PER_PIXEL_LAYER = 24.0
+#: Estimated peak bytes per pixel besides the layers: the views, the outputs, one layer's
+#: padded spectra (complex64) and ONNX Runtime's activations of gd.onnx at its input scale.
+INSTANT_BYTES_PER_PIXEL = 160.0
+#: Resident set of the runner before the frame (Python, numpy, onnxruntime).
+INSTANT_BASE_BYTES = 300 * 2**20
+
+
+def instant_bytes(height: int, width: int, layers: int) -> int:
+    """Estimated peak bytes of the instant path on a ``height x width`` frame of ``layers`` layers."""
+    return int(INSTANT_BASE_BYTES + height * width * (INSTANT_BYTES_PER_PIXEL_LAYER * layers + INSTANT_BYTES_PER_PIXEL))
+
+
+def check_budget(height: int, width: int, layers: int, budget) -> None:
+    """Refuse a frame whose instant path would not fit ``budget`` (a
+    :class:`edgedp_runtime.memory.MemoryBudget`) with one line naming the size and ``--max-memory``.
+    The instant path runs on the whole frame (it is not tiled: its G_D, Stage 1 and deconvolution
+    see the whole frame at once); a larger frame needs a crop or a larger budget."""
+    need = instant_bytes(height, width, layers)
+    if need > budget.bytes:
+        gib = 2**30
+        raise RunnerError(
+            f"a {height}x{width} frame with {layers} layers needs about {need / gib:.1f} GiB on the instant path, "
+            f"over the memory budget of {budget.gib:.1f} GiB ({budget.source}): raise --max-memory or --crop the frame"
+        )
+
+
 # --- export folder, G_D, the plain API ----------------------------------------------------------
 @dataclass(frozen=True)
 class InstantExport:

@@ -124,8 +124,8 @@ def memory_budget(gib: float | str | None, what: str = "--max-memory") -> Memory
     if not math.isfinite(value):
         raise ValueError(f"{what} {gib}: must be a finite number of GiB")
     if value < MIN_BUDGET_GIB:
-        raise ValueError(f"{what} {gib:g}: at least {MIN_BUDGET_GIB:g} GiB is needed")
+        raise ValueError(f"{what} {value:g}: at least {MIN_BUDGET_GIB:g} GiB is needed")
     total = total_memory()
     if total is not None and value * GIB > total:
-        raise ValueError(f"{what} {gib:g}: more than this machine's {total / GIB:.1f} GiB of memory")
+        raise ValueError(f"{what} {value:g}: more than this machine's {total / GIB:.1f} GiB of memory")
     return MemoryBudget(int(value * GIB), f"{what} {value:g}")
