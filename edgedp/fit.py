@@ -167,6 +167,21 @@ class FitResult:
     tiling: dict | None = None
 
 
+def fit_inputs(left: Tensor, right: Tensor, config: "FitConfig") -> tuple[Tensor, Tensor, Tensor]:
+    """The checked inputs of a fit: ``(left, right, views)``, the pair (C, H, W) as float32 on
+    ``config.device`` and the fit channel's views (2, H, W) [left, right]
+    (:func:`fit_channel`).  Raises InputError for shapes that differ or are not (C, H, W), and
+    for ``cuda`` without CUDA."""
+    if left.shape != right.shape or left.dim() != 3:
+        raise InputError(f"left {tuple(left.shape)} and right {tuple(right.shape)} must both be (C, H, W)")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but CUDA is not available")
+    left = left.to(device=device, dtype=torch.float32)
+    right = right.to(device=device, dtype=torch.float32)
+    return left, right, torch.stack([fit_channel(left, config.channel), fit_channel(right, config.channel)])
+
+
 def fit_scene(
     left: Tensor,
     right: Tensor,
@@ -184,16 +199,10 @@ def fit_scene(
         gd_init: G_D weights to start from (warm start); shapes must match.
         progress: optional callback ``(stage, step, total, loss)``.
     """
-    if left.shape != right.shape or left.dim() != 3:
-        raise InputError(f"left {tuple(left.shape)} and right {tuple(right.shape)} must both be (C, H, W)")
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda requested but CUDA is not available")
+    left, right, views = fit_inputs(left, right, config)  # views (2, H, W)
+    device = views.device
     report = progress or (lambda *args: None)
     stages: list[StageReport] = []
-    left = left.to(device=device, dtype=torch.float32)
-    right = right.to(device=device, dtype=torch.float32)
-    views = torch.stack([fit_channel(left, config.channel), fit_channel(right, config.channel)])  # (2, H, W)
 
     # Blur range from the DP disparity (physics, not a constant).
     t0 = time.perf_counter()

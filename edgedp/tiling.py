@@ -77,7 +77,7 @@ from .fit import (
     StageReport,
     alphas_from_weights,
     box_error,
-    fit_channel,
+    fit_inputs,
     fuse_with_likelihood,
     input_gradient_magnitude,
     layer_radii,
@@ -608,17 +608,11 @@ def fit_within_budget(
         The :class:`~edgedp.fit.FitResult`, its ``tiling`` the plan's report
         (:meth:`TilePlan.report`).
     """
-    if left.shape != right.shape or left.dim() != 3:
-        raise InputError(f"left {tuple(left.shape)} and right {tuple(right.shape)} must both be (C, H, W)")
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda requested but CUDA is not available")
     report = progress or (lambda *args: None)
     t0 = time.perf_counter()
+    left, right, views = fit_inputs(left, right, config)
+    device = views.device
     channels, h, w = (int(s) for s in left.shape)
-    left = left.to(device=device, dtype=torch.float32)
-    right = right.to(device=device, dtype=torch.float32)
-    views = torch.stack([fit_channel(left, config.channel), fit_channel(right, config.channel)])
     est = estimate_disparity(views[0], views[1])
     focus, radii = layer_radii(config, est.low, est.high, est.side)
     requested = config

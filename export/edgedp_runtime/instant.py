@@ -466,14 +466,16 @@ def instant_predict(
 
 
 # --- memory ------------------------------------------------------------------------------------
-#: Estimated peak bytes of :func:`instant_predict` per pixel and layer: the alphas, weights,
-#: latent and error stacks (float32) and the deconvolution's per-layer temporaries.
-INSTANT_BYTES_PER_PIXEL_LAYER = 24.0
-#: Estimated peak bytes per pixel besides the layers: the views, the outputs, one layer's
-#: padded spectra (complex64) and ONNX Runtime's activations of gd.onnx at its input scale.
-INSTANT_BYTES_PER_PIXEL = 160.0
+#: Estimated peak bytes of the instant path per pixel and layer (the alphas, weights, latent and
+#: error stacks in float32, the deconvolution's per-layer temporaries) and per pixel besides the
+#: layers (views, outputs, one layer's padded complex64 spectra, ONNX Runtime's activations of
+#: gd.onnx).  Measured (``edgedp-runtime instant``'s ``ru_maxrss``, 12 layers, G_D width 0.5,
+#: 2 threads): 0.79 GiB at 1008x1344 and 1.96 GiB at 1600x2400, i.e. 507 B/px + 160 MB; the
+#: estimate gives 0.87 and 2.11 GiB (the split between the two constants is not measured).
+INSTANT_BYTES_PER_PIXEL_LAYER = 28.0
+INSTANT_BYTES_PER_PIXEL = 200.0
 #: Resident set of the runner before the frame (Python, numpy, onnxruntime).
-INSTANT_BASE_BYTES = 300 * 2**20
+INSTANT_BASE_BYTES = 200 * 2**20
 
 
 def instant_bytes(height: int, width: int, layers: int) -> int:
