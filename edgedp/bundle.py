@@ -4,7 +4,7 @@
 compositing weights and kernels baked in, G_D export) reads it.  Two files:
 
 ``scene.npz`` (plain NumPy archive, uncompressed, readable with ``numpy.load(path,
-allow_pickle=False)`` on a device without PyTorch).  Keys:
+allow_pickle=False)`` on a device without PyTorch).  Keys (format version 2):
 
 =====================  =========================  ===================================================
 key                    shape / dtype              meaning
@@ -12,9 +12,9 @@ key                    shape / dtype              meaning
 ``format``             () unicode                 ``"edgedp-scene"``
 ``format_version``     () int32                   :data:`FORMAT_VERSION`
 ``bundle_id``          () unicode                 random hex id, equal to ``scene.json``'s (pairing check)
-``latent``             (C, L, H, W) float32       latent map: per-layer sharp image ``x_i``, per channel
-``weights``            (L, H, W) float32          compositing weights ``d_i`` (sum to 1 over layers)
-``alphas``             (L, H, W) float32          MPI alphas, ``weights = over_weights(alphas)``, ``alphas[0] = 1``
+``latent``             (C, L, H, W) float16       latent map: per-layer sharp image ``x_i``, per channel
+``weights``            (L, H, W) float16          compositing weights ``d_i`` (sum to 1 over layers up to the
+                                                  float16 rounding; :func:`load_bundle` renormalizes them)
 ``radii``              (L,) float32               signed blur radius of each layer (px), increasing
 ``kernels``            (2, L, K, K) float32       parametric kernels, ``[left, right]`` x layers
 ``patch_kernels``      (Pr, Pc, 2, L, K, K) f32   stage 3 kernels per cell of a Pr x Pc grid (absent
@@ -27,13 +27,31 @@ key                    shape / dtype              meaning
 
 ``scene.json`` (UTF-8): ``format``, ``format_version``, ``bundle_id``, ``created`` (ISO 8601,
 UTC), ``versions`` (edgedp, torch, numpy, python), ``shapes`` (channels, layers, height, width,
-kernel_size, patches or null), ``arrays`` (name -> shape and dtype of every npz entry but the
-``gd/`` ones), ``gd`` (``config``: how to rebuild G_D with :func:`edgedp.networks.build_gd`,
+kernel_size, patches or null), ``arrays`` (name -> shape and stored dtype of every npz entry but
+the ``gd/`` ones), ``derived`` (name -> how an array that is not stored follows from the others),
+``gd`` (``config``: how to rebuild G_D with :func:`edgedp.networks.build_gd`,
 ``params``: name -> shape, in state-dict order), ``conventions`` (the text of :data:`CONVENTIONS`),
 ``focus`` (``front`` or ``both``: what the fit used), ``config`` (the FitConfig as a dict, data-
 derived fields filled in; :func:`fit_config_from_dict` rebuilds it), ``stages`` (per-stage name,
 seconds, iterations, final loss, thinned loss curve), ``disparity`` (the DP disparity summary the
 fit used) and ``input`` (paths, black/white level, flat field, crop, ...; empty when unknown).
+
+The MPI alphas are not stored: they follow from the weights, ``alphas[i] = weights[i] /
+sum_{j <= i} weights[j]`` (``alphas[0] = 1``; :func:`edgedp.fit.alphas_from_weights`), and
+:func:`load_bundle` derives them.
+
+Why float16 and full resolution (format version 2; measured, README "Large images"): a bundle is
+``(C + 1) L`` planes of the frame, 7.9 GB for a 15 MP RGB capture in version 1 (float32, with the
+alphas).  The latent map and the weights are stored in float16 (10-bit mantissa, relative rounding
+at most 2^-11): the re-render of a bundle read back differs from the float32 one by at most
+2.4e-4 (views) and 4e-4 (all-in-focus) of values up to ~1, a quarter of the export's verification
+tolerance (``1e-4 + 1e-3 max |ref|``); the weights' rounding moves the defocus map by < 1e-3 px,
+which is why ``defocus`` stays float32 (it is what the fit computed).  The weights stay at full
+resolution: G_D's own weights are smooth at their grid (8 * gd_scale px), but the bundle's are
+fused with the full-resolution likelihood, and re-rendering with G_D's grid weights instead was
+4.4 dB worse (re-render PSNR against the input views) on a synthetic scene.
+
+Version 1 bundles (float32 latent and weights, and an ``alphas`` entry) are read as they are.
 
 Re-rendering the captured DP pair from a bundle (views ``v = 0`` left, ``1`` right)::
 
@@ -44,7 +62,9 @@ with true convolution, kernels centred at ``(K//2, K//2)``, replicated borders, 
 bilinear tent weights of :func:`edgedp.physics.patch_blend_weights`.  The all-in-focus image is
 ``sum_i weights[i] * latent[:, i]``.
 
-Writes are atomic per file (``scene.npz`` first, ``scene.json`` last) and refuse to replace
+``scene.npz`` is written member by member from pieces of at most 16 MiB (no copy of the archive
+in memory; a tiled fit's on-disk arrays, :class:`edgedp.diskarray.DiskArray`, stream straight
+into it).  Writes are atomic per file (``scene.npz`` first, ``scene.json`` last) and refuse to replace
 existing files unless ``overwrite=True``; a reader checks that both files carry the same
 ``bundle_id``, so a half-replaced bundle is reported, not silently mixed.
 """
@@ -69,8 +89,9 @@ from torch import Tensor
 from . import __version__
 from .errors import InputError, OutputError
 from .deconvolution import DeconvolutionConfig
-from .fit import FitConfig, FitResult, StageReport
-from .io import _atomic_write, json_ready, write_json
+from .fit import FitConfig, FitResult, StageReport, alphas_from_weights
+from .diskarray import DiskArray
+from .io import atomic_writer, json_ready, write_json
 from .kernels import ButterworthParams
 
 __all__ = [
@@ -79,6 +100,7 @@ __all__ = [
     "FORMAT_VERSION",
     "JSON_NAME",
     "NPZ_NAME",
+    "READABLE_VERSIONS",
     "SceneBundle",
     "fit_config_from_dict",
     "load_bundle",
@@ -88,7 +110,13 @@ __all__ = [
 
 FORMAT_NAME = "edgedp-scene"
 #: Bumped on any incompatible change of keys, shapes or meaning; readers refuse other versions.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The versions :func:`load_bundle` reads (1: float32 latent / weights and stored alphas).
+READABLE_VERSIONS = (1, 2)
+#: Arrays stored in float16 (module docstring: why and what it costs).
+FLOAT16_ARRAYS = ("latent", "weights")
+#: Bytes per piece when an array is streamed into ``scene.npz``.
+WRITE_CHUNK_BYTES = 16 * 2**20
 NPZ_NAME = "scene.npz"
 JSON_NAME = "scene.json"
 GD_PREFIX = "gd/"
@@ -118,7 +146,10 @@ CONVENTIONS: dict[str, str] = {
         "(Pr, Pc, 2, L, K, K): one kernel stack per cell of a Pr x Pc grid (row-major from the top left), "
         "blended as sum_p w_p * (x conv k_p) with the bilinear tents of edgedp.physics.patch_blend_weights"
     ),
-    "values": "images linear, on the normalized input's scale (~[0, 1], unclipped); arrays float32",
+    "values": (
+        "images linear, on the normalized input's scale (~[0, 1], unclipped); latent and weights float16, the "
+        "other arrays float32; alphas[i] = weights[i] / sum_{j <= i} weights[j] (not stored)"
+    ),
     "channels": "C = 1 (gray/raw) or 3 (RGB); the fitted weights and kernels are shared by every channel",
 }
 
@@ -235,7 +266,8 @@ def save_bundle(
     """Write ``result`` as a scene bundle into ``folder`` (created if needed); returns ``folder``.
 
     Args:
-        result: a :class:`~edgedp.fit.FitResult` (tensors on any device; stored as float32).
+        result: a :class:`~edgedp.fit.FitResult` (tensors on any device, numpy arrays, or a tiled
+            fit's :class:`~edgedp.diskarray.DiskArray`; stored as the module docstring says).
         folder: the bundle folder (``OUTDIR/scene`` for ``edgedp fit``).
         input_info: what was read (paths, levels, flat field, crop, ...), stored as ``input``.
         overwrite: replace an existing ``scene.npz`` / ``scene.json``.
@@ -256,33 +288,33 @@ def save_bundle(
     except OSError as err:
         raise OutputError(f"cannot create bundle folder {folder} ({err.strerror or err})") from None
 
-    arrays: dict[str, np.ndarray] = {
-        "latent": _array(result.latent, "latent"),
-        "weights": _array(result.weights, "weights"),
-        "alphas": _array(result.alphas, "alphas"),
-        "radii": _array(result.radii, "radii"),
-        "kernels": _array(result.kernels, "kernels"),
-        "defocus": _array(result.defocus, "defocus"),
-        "allinfocus": _array(result.allinfocus, "allinfocus"),
+    sources: dict[str, Any] = {
+        "latent": result.latent,
+        "weights": result.weights,
+        "radii": result.radii,
+        "kernels": result.kernels,
+        "defocus": result.defocus,
+        "allinfocus": result.allinfocus,
     }
     if result.patch_kernels is not None:
-        arrays["patch_kernels"] = _array(result.patch_kernels, "patch_kernels")
-    shapes = _check_shapes(arrays, "FitResult", ValueError)
+        sources["patch_kernels"] = result.patch_kernels
+    for name, value in sources.items():
+        if not isinstance(value, (Tensor, np.ndarray, DiskArray)):
+            raise ValueError(f"FitResult.{name} is a {type(value).__name__}, not an array")
+    dtypes = {name: np.dtype(np.float16 if name in FLOAT16_ARRAYS else np.float32) for name in sources}
+    shapes = _check_shapes(sources, "FitResult", ValueError)
     gd = {name: _array(value, f"gd_state[{name}]") for name, value in result.gd_state.items()}
 
     bundle_id = uuid.uuid4().hex
-    entries: dict[str, np.ndarray] = {
-        "format": np.array(FORMAT_NAME),
-        "format_version": np.array(FORMAT_VERSION, dtype=np.int32),
-        "bundle_id": np.array(bundle_id),
-        **arrays,
-        **{GD_PREFIX + name: value for name, value in gd.items()},
+    entries: dict[str, tuple[Any, np.dtype]] = {
+        "format": (np.array(FORMAT_NAME), None),
+        "format_version": (np.array(FORMAT_VERSION, dtype=np.int32), None),
+        "bundle_id": (np.array(bundle_id), None),
+        **{name: (value, dtypes[name]) for name, value in sources.items()},
+        **{GD_PREFIX + name: (value, None) for name, value in gd.items()},
     }
-    buffer = _io.BytesIO()
-    np.savez(buffer, **entries)
-    # getbuffer(): no copy of a possibly several hundred MB archive.
-    _atomic_write(npz_path, buffer.getbuffer(), overwrite)
-    del buffer
+    with atomic_writer(npz_path, overwrite=overwrite) as handle:
+        _write_npz(handle, entries)
 
     meta = {
         "format": FORMAT_NAME,
@@ -291,7 +323,8 @@ def save_bundle(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "shapes": shapes,
-        "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()},
+        "arrays": {name: {"shape": [int(n) for n in a.shape], "dtype": str(dtypes[name])} for name, a in sources.items()},
+        "derived": {"alphas": "alphas[0] = 1, alphas[i] = weights[i] / sum_{j <= i} weights[j] (edgedp.fit.alphas_from_weights)"},
         "gd": {
             "config": json_ready(result.gd_config),
             "params": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in gd.items()},
@@ -305,6 +338,44 @@ def save_bundle(
     }
     write_json(json_path, meta, overwrite=overwrite)
     return folder
+
+
+def _write_npz(handle, entries: dict[str, tuple[Any, np.dtype | None]]) -> None:
+    """A ``numpy.savez``-compatible archive (stored, not compressed; zip64 where a member needs it)
+    into ``handle``, each member ``<name>.npy`` written from pieces of at most
+    :data:`WRITE_CHUNK_BYTES` (converted to its ``dtype`` piece by piece; None: as it is)."""
+    with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, (value, dtype) in entries.items():
+            if dtype is None:
+                value, dtype = np.asarray(value), np.asarray(value).dtype
+            shape = tuple(int(n) for n in value.shape)
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+            with archive.open(name + ".npy", "w", force_zip64=nbytes > 2**31 - 2**20) as member:
+                np.lib.format.write_array_header_1_0(member, header)
+                for piece in _pieces(value, dtype):
+                    member.write(np.ascontiguousarray(piece, dtype=dtype).data)
+
+
+def _pieces(value: Any, dtype: np.dtype):
+    """``value`` (Tensor, ndarray or DiskArray) in C order as pieces of at most
+    :data:`WRITE_CHUNK_BYTES` (of ``dtype``)."""
+    if isinstance(value, DiskArray):
+        yield from value.chunks(WRITE_CHUNK_BYTES // max(1, value.dtype.itemsize) * value.dtype.itemsize)
+        return
+    if isinstance(value, Tensor):
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()
+        value = value.numpy()
+    value = np.asarray(value)
+    if value.ndim < 2:
+        yield value
+        return
+    rows = value.reshape(-1, value.shape[-1])
+    step = max(1, WRITE_CHUNK_BYTES // max(1, value.shape[-1] * max(dtype.itemsize, value.dtype.itemsize)))
+    for r0 in range(0, rows.shape[0], step):
+        yield rows[r0 : r0 + step]
 
 
 def versions() -> dict[str, str]:
@@ -326,6 +397,8 @@ def _check_shapes(arrays: dict[str, np.ndarray], where: Any, error: type[Excepti
     for name, ndim in (("latent", 4), ("weights", 3), ("alphas", 3), ("radii", 1), ("kernels", 4),
                        ("defocus", 2), ("allinfocus", 3)):
         if name not in arrays:
+            if name == "alphas":  # format version 2 derives them from the weights
+                continue
             raise fail(f"array '{name}' is missing")
         if arrays[name].ndim != ndim:
             raise fail(f"'{name}' has shape {tuple(arrays[name].shape)}, expected {ndim} dimensions")
@@ -347,6 +420,8 @@ def _check_shapes(arrays: dict[str, np.ndarray], where: Any, error: type[Excepti
         patches = [int(pk.shape[0]), int(pk.shape[1])]
         expected["patch_kernels"] = (pk.shape[0], pk.shape[1], 2, layers, k, k)
     for name, shape in expected.items():
+        if name not in arrays:
+            continue
         if tuple(arrays[name].shape) != shape:
             raise fail(f"'{name}' has shape {tuple(arrays[name].shape)}, expected {shape} (from latent {(c, layers, h, w)}, K={k})")
     if k % 2 == 0:
@@ -376,11 +451,11 @@ def _read_meta(json_path: Path) -> dict:
 
 
 def _check_version(version: Any, path: Path) -> None:
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise _corrupt(
             path,
-            f"format version {version}, this edgedp {__version__} reads version {FORMAT_VERSION} "
-            "(re-run the fit or use a matching edgedp)",
+            f"format version {version}, this edgedp {__version__} reads versions "
+            f"{', '.join(str(v) for v in READABLE_VERSIONS)} (re-run the fit or use a matching edgedp)",
         )
 
 
@@ -409,11 +484,12 @@ def load_bundle(folder: Path | str) -> SceneBundle:
         folder: the bundle folder, or its ``scene.npz`` / ``scene.json``.
 
     Returns:
-        :class:`SceneBundle` (float32 CPU tensors, ``gd_state``, the ``scene.json`` dict).
+        :class:`SceneBundle` (float32 CPU tensors, ``gd_state``, the ``scene.json`` dict);
+        version 2's float16 weights renormalized to sum to 1, its alphas derived from them.
 
     Raises:
-        InputError: one line naming the file: a missing or corrupt file, a format version other
-            than :data:`FORMAT_VERSION`, files from two different saves, inconsistent shapes.
+        InputError: one line naming the file: a missing or corrupt file, a format version not in
+            :data:`READABLE_VERSIONS`, files from two different saves, inconsistent shapes.
     """
     folder, npz_path, json_path = _bundle_paths(folder)
     if not folder.is_dir():
@@ -444,6 +520,14 @@ def load_bundle(folder: Path | str) -> SceneBundle:
     for name, a in arrays.items():
         if not np.isfinite(a).all():
             raise _corrupt(npz_path, f"'{name}' contains NaN or infinite values")
+    if meta.get("format_version", 1) >= 2:
+        # float16 weights sum to 1 only to ~1e-3: make them a partition of unity again
+        total = arrays["weights"].sum(axis=0, keepdims=True, dtype=np.float32)
+        if not (total > 0).all():
+            raise _corrupt(npz_path, "'weights' do not sum to a positive value at every pixel")
+        arrays["weights"] = arrays["weights"] / total
+    if "alphas" not in arrays:
+        arrays["alphas"] = alphas_from_weights(torch.from_numpy(np.ascontiguousarray(arrays["weights"]))).numpy()
     # Keep the state dict in the order scene.json lists it (np.savez keeps it too; belt and braces).
     order = list(meta.get("gd", {}).get("params", {}))
     if set(order) == set(gd):

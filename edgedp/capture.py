@@ -52,6 +52,9 @@ class CaptureOptions:
         black_level, white_level, flat_field, crop: input options (``flat_field`` two paths).
         transfer: ``linear``, ``srgb`` or ``auto`` (None: the camera preset's, else ``auto``).
         camera: a :mod:`edgedp.cameras` preset name filling the input options not given.
+        max_memory: the memory budget in GiB (``--max-memory``); None: what the machine has free,
+            capped (:func:`edgedp_runtime.memory.default_budget`).  A frame whose whole-frame fit
+            would not fit is fitted tile by tile (:func:`edgedp.tiling.fit_within_budget`).
         overwrite: replace existing outputs.
     """
 
@@ -74,6 +77,7 @@ class CaptureOptions:
     crop: str | None = None
     transfer: str | None = None
     camera: str | None = None
+    max_memory: float | None = None
     overwrite: bool = False
 
     def settings(self) -> dict[str, Any]:
@@ -163,6 +167,17 @@ def _warm_start_message(err: InputError, path: Path) -> InputError:
     return err
 
 
+def capture_budget(options: CaptureOptions):
+    """The :class:`edgedp_runtime.memory.MemoryBudget` of ``options.max_memory`` (None: the
+    default); a bad value is a one-line InputError naming ``--max-memory``."""
+    from edgedp_runtime.memory import memory_budget
+
+    try:
+        return memory_budget(options.max_memory)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
 def capture_config(options: CaptureOptions):
     """``(FitConfig, device_profile or None, ReadOptions)`` for ``options`` without reading any
     image: validates every option (a one-line InputError naming the flag), so ``edgedp batch``
@@ -185,6 +200,8 @@ def capture_config(options: CaptureOptions):
         seed=options.seed,
     )
     check_device(config.device)
+    if options.max_memory is not None:
+        capture_budget(options)
     if options.transfer is not None:
         check_transfer(options.transfer)
     chosen = apply_camera(options.camera, black_level=options.black_level, white_level=options.white_level,
@@ -265,6 +282,7 @@ def fit_capture(
 
     from . import fit as fit_module
     from .bundle import read_gd_state, save_bundle, versions
+    from .tiling import TilingConfig, fit_within_budget
     from .cli import MIN_FIT_SIZE, parse_channel
     from .io import json_ready, prepare_output_dir, read_dp_pair, write_json, write_npy, write_png8, write_png16
     from .visualize import defocus_figure, preview_image
@@ -273,6 +291,7 @@ def fit_capture(
     left, right, out = Path(left), Path(right), Path(out)
     overwrite = options.overwrite
     config, device_profile, read = capture_config(options)
+    budget = capture_budget(options)
     flat_field = read.flat_field
 
     # Outputs first: refuse before the (long) fit, not after it.
@@ -322,8 +341,16 @@ def fit_capture(
     read_seconds = time.perf_counter() - started
 
     t_fit = time.perf_counter()
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        notes.append(message)
+        if warn is not None:
+            warn(message)
+
     try:
-        result = fit_module.fit_scene(pair.left, pair.right, config, gd_init=gd_init, progress=progress)
+        result = fit_within_budget(pair.left, pair.right, config, TilingConfig(), budget=budget, gd_init=gd_init,
+                                   progress=progress, warn=note)
     except InputError as err:
         raise (_warm_start_message(err, options.warm_start) if options.warm_start is not None else err) from None
     fit_seconds = time.perf_counter() - t_fit
@@ -369,6 +396,7 @@ def fit_capture(
             "channel": options.channel,
             "transfer": options.transfer,
             "camera": options.camera,
+            "max_memory": options.max_memory,
             "overwrite": overwrite,
             "torch_threads": torch.get_num_threads(),
         },
@@ -381,11 +409,13 @@ def fit_capture(
         "seconds": {"read": read_seconds, "fit": fit_seconds, "write": write_seconds, "total": total_seconds},
         "peak_rss_bytes": peak,
         "peak_rss_mib": peak / 2**20,
+        "memory": result.tiling,
         "input": info,
         "outputs": {name: name + ("/" if name == "scene" else "") for name in FIT_OUTPUTS},
     }
     write_json(targets["report.json"], report, overwrite=overwrite)
-    return CaptureFit(report=json_ready(report), result=result, requested=config, warnings=list(pair.info.warnings))
+    return CaptureFit(report=json_ready(report), result=result, requested=config,
+                      warnings=list(pair.info.warnings) + notes)
 
 
 def outputs_complete(folder: Path | str, left: Path | str | None = None, right: Path | str | None = None) -> bool:

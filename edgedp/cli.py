@@ -579,6 +579,20 @@ def _short(value: float | None) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
+def memory_line(memory: dict | None) -> str:
+    """``budget 6.00 GiB (--max-memory 6); tiled: 12 tiles (3x4), cores 1024 px, margin 152 px``
+    from report.json's ``memory`` (:meth:`edgedp.tiling.TilePlan.report`)."""
+    if not memory:
+        return "-"
+    budget = memory.get("budget", {})
+    head = f"budget {budget.get('gib', float('nan')):.2f} GiB ({budget.get('source', '?')}); "
+    if not memory.get("tiled"):
+        return head + f"whole frame (estimated {memory.get('estimate_whole_frame_gib', float('nan')):.2f} GiB)"
+    rows, cols = memory.get("grid", [0, 0])
+    return head + (f"tiled: {memory.get('tiles')} tiles ({rows}x{cols}), cores {memory.get('core_px')} px, margin "
+                   f"{memory.get('margin_px')} px, G_D scale {memory.get('gd_scale')}, outputs in {memory.get('store')}")
+
+
 def stage_line(index: int, stage) -> str:
     """``stage 2  defocus map   300 it   41.2 s   loss 1.23e-4`` for a StageReport."""
     name = str(stage.name)
@@ -626,6 +640,31 @@ ChannelOpt = Annotated[
         "The fit runs on the luminance by default; the fitted defocus map and kernels are then applied to every channel."
     ),
 ]
+MaxMemoryOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--max-memory",
+        help="Memory budget in GiB, e.g. 6 (default: 60% of the memory the machine has free, at most 16 GiB). "
+        "A frame too large for it is fitted tile by tile (G_D still sees the whole frame); report.json says how.",
+        show_default=False,
+    ),
+]
+
+
+def parse_max_memory(text: str | float | None) -> float | None:
+    """``--max-memory`` -> GiB (None: the default budget); InputError (one line) for a value
+    that is not a number, not finite, below the minimum or above the machine's memory."""
+    if text is None:
+        return None
+    from edgedp_runtime.memory import memory_budget
+
+    try:
+        memory_budget(text)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    return float(text)
+
+
 ProfileOpt = Annotated[
     Optional[Path],
     typer.Option(
@@ -656,6 +695,7 @@ def _fit_options(
     warm_start: WarmStartOpt = None,
     channel: ChannelOpt = "luminance",
     profile: ProfileOpt = None,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """The options of one fit, declared once: :func:`with_fit_options` gives them to `edgedp fit`
     and `edgedp batch` (each field of :class:`edgedp.capture.CaptureOptions` but ``overwrite``)."""
@@ -680,6 +720,7 @@ def with_fit_options(command: F) -> F:
         values = {k: (v.value if isinstance(v, Enum) else v) for k, v in values.items()}
         if values["flat_field"] is not None and any(p is None for p in values["flat_field"]):
             values["flat_field"] = None
+        values["max_memory"] = parse_max_memory(values["max_memory"])
         return command(**kwargs, options=CaptureOptions(**values))
 
     wrapper.__signature__ = inspect.Signature(own[:at] + shared + own[at:])  # type: ignore[attr-defined]
@@ -740,6 +781,7 @@ def fit(
         f"layers   {radii.numel()}, blur radius {float(radii.min()):+.1f} .. {float(radii.max()):+.1f} px, "
         f"kernels {result.kernels.shape[-1]}x{result.kernels.shape[-1]}"
     )
+    typer.echo(f"memory   {memory_line(report.get('memory'))}")
     typer.echo(
         f"wrote    {out}: {', '.join(n + ('/' if n == 'scene' else '') for n in FIT_OUTPUTS)} "
         f"({report['seconds']['total']:.1f} s, peak RSS {report['peak_rss_bytes'] / 2**30:.2f} GiB)"
@@ -775,6 +817,7 @@ def tune(
         typer.Option(help="Also search the Butterworth kernel shape and radius per disparity (off by default: on real "
                           "captures it is not identifiable from DP pairs alone, see README).")
     ] = False,
+    max_memory: MaxMemoryOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing profile.")] = False,
 ) -> None:
     """Tune a device profile from several DP captures of one phone (no calibration target).
@@ -808,6 +851,9 @@ def tune(
         raise OutputError(f"cannot write the profile {out}: folder {folder} does not exist or is not writable")
     if rounds < 1:
         raise InputError(f"--rounds {rounds}: must be >= 1")
+    from edgedp_runtime.memory import memory_budget
+
+    budget = memory_budget(parse_max_memory(max_memory))
     config = fit_config_from_options(preset.value, iterations=iterations, focus=focus.value if focus is not None else None)
     config = dataclasses.replace(config, stage3_iterations=0)
     options = camera_read_options(camera, black_level, white_level, flat_field, crop, transfer, min_size=MIN_FIT_SIZE)
@@ -820,9 +866,10 @@ def tune(
         messages.extend(pair.info.warnings)
         data.append((pair.left, pair.right))
     echo_warnings(messages)  # a condition shared by several captures (8-bit input) once
+    memory: dict = {}
     with FitProgress() as progress:
         profile, scores = tune_device(data, config, device_name=name, paths=[f"{l},{r}" for l, r in pairs],
-                                      search=search, rounds=rounds, progress=progress)
+                                      search=search, rounds=rounds, progress=progress, budget=budget, plan_report=memory)
     profile = dataclasses.replace(
         profile,
         black_level=options.black_level,
@@ -848,6 +895,7 @@ def tune(
         typer.echo(f"gain     right view x {float(g.min()):.3f} .. {float(g.max()):.3f} over the frame "
                    f"(centre {profile.asymmetry:.3f}; measured after the flat field given, if any)")
     typer.echo(f"layers   {profile.layers} ({profile.focus}), radius {min(profile.radii):+.1f} .. {max(profile.radii):+.1f} px")
+    typer.echo(f"memory   {memory_line(memory)}")
     typer.echo(f"wrote    {out}")
 
 

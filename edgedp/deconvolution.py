@@ -37,7 +37,7 @@ replicated border of Stage 1's padding).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -48,6 +48,7 @@ __all__ = [
     "default_tv_weight",
     "deconvolve_layers",
     "shrink_gradient",
+    "used_layers",
 ]
 
 
@@ -127,6 +128,12 @@ def default_tv_weight(views: Tensor, reg: float) -> float:
     return 2.0 * float(reg) * s2 / max(b, 1e-12)
 
 
+def used_layers(weights: Tensor, config: DeconvolutionConfig = DeconvolutionConfig()) -> list[int]:
+    """The layers the deconvolution solves again: those whose weight (L, H, W) reaches
+    ``config.min_layer_weight`` somewhere (the others keep their Stage 1 solution)."""
+    return [i for i in range(weights.shape[0]) if float(weights[i].max()) >= config.min_layer_weight]
+
+
 class LayerSolver(Protocol):
     """What :func:`deconvolve_layers` needs of Stage 1: :class:`edgedp.latent.LatentSolver` or
     :class:`edgedp.kernel_fit.PatchLatentSolver`."""
@@ -143,6 +150,7 @@ def deconvolve_layers(
     config: DeconvolutionConfig = DeconvolutionConfig(),
     *,
     progress: Callable[[int, int], None] | None = None,
+    layers: Sequence[int] | None = None,
 ) -> Tensor:
     """TV deconvolution of the composite (module docstring), warm-started at ``sum_i d_i x_i``.
 
@@ -153,6 +161,8 @@ def deconvolve_layers(
         reg: Stage 1's ``lam``; the splitting weight starts at ``config.beta_start * reg``.
         tv_weight: weight of the TV (0: returns ``latent`` unchanged).
         progress: optional ``progress(step, total)``.
+        layers: the layers that take part (:func:`used_layers`); None: ``used_layers(weights,
+            config)``.  A tile of a frame passes the frame's (:mod:`edgedp.tiling`).
 
     Returns:
         (L, H, W) latent map whose composite ``sum_i d_i x_i`` is the deconvolved image: the layers
@@ -162,7 +172,7 @@ def deconvolve_layers(
         raise ValueError(f"latent {tuple(latent.shape)} and weights {tuple(weights.shape)} must both be (L, H, W)")
     if config.iterations == 0 or tv_weight <= 0:
         return latent
-    used = [i for i in range(latent.shape[0]) if float(weights[i].max()) >= config.min_layer_weight]
+    used = used_layers(weights, config) if layers is None else [int(i) for i in layers]
     latent = latent.clone()
     x = (latent * weights).sum(0)
     beta = config.beta_start * float(reg)

@@ -193,7 +193,9 @@ def gd_engine_profile(side: dict) -> dict | None:
 
 def _targets(source: ExportSource, fmt: ExportFormat) -> list[str]:
     graphs = [schema.GRAPHS[g] for g in source.graphs]
-    names = [g.file for g in graphs] + list(source.files) + [schema.SIDECAR_NAME]
+    # a graph's external data file (past schema.EXTERNAL_DATA_THRESHOLD) is one of its files
+    names = [g.file for g in graphs] + [schema.external_data_file(g.file) for g in graphs] + list(source.files)
+    names += [schema.SIDECAR_NAME]
     if fmt.engines:
         names += [g.engine_file for g in graphs]
     return names

@@ -31,6 +31,10 @@ from .physics import blur_stack_fft, over_weights
 LUMINANCE = (0.2126, 0.7152, 0.0722)
 """Rec. 709 weights of linear RGB: the channel an RGB fit runs on."""
 
+STAGE2_BLOCK = 4
+"""Pixels per side of the blocks over which stage 2 takes the compositing weights as constant
+(the default of :attr:`FitConfig.stage2_block`)."""
+
 ProgressCallback = Callable[[str, int, int, Optional[float]], None]
 """``progress(stage, step, total, loss)``: called as a stage advances (step 1..total)."""
 
@@ -55,6 +59,10 @@ class FitConfig:
         latent_reg: weight of the gradient prior of stage 1; ``None``: from the noise level.
         gd_scale: G_D sees the DP pair down-scaled by this factor (its output is 1/8 of its
             input, bilinearly up-sampled to full resolution).
+        stage2_block: px per side of the blocks over which stage 2 takes G_D's weights as
+            constant (:func:`fit_defocus_map`); a divisor of ``8 * gd_scale``.  A tiled fit of a
+            frame too large for the memory budget raises it with ``gd_scale``
+            (:mod:`edgedp.tiling`).
         gd_width: channel multiplier of G_D (1.0 = the thesis' Fig. 3.4 widths).
         stage2_iterations, stage3_iterations: optimizer steps (stage 3 off when 0).
         lr: Adam learning rate of stage 2.
@@ -88,6 +96,7 @@ class FitConfig:
     radius_scale: float = 1.0
     latent_reg: float | None = None
     gd_scale: int = 2
+    stage2_block: int = STAGE2_BLOCK
     gd_width: float = 0.5
     stage2_iterations: int = 300
     stage3_iterations: int = 0
@@ -135,6 +144,10 @@ class FitResult:
         config: the FitConfig used (with data-derived fields filled in).
         stages: per-stage reports.
         disparity: the DP disparity estimate summary (low, median, high, side).
+        tiling: how :func:`edgedp.tiling.fit_within_budget` ran the fit (budget, tiles, margin,
+            G_D scale; None for a plain :func:`fit_scene`).  A tiled fit too large for its
+            budget keeps ``latent``, ``weights`` and ``alphas`` on disk, as float16
+            :class:`edgedp.tiling.DiskArray` (``numpy.asarray`` reads one).
     """
 
     allinfocus: Tensor
@@ -151,6 +164,22 @@ class FitResult:
     config: FitConfig
     stages: list[StageReport]
     disparity: dict
+    tiling: dict | None = None
+
+
+def fit_inputs(left: Tensor, right: Tensor, config: "FitConfig") -> tuple[Tensor, Tensor, Tensor]:
+    """The checked inputs of a fit: ``(left, right, views)``, the pair (C, H, W) as float32 on
+    ``config.device`` and the fit channel's views (2, H, W) [left, right]
+    (:func:`fit_channel`).  Raises InputError for shapes that differ or are not (C, H, W), and
+    for ``cuda`` without CUDA."""
+    if left.shape != right.shape or left.dim() != 3:
+        raise InputError(f"left {tuple(left.shape)} and right {tuple(right.shape)} must both be (C, H, W)")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but CUDA is not available")
+    left = left.to(device=device, dtype=torch.float32)
+    right = right.to(device=device, dtype=torch.float32)
+    return left, right, torch.stack([fit_channel(left, config.channel), fit_channel(right, config.channel)])
 
 
 def fit_scene(
@@ -170,16 +199,10 @@ def fit_scene(
         gd_init: G_D weights to start from (warm start); shapes must match.
         progress: optional callback ``(stage, step, total, loss)``.
     """
-    if left.shape != right.shape or left.dim() != 3:
-        raise InputError(f"left {tuple(left.shape)} and right {tuple(right.shape)} must both be (C, H, W)")
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda requested but CUDA is not available")
+    left, right, views = fit_inputs(left, right, config)  # views (2, H, W)
+    device = views.device
     report = progress or (lambda *args: None)
     stages: list[StageReport] = []
-    left = left.to(device=device, dtype=torch.float32)
-    right = right.to(device=device, dtype=torch.float32)
-    views = torch.stack([fit_channel(left, config.channel), fit_channel(right, config.channel)])  # (2, H, W)
 
     # Blur range from the DP disparity (physics, not a constant).
     t0 = time.perf_counter()
@@ -201,7 +224,7 @@ def fit_scene(
     # Stage 2: G_D.
     t0 = time.perf_counter()
     net, alphas, weights, losses = fit_defocus_map(views, latent, kernels, radii, config, gd_init=gd_init, progress=report)
-    stages.append(StageReport("stage 2 defocus map", time.perf_counter() - t0, config.stage2_iterations, losses[-1] if losses else None, _thin(losses)))
+    stages.append(StageReport("stage 2 defocus map", time.perf_counter() - t0, config.stage2_iterations, losses[-1] if losses else None, thin_curve(losses)))
 
     patch_kernels = None
     if config.stage3_iterations > 0:
@@ -209,7 +232,7 @@ def fit_scene(
 
         t0 = time.perf_counter()
         patch_kernels, latent, losses = fit_patch_kernels(views, latent, weights, kernels, radii, config, progress=report)
-        stages.append(StageReport("stage 3 kernels", time.perf_counter() - t0, config.stage3_iterations, losses[-1] if losses else None, _thin(losses)))
+        stages.append(StageReport("stage 3 kernels", time.perf_counter() - t0, config.stage3_iterations, losses[-1] if losses else None, thin_curve(losses)))
 
     # Every channel: its own latent map with the fitted kernels, then the final TV deconvolution
     # of its composite with the fitted weights (edgedp.deconvolution).
@@ -333,23 +356,56 @@ def fit_defocus_map(
     block-constant weights).  An iteration then costs the CNN plus O(L^2) per block instead of
     several passes over (L, H, W) tensors (measured at 1008x1344, 18 layers: 3.5 s -> 0.64 s).
 
+    The steps are :func:`stage2_quadratic_form` (the Gram matrices), :func:`train_defocus_net`
+    (the optimization) and :func:`gd_alphas` + :func:`fuse_with_likelihood` (the weights);
+    :mod:`edgedp.tiling` runs the same steps tile by tile.
+
     Returns (G_D, alphas (L, H, W), weights (L, H, W), losses per iteration).
     """
+    block = config.stage2_block
+    blurred = blur_stack_fft(latent[None], kernels)[0]  # (2, L, H, W): fixed while G_D learns
+    form = None
+    if config.stage2_iterations > 0:  # a warm start with 0 steps only needs G_D's forward pass and the fusion
+        form = stage2_quadratic_form(views, latent, blurred, block, config.smooth_weight)
+    net, losses = train_defocus_net(views, form, radii, config, gd_init=gd_init, progress=progress)
+    with torch.no_grad():
+        alphas = gd_alphas(net, views, config)
+        weights = over_weights(alphas)
+        if config.fuse_window > 0:
+            weights = fuse_with_likelihood(weights, blurred, views, config.fuse_window)
+            alphas = alphas_from_weights(weights)
+    return net, alphas, weights, losses
+
+
+def train_defocus_net(
+    views: Tensor,
+    form: tuple[Tensor, Tensor, Tensor, Tensor] | None,
+    radii: Tensor,
+    config: FitConfig,
+    *,
+    gd_init: dict[str, Tensor] | None = None,
+    progress: ProgressCallback | None = None,
+) -> tuple[DefocusNet, list[float]]:
+    """Stage 2's optimization (:func:`fit_defocus_map`): build G_D (seeded, or from ``gd_init``)
+    and run ``config.stage2_iterations`` Adam steps on the quadratic form ``form`` =
+    :func:`stage2_quadratic_form`'s ``(gram, cross, const, layer_error)`` over
+    ``config.stage2_block`` px blocks of the (2, H, W) ``views`` (None with 0 iterations).
+    Returns (G_D, losses per iteration)."""
     report = progress or (lambda *args: None)
-    h, w = views.shape[-2:]
-    layers = latent.shape[0]
+    layers = int(radii.numel())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         net = DefocusNet(layers, config.gd_width).to(views.device)
     if gd_init is not None:
         load_gd_state(net, gd_init)
-    block = STAGE2_BLOCK
-    blurred = blur_stack_fft(latent[None], kernels)[0]  # (2, L, H, W): fixed while G_D learns
+    block = config.stage2_block
     inp = gd_input(views[None], config.gd_scale)
     losses: list[float] = []
     total = config.stage2_iterations
-    if total > 0:  # a warm start with 0 steps only needs G_D's forward pass and the fusion
-        gram, cross, const, layer_error = stage2_quadratic_form(views, latent, blurred, block, config.smooth_weight)
+    if total > 0:
+        if form is None:
+            raise ValueError("train_defocus_net needs the quadratic form for stage2_iterations > 0")
+        gram, cross, const, layer_error = form
         hb, wb = cross.shape[-2:]
         # Scale of the data term: the mean best single-layer re-render error (per pixel).
         best = layer_error.min(0).values
@@ -385,15 +441,15 @@ def fit_defocus_map(
         schedule.step()
         losses.append(float(loss.detach()))
         report("stage 2", step + 1, total, losses[-1])
-    with torch.no_grad():
-        alphas = alphas_from_logits(upsample_logits(net(inp), (h, w), config.gd_scale))
-        weights = over_weights(alphas)[0]
-        if config.fuse_window > 0:
-            weights = fuse_with_likelihood(weights, blurred, views, config.fuse_window)
-            alphas = alphas_from_weights(weights)
-        else:
-            alphas = alphas[0]
-    return net, alphas, weights, losses
+    return net, losses
+
+
+def gd_alphas(net: DefocusNet, views: Tensor, config: FitConfig) -> Tensor:
+    """G_D's MPI alphas (L, H, W) at full resolution for views (2, H, W): its logits on the pair
+    down-scaled by ``config.gd_scale``, bilinearly up-sampled, the bottom layer opaque
+    (``over_weights`` of them are G_D's compositing weights)."""
+    h, w = views.shape[-2:]
+    return alphas_from_logits(upsample_logits(net(gd_input(views[None], config.gd_scale)), (h, w), config.gd_scale))[0]
 
 
 FUSE_WEIGHT_FLOOR = 1e-6
@@ -401,17 +457,20 @@ FUSE_WEIGHT_FLOOR = 1e-6
 data can still pick a layer G_D ruled out."""
 
 
-def fuse_with_likelihood(weights: Tensor, blurred: Tensor, views: Tensor, window: int) -> Tensor:
+def fuse_with_likelihood(
+    weights: Tensor, blurred: Tensor, views: Tensor, window: int, *, temperature: float | None = None
+) -> Tensor:
     """Per-pixel refinement of G_D's weights: ``d_i ~ d_i^GD * q_i`` (normalized over layers)
     with ``q = softmax(-e / T)`` the full-resolution layer likelihood from each layer's
     re-render error ``e_i`` box-averaged over ``window`` px (``T`` half the mean best error).
 
     G_D's map is smooth at its grid spacing (8 * gd_scale px); the likelihood restores
     pixel-accurate depth edges where the data decides, and defers to G_D where it does not.
-    Inputs (L, H, W), (2, L, H, W), (2, H, W); returns (L, H, W).
+    Inputs (L, H, W), (2, L, H, W), (2, H, W); returns (L, H, W).  ``temperature``: ``T`` given
+    (a tile of a frame uses the frame's, :func:`posterior_temperature`); None: from these inputs.
     """
-    error = (blurred - views[:, None]).square().sum(0)  # (L, H, W)
-    posterior = layer_posterior(error, window) * weights.clamp_min(FUSE_WEIGHT_FLOOR)
+    error = rerender_error(blurred, views)  # (L, H, W)
+    posterior = layer_posterior(error, window, temperature=temperature) * weights.clamp_min(FUSE_WEIGHT_FLOOR)
     return posterior / posterior.sum(0, keepdim=True)
 
 
@@ -422,12 +481,15 @@ def alphas_from_weights(weights: Tensor) -> Tensor:
     return (weights / below.clamp_min(1e-12)).clamp(0, 1)
 
 
-STAGE2_BLOCK = 4
-"""Pixels per side of the blocks over which stage 2 takes the compositing weights as constant."""
-
-
 def stage2_quadratic_form(
-    views: Tensor, latent: Tensor, blurred: Tensor, block: int, smooth_weight: float
+    views: Tensor,
+    latent: Tensor,
+    blurred: Tensor,
+    block: int,
+    smooth_weight: float,
+    *,
+    grad_scale: float | None = None,
+    core: tuple[int, int, int, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-block Gram matrices of stage 2's loss for block-constant weights d.
 
@@ -436,8 +498,26 @@ def stage2_quadratic_form(
     smooth_weight * e * grad x_i . grad x_j``, ``cross`` (L, hb, wb) = ``sum_v B_i^v y_v``, the
     scalar ``const = sum_v ||y_v||^2`` and ``layer_error`` (L, hb, wb), each layer's re-render
     error alone; images are zero-padded to whole blocks (padding adds 0).
+
+    A tile of a frame (:mod:`edgedp.tiling`): ``core = (y0, y1, x0, x1)`` is the region of these
+    arrays whose blocks are wanted (``y0``, ``x0`` and, unless they end the arrays, ``y1``, ``x1``
+    multiples of ``block`` in the frame); the gradients at its last row / column use the pixels
+    beyond it.  ``grad_scale``: the frame's mean input-gradient magnitude
+    (:func:`input_gradient_magnitude`), which sets the edge weight ``e``; None: these views'.
     """
     h, w = views.shape[-2:]
+    y0, y1, x0, x1 = (0, h, 0, w) if core is None else core
+    layers = latent.shape[0]
+    grad_in = input_gradient_magnitude(views)
+    if grad_scale is None:
+        grad_scale = grad_in.mean()
+    edge = torch.exp(-grad_in / (3 * grad_scale + 1e-12))
+    gx = torch.nn.functional.pad(latent.diff(dim=-1), (0, 1))
+    gy = torch.nn.functional.pad(latent.diff(dim=-2), (0, 0, 0, 1))
+    if core is not None:
+        views, blurred, edge = views[..., y0:y1, x0:x1], blurred[..., y0:y1, x0:x1], edge[y0:y1, x0:x1]
+        gx, gy = gx[..., y0:y1, x0:x1], gy[..., y0:y1, x0:x1]
+        h, w = y1 - y0, x1 - x0
     ph, pw = (-h) % block, (-w) % block
 
     def pool(x: Tensor) -> Tensor:  # (..., H, W) -> (..., hb, wb) block sums
@@ -446,14 +526,6 @@ def stage2_quadratic_form(
         y = torch.nn.functional.avg_pool2d(x.reshape(-1, 1, *x.shape[-2:]), block) * (block * block)
         return y.reshape(*lead, *y.shape[-2:])
 
-    layers = latent.shape[0]
-    mean_view = views.mean(0)
-    gy_in = torch.nn.functional.pad(mean_view.diff(dim=-2), (0, 0, 0, 1))
-    gx_in = torch.nn.functional.pad(mean_view.diff(dim=-1), (0, 1))
-    grad_in = (gx_in.square() + gy_in.square()).sqrt()
-    edge = torch.exp(-grad_in / (3 * grad_in.mean() + 1e-12))
-    gx = torch.nn.functional.pad(latent.diff(dim=-1), (0, 1))
-    gy = torch.nn.functional.pad(latent.diff(dim=-2), (0, 0, 0, 1))
     hb, wb = (h + ph) // block, (w + pw) // block
     # Every block's Gram matrix is X X^T of its (L, F) feature matrix: the block's pixels of
     # B^L and B^R, and of sqrt(smooth_weight * e) * grad x_i.  One batched matmul per band of
@@ -475,19 +547,48 @@ def stage2_quadratic_form(
     gram = gram.permute(2, 3, 0, 1).contiguous()  # (L, L, hb, wb)
     cross = pool((blurred * views[:, None]).sum(0))
     const = views.square().sum()
-    layer_error = pool((blurred - views[:, None]).square().sum(0))  # (L, hb, wb)
+    layer_error = pool(rerender_error(blurred, views))  # (L, hb, wb)
     return gram, cross, const, layer_error
 
 
-def layer_posterior(layer_error: Tensor, window: int) -> Tensor:
+def input_gradient_magnitude(views: Tensor) -> Tensor:
+    """``|grad y|`` (H, W) of the mean view of (2, H, W) views (forward differences, 0 beyond the
+    last row / column): what stage 2's edge-aware smoothness weight is made of."""
+    mean_view = views.mean(0)
+    gy_in = torch.nn.functional.pad(mean_view.diff(dim=-2), (0, 0, 0, 1))
+    gx_in = torch.nn.functional.pad(mean_view.diff(dim=-1), (0, 1))
+    return (gx_in.square() + gy_in.square()).sqrt()
+
+
+def layer_posterior(layer_error: Tensor, window: int, *, temperature: float | None = None) -> Tensor:
     """Soft per-block choice of layer from Stage 1 alone: (L, hb, wb) errors -> (L, hb, wb)
     probabilities ``softmax(-e / T)`` of the box-averaged (``window`` blocks) errors, with ``T``
-    half the mean of the best layer's error (a scale-free temperature)."""
-    e = layer_error
-    if window > 1:
-        e = torch.nn.functional.avg_pool2d(e[None], 2 * (window // 2) + 1, 1, window // 2, count_include_pad=False)[0]
-    temperature = 0.5 * float(e.min(0).values.mean()) + 1e-20
+    half the mean of the best layer's error (a scale-free temperature,
+    :func:`posterior_temperature`; or ``temperature`` when given)."""
+    e = box_error(layer_error, window)
+    if temperature is None:
+        temperature = posterior_temperature(float(e.min(0).values.mean()))
     return torch.softmax(-e / temperature, dim=0)
+
+
+def box_error(layer_error: Tensor, window: int) -> Tensor:
+    """(L, h, w) errors box-averaged over ``2 (window // 2) + 1`` px (only the pixels inside the
+    image count at its borders); unchanged for ``window <= 1``."""
+    if window <= 1:
+        return layer_error
+    return torch.nn.functional.avg_pool2d(layer_error[None], 2 * (window // 2) + 1, 1, window // 2, count_include_pad=False)[0]
+
+
+def posterior_temperature(mean_best_error: float) -> float:
+    """The likelihood's temperature ``T`` from the mean over the frame of the best layer's
+    box-averaged error: half of it (plus 1e-20, so a noise-free scene does not divide by 0)."""
+    return 0.5 * float(mean_best_error) + 1e-20
+
+
+def rerender_error(blurred: Tensor, views: Tensor) -> Tensor:
+    """Each layer's re-render error alone, per pixel: ``sum_v (B_i^v - y_v)^2``, (2, L, H, W) and
+    (2, H, W) -> (L, H, W)."""
+    return (blurred - views[:, None]).square().sum(0)
 
 
 def load_gd_state(net: DefocusNet, state: dict[str, Tensor]) -> None:
@@ -513,7 +614,8 @@ def _layer_solver(views: Tensor, kernels: Tensor, patch_kernels: Tensor | None, 
     return PatchLatentSolver(views, patch_kernels, lam)
 
 
-def _thin(values: list[float], keep: int = 200) -> list[float]:
+def thin_curve(values: list[float], keep: int = 200) -> list[float]:
+    """At most ``keep`` + 1 evenly spaced values of a loss curve (and its last), for reports."""
     if len(values) <= keep:
         return list(values)
     step = len(values) / keep

@@ -51,6 +51,7 @@ overwrite an existing file unless ``overwrite=True``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io as _io
 import json
@@ -63,7 +64,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -82,6 +83,7 @@ __all__ = [
     "DPPair",
     "PairInfo",
     "ReadOptions",
+    "atomic_writer",
     "detect_transfer",
     "find_captures",
     "find_pair",
@@ -1213,8 +1215,16 @@ def to_numpy_image(image: Tensor | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _atomic_write(path: Path | str, data: bytes, overwrite: bool) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then ``os.replace`` it into place."""
+@contextlib.contextmanager
+def atomic_writer(path: Path | str, *, overwrite: bool = False) -> Iterator[BinaryIO]:
+    """A binary file handle whose content becomes ``path`` only when the ``with`` block ends
+    without an exception: written to a temporary file beside ``path``, flushed to disk, then
+    ``os.replace``-d into place (removed on failure), so ``path`` is never half-written.
+
+    Raises:
+        OutputError: ``path`` is a folder, exists (without ``overwrite``), its folder is missing
+            or not writable.
+    """
     path = Path(path)
     folder = path.parent
     if path.is_dir():
@@ -1231,7 +1241,7 @@ def _atomic_write(path: Path | str, data: bytes, overwrite: bool) -> Path:
         raise _output_error(f"cannot write to folder {folder} ({err.strerror or err})") from err
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
@@ -1241,7 +1251,13 @@ def _atomic_write(path: Path | str, data: bytes, overwrite: bool) -> Path:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def _atomic_write(path: Path | str, data: bytes, overwrite: bool) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_writer`)."""
+    with atomic_writer(path, overwrite=overwrite) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def write_png16(

@@ -91,6 +91,22 @@ def upsample_logits(logits: Tensor, size: tuple[int, int], scale: int, block: in
     return up[..., :h, :w]
 
 
+def upsample_logits_region(logits: Tensor, scale: int, rows: tuple[int, int], cols: tuple[int, int]) -> Tensor:
+    """Rows ``rows[0]:rows[1]`` and columns ``cols[0]:cols[1]`` of ``upsample_logits(logits,
+    (H, W), scale)`` without up-sampling the whole frame: (B, L, h/8, w/8) -> (B, L, r1 - r0,
+    c1 - c0), the same values to float rounding (each output pixel interpolates the same four
+    cells with the same weights; their fractional positions are rounded differently, ~1e-7).  The cells up-sampled carry one cell of context on each side, so that the border
+    clamp of the bilinear interpolation only acts at the frame's own borders."""
+    factor = 8 * scale
+    (r0, r1), (c0, c1) = rows, cols
+    hl, wl = logits.shape[-2:]
+    a0, a1 = max(0, r0 // factor - 1), min(hl, -(-r1 // factor) + 1)
+    b0, b1 = max(0, c0 // factor - 1), min(wl, -(-c1 // factor) + 1)
+    cells = logits[..., a0:a1, b0:b1]
+    up = F.interpolate(cells, size=((a1 - a0) * factor, (b1 - b0) * factor), mode="bilinear", align_corners=False)
+    return up[..., r0 - a0 * factor : r1 - a0 * factor, c0 - b0 * factor : c1 - b0 * factor]
+
+
 def alphas_from_logits(logits: Tensor) -> Tensor:
     """Sigmoid alphas with the bottom layer (index 0) opaque, so over-compositing weights sum to 1."""
     alphas = torch.sigmoid(logits)

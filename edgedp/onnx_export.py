@@ -332,11 +332,14 @@ def export_torch(module: nn.Module, args: tuple, path: Path, inputs: list[str], 
             raise OutputError(f"{path}: cannot write: {err.strerror or err}") from None
 
 
-def _finalize(path: Path, props: dict[str, Any], opset: int) -> None:
-    onnx_tools.finalize_graph(path, props, opset)
+def _finalize(path: Path, props: dict[str, Any], opset: int) -> dict[str, Any]:
+    """:func:`edgedp.onnx_tools.finalize_graph` and the forbidden-op check; returns what the
+    graph's sidecar entry adds (its external data file, when it has one)."""
+    info = onnx_tools.finalize_graph(path, props, opset)
     bad = onnx_tools.op_types(path) & FORBIDDEN_OPS
     if bad:
         raise OutputError(f"{path}: exported graph contains forbidden ops {sorted(bad)}")
+    return {schema.EXTERNAL_DATA_KEY: info["external_data"]} if info["external_data"] else {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,9 +364,11 @@ def _levels(bundle: Any, config: ExportConfig) -> int:
 
 
 def scene_files(gd: bool = True) -> list[str]:
-    """Every file a scene export writes (before engines)."""
+    """Every file a scene export may write (before engines; the graphs' external data files
+    exist only past :data:`edgedp_runtime.schema.EXTERNAL_DATA_THRESHOLD`)."""
     graphs = schema.SOURCE_GRAPHS["scene"] if gd else ("render", "refocus")
-    return [schema.GRAPHS[g].file for g in graphs] + list(schema.SOURCE_FILES["scene"]) + [schema.SIDECAR_NAME]
+    files = [schema.GRAPHS[g].file for g in graphs]
+    return files + [schema.external_data_file(f) for f in files] + list(schema.SOURCE_FILES["scene"]) + [schema.SIDECAR_NAME]
 
 
 def export_scene(
@@ -419,7 +424,7 @@ def export_scene(
         "inputs": {"latent": [1, layers, h, w]},
         "outputs": {"left": [1, 1, h, w], "right": [1, 1, h, w], "allinfocus": [1, 1, h, w]},
     }
-    _finalize(out / RENDER.file, {**common, "graph": "render", **render_io}, opset)
+    render_data = _finalize(out / RENDER.file, {**common, "graph": "render", **render_io}, opset)
     np.save(out / RENDER.test_input, latent.numpy())
 
     bank = _bank_kernels(bundle.kernels if bundle.patch_kernels is None else bundle.patch_kernels, bundle.radii, levels)
@@ -433,18 +438,19 @@ def export_scene(
         "inputs": {"image": [1, 1, h, w], "focus": [], "aperture": []},
         "outputs": {"refocused": [1, 1, h, w]},
     }
-    _finalize(out / REFOCUS.file, {**common, "graph": "refocus", "refocus_levels": str(levels), **refocus_io}, opset)
+    refocus_data = _finalize(out / REFOCUS.file, {**common, "graph": "refocus", "refocus_levels": str(levels), **refocus_io}, opset)
     np.save(out / REFOCUS.test_input, image.numpy())
     np.save(out / schema.REFOCUS_BANK, bank.numpy())
 
     graphs: dict[str, Any] = {
-        "render": {**render_io, "test_input": RENDER.test_input, "macs_per_pixel": int(render.macs)},
+        "render": {**render_io, "test_input": RENDER.test_input, "macs_per_pixel": int(render.macs), **render_data},
         "refocus": {
             **refocus_io,
             "test_input": REFOCUS.test_input,
             "levels": levels,
             "bank": schema.REFOCUS_BANK,
             "defaults": {"focus": 0.0, "aperture": 1.0},
+            **refocus_data,
         },
     }
     if gd:

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgedp_runtime.schema import FP32_NODES_KEY, GRAPHS
+from edgedp_runtime.schema import EXTERNAL_DATA_KEY, FP32_NODES_KEY, GRAPHS
 
 from . import __version__, onnx_tools
 from .errors import EdgedpError, InputError, OutputError
@@ -253,7 +253,9 @@ def export_gd_onnx(bundle, path, *, opset: int = 17, dynamic: bool = True) -> di
             "blur radius in px, sum_i d_i r_i with d_i = a_i prod_{j>i} (1 - a_j); r > 0 behind the focal plane"
         ),
     }
-    onnx_tools.finalize_graph(path, meta, opset)
+    saved = onnx_tools.finalize_graph(path, meta, opset)
+    if saved["external_data"]:
+        entry[EXTERNAL_DATA_KEY] = saved["external_data"]
     entry[FP32_NODES_KEY] = onnx_tools.float_nodes(path, STANDARDIZE_SCOPE)
     return entry
 

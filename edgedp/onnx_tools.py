@@ -21,10 +21,13 @@ NaN.  Rounding every float tensor of the graph to FP16 reproduces it (all output
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from edgedp_runtime import schema
 
 from . import __version__
 from .errors import EdgedpError, InputError, OutputError
@@ -40,9 +43,15 @@ __all__ = [
     "iter_nodes",
     "load_model",
     "op_types",
+    "external_locations",
     "require_onnx",
+    "save_graph",
     "structural_problems",
 ]
+
+#: Tensors of at least this many bytes go to a graph's external data file (smaller ones, shape
+#: parameters among them, stay in the graph, where TensorRT's parser reads them as constants).
+EXTERNAL_TENSOR_MIN_BYTES = 1024
 
 #: Inputs (by index) of each op that TensorRT's parser needs as constants, besides the data
 #: input: Pad pads / constant_value / axes, Resize roi / scales / sizes, Slice starts / ends /
@@ -243,7 +252,9 @@ def finalize_graph(path: Path | str, props: dict[str, Any], opset: int, *, trt_c
     """The last step of every export: load ``path``, fold constants, check the saved opset is
     ``opset``, check what TensorRT 8.5 parses (op types, shape parameters, Pad / Resize modes;
     ``trt_check``), write the metadata ``props`` (values that are not strings are JSON-encoded)
-    and producer, run ``onnx.checker`` and save.  Returns ``{"folded": n}``.
+    and producer, run ``onnx.checker`` and save (:func:`save_graph`: a graph past
+    :data:`edgedp_runtime.schema.EXTERNAL_DATA_THRESHOLD` with its tensors in one external data
+    file).  Returns ``{"folded": n, "external_data": the data file's name or None}``.
 
     Raises:
         OutputError: the exporter wrote another opset, or a graph TensorRT 8.5 would reject.
@@ -252,6 +263,7 @@ def finalize_graph(path: Path | str, props: dict[str, Any], opset: int, *, trt_c
     from .tensorrt import unsupported_trt_ops  # noqa: PLC0415  (the 8.5 op table lives there)
 
     path = Path(path)
+    leftovers = external_locations(load_model(path))  # torch.onnx writes one file per tensor past 2 GiB
     model = onnx.load(str(path))
     got = default_opset(model)
     if got != int(opset):
@@ -268,12 +280,84 @@ def finalize_graph(path: Path | str, props: dict[str, Any], opset: int, *, trt_c
         entry.value = value if isinstance(value, str) else json.dumps(value)
     model.producer_name = "edgedp"
     model.producer_version = __version__
-    onnx.checker.check_model(model)
+    data = save_graph(model, path, leftovers=leftovers)
+    return {"folded": folded, "external_data": data}
+
+
+def _tensors(graph) -> Iterator[Any]:
+    """Initializers and Constant values of ``graph`` and of its subgraphs."""
+    yield from graph.initializer
+    for node in iter_nodes(graph):
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from attr.g.initializer
+            for sub in attr.graphs:
+                yield from sub.initializer
+
+
+def external_locations(model) -> set[str]:
+    """The external data files (paths relative to the graph file) that the tensors of ``model``
+    point to."""
+    onnx = require_onnx()
+    return {
+        entry.value
+        for tensor in _tensors(model.graph)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+
+
+def _serialized_size(model) -> int:
     try:
-        onnx.save(model, str(path))
+        return int(model.ByteSize())
+    except Exception:  # noqa: BLE001 - some protobuf builds refuse to size a message past 2 GiB
+        return 2**31
+
+
+def save_graph(model, path: Path | str, *, threshold: int | None = None, leftovers: set[str] = frozenset()) -> str | None:
+    """Save ``model`` to ``path`` after ``onnx.checker``: as one file below ``threshold`` bytes
+    (default :data:`edgedp_runtime.schema.EXTERNAL_DATA_THRESHOLD`, read at the call), else
+    with every initializer of at least :data:`EXTERNAL_TENSOR_MIN_BYTES` in one external data file
+    beside it (:func:`edgedp_runtime.schema.external_data_file`; onnx's ``save_model(...,
+    save_as_external_data=True, all_tensors_to_one_file=True)``) and checked from the path
+    (the checker cannot take a model past 2 GiB in memory).  Constant nodes stay in the graph
+    (``convert_attribute=False``: the baked weights are initializers after folding, and
+    TensorRT's parser reads constants' values from the graph).  A data file of that name left by
+    an earlier save is replaced (onnx appends to it), and ``leftovers`` (data files, relative
+    to the graph's folder, that the file being replaced used: torch's exporter writes one per
+    tensor past 2 GiB) are removed.  Returns the data file's name, or None.
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
+    onnx = require_onnx()
+    path = Path(path)
+    limit = schema.EXTERNAL_DATA_THRESHOLD if threshold is None else int(threshold)
+    data_name = schema.external_data_file(path.name)
+    data_path = path.parent / data_name
+    external = _serialized_size(model) >= limit
+    try:
+        data_path.unlink(missing_ok=True)
+        if external:
+            onnx.save_model(
+                model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name,
+                size_threshold=EXTERNAL_TENSOR_MIN_BYTES, convert_attribute=False,
+            )
+            onnx.checker.check_model(str(path))
+        else:
+            onnx.checker.check_model(model)
+            onnx.save(model, str(path))
+        for name in set(leftovers) - {data_name}:
+            (path.parent / name).unlink(missing_ok=True)
     except OSError as err:
         raise OutputError(f"{path}: cannot write: {err.strerror or err}") from None
-    return {"folded": folded}
+    return data_name if external else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +376,12 @@ def emulate_fp16(source) -> Any:
     from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
 
     model = onnx.ModelProto()
-    model.CopyFrom(load_model(source))
+    if isinstance(source, onnx.ModelProto):
+        model.CopyFrom(source)
+    else:  # with the external data: the initializers' values are rounded below
+        if not Path(source).is_file():
+            raise InputError(f"{source}: no such ONNX file")
+        model = onnx.load(str(source))
     graph = model.graph
     for init in graph.initializer:
         if init.data_type == TensorProto.FLOAT:
@@ -352,8 +441,16 @@ def ort_session(source, *, threads: int | None = None, fp16: bool = False):
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
     if fp16:
-        model = emulate_fp16(source).SerializeToString()
+        emulated = emulate_fp16(source)
+        if _serialized_size(emulated) >= schema.EXTERNAL_DATA_THRESHOLD:  # past protobuf's limit: by a file
+            with tempfile.TemporaryDirectory(prefix="edgedp-fp16-") as folder:
+                path = Path(folder) / "fp16.onnx"
+                save_graph(emulated, path)
+                # ORT reads (or maps) the data at session creation; an unlinked mapped file stays valid
+                return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        model = emulated.SerializeToString()
     else:
+        # a path: ORT finds an external data file beside the graph
         model = str(source) if not hasattr(source, "SerializeToString") else source.SerializeToString()
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 

@@ -31,7 +31,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +39,15 @@ from torch import Tensor
 
 from .disparity import estimate_disparity
 from .errors import InputError
-from .fit import STAGE2_BLOCK, FitConfig, disparity_per_radius, fit_channel, fit_defocus_map, layer_radii
+from .fit import STAGE2_BLOCK, FitConfig, disparity_per_radius, fit_channel, fit_defocus_map, layer_radii, train_defocus_net
 from .kernels import ButterworthParams, both_radii, front_radii, kernel_pyramid
 from .latent import default_latent_reg, solve_latent_map
 from .physics import blur_stack_fft
 from .profile import CaptureInfo, DeviceProfile
+from .tiling import TilingConfig, plan_fit, tiled_quadratic_form
+
+if TYPE_CHECKING:
+    from edgedp_runtime.memory import MemoryBudget
 
 #: Default search grid (the thesis' Butterworth grid plus a flatter floor 0.5).
 ORDERS = (3.0, 6.0, 9.0)
@@ -285,6 +289,8 @@ def tune_device(
     progress: TuneProgress | None = None,
     grid: dict | None = None,
     estimate_gain: bool = True,
+    budget: "MemoryBudget | None" = None,
+    plan_report: dict | None = None,
 ) -> tuple[DeviceProfile, list[KernelScore]]:
     """Tune one device from several DP captures (left, right), each (C, H, W) of one size.
 
@@ -296,8 +302,15 @@ def tune_device(
     and correct the right view with it first (after any flat field the captures were read with).
     ``grid``: optional overrides of the search grid (``orders``, ``cutoffs``, ``betas``,
     ``radius_scales``, ``layer_density``, ``block``, ``error``).
+    ``budget``: the memory budget of each capture's G_D fit (:func:`edgedp.tiling.plan_fit`; None:
+    the default); captures too large for it get Stage 1 and Stage 2's Gram matrices tile by tile
+    (:func:`edgedp.tiling.tiled_quadratic_form`), with G_D's scale raised if Stage 2 itself would
+    not fit (then the profile records that scale).  ``plan_report``: filled with the plan's
+    :meth:`~edgedp.tiling.TilePlan.report`.  (The kernel search, ``search=True``, runs on whole
+    frames.)
     Returns the profile and the grid scores (best first; empty when not searched).
     """
+
     if not captures:
         raise InputError("tune needs at least one capture")
     report = progress or (lambda *a: None)
@@ -351,6 +364,10 @@ def tune_device(
     layers = int(radii.numel())
     cfg = dataclasses.replace(cfg, max_radius=radius, layers=layers)
     kernels = kernel_pyramid(radii, cfg.kernel_model, params, device=dev)
+    plan = plan_fit(shape[0], shape[1], 1, layers, int(kernels.shape[-1]), cfg, TilingConfig(), budget=budget)
+    cfg = dataclasses.replace(cfg, gd_scale=plan.gd_scale, stage2_block=plan.stage2_block)
+    if plan_report is not None:
+        plan_report.update(plan.report())
 
     state: dict[str, Tensor] | None = None
     infos: list[CaptureInfo] = []
@@ -358,10 +375,16 @@ def tune_device(
         infos = []
         for n, cap in enumerate(caps):
             t0 = time.perf_counter()
-            latent = solve_latent_map(cap.views, kernels, cap.lam)
             tag = f"tune G_D {n + 1}/{len(caps)}" + (f" round {r + 1}" if rounds > 1 else "")
-            net, _, _, losses = fit_defocus_map(cap.views, latent, kernels, radii, cfg, gd_init=state,
-                                                progress=lambda s, i, t, l, tag=tag: report(tag, i, t, l))
+            tick = lambda s, i, t, l, tag=tag: report(tag, i, t, l)  # noqa: E731
+            if plan.tiled:
+                form, _ = tiled_quadratic_form(cap.views, kernels, cap.lam, plan.tiles, cfg.stage2_block,
+                                               cfg.smooth_weight, form=cfg.stage2_iterations > 0)
+                net, losses = train_defocus_net(cap.views, form, radii, cfg, gd_init=state, progress=tick)
+                del form
+            else:
+                latent = solve_latent_map(cap.views, kernels, cap.lam)
+                net, _, _, losses = fit_defocus_map(cap.views, latent, kernels, radii, cfg, gd_init=state, progress=tick)
             state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             infos.append(CaptureInfo(cap.path, shape[0], shape[1], float(cap.low), float(cap.high),
                                      time.perf_counter() - t0, losses[-1] if losses else None))

@@ -328,3 +328,25 @@ def test_runner_instant_applies_the_profiles_view_gain(pair, no_torch_env, tmp_p
     assert proc.returncode == 0, proc.stderr
     assert "profile view gain" not in proc.stdout
     assert np.abs(np.load(tmp_path / "res2" / "allinfocus.npy") - plain["allinfocus"]).max() <= 1e-5
+
+
+def test_runner_instant_refuses_a_frame_beyond_its_memory_budget(exported, no_torch_env, tmp_path):
+    """The instant path is not tiled: a frame whose estimated peak (instant.instant_bytes)
+    passes --max-memory is refused in one line naming the size and --max-memory, before G_D
+    runs and with nothing written; a bad --max-memory is one line too."""
+    _, out = exported
+    layers = len(json.loads((out / "export.json").read_text())["radii"])
+    # a 6000 x 8000 frame (48 MP) needs more than 0.5 GiB; written as a constant .npy the test stays small
+    h, w = 6000, 8000
+    assert instant.instant_bytes(h, w, layers) > 2**30 > instant.instant_bytes(H, W, layers)
+    view = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(h, w))
+    view[:] = 0.5
+    del view
+    proc = run(["instant", out, tmp_path / "big.npy", tmp_path / "big.npy", "-o", tmp_path / "o", "--max-memory", 1],
+               no_torch_env)
+    assert_runner_error(proc, f"a {h}x{w} frame with {layers} layers needs about")
+    assert "--max-memory 1" in proc.stderr and "raise --max-memory" in proc.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    proc = run(["instant", out, tmp_path / "big.npy", tmp_path / "big.npy", "-o", tmp_path / "o", "--max-memory", "0.1"],
+               no_torch_env)
+    assert_runner_error(proc, "--max-memory 0.1: at least 0.5 GiB is needed")

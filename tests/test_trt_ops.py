@@ -415,6 +415,62 @@ def test_export_engine_end_to_end(fitted, tmp_path, monkeypatch, version):
     assert np.abs(np.load(tmp_path / "r" / "left.npy") - ref).max() <= 1e-6
 
 
+@pytest.mark.parametrize("version", ["8.5.3.1", "10.3.0"])
+def test_graphs_past_the_threshold_keep_their_tensors_in_external_data(fitted, tmp_path, monkeypatch, version):
+    """Past schema.EXTERNAL_DATA_THRESHOLD (ONNX's 2 GB; monkeypatched to 4 KiB here) a graph is
+    saved with its tensors in ``<graph>.onnx.data`` beside it: the sidecar lists the file, the
+    .onnx is small, ONNX Runtime (by path) runs it to the export tolerance of PyTorch and to the
+    same outputs as the embedded graph, the FP16 emulation reads the data, the fake TensorRT
+    parses it from file (its parser loads the data beside the graph), the runtime refuses a
+    graph whose data file is missing in one line; --overwrite below the threshold removes it."""
+    import onnxruntime as ort
+
+    from edgedp_runtime import schema
+
+    embedded = tmp_path / "embedded"
+    assert CliRunner().invoke(app, ["export", str(fitted), "-o", str(embedded)]).exit_code == 0
+    monkeypatch.setattr(schema, "EXTERNAL_DATA_THRESHOLD", 4096)
+    fake = load_fake_tensorrt(monkeypatch, version)
+    out = tmp_path / "engines"
+    res = CliRunner().invoke(app, ["export", str(fitted), "-o", str(out), "--format", "engine", "--half"])
+    assert res.exit_code == 0, res.output
+    side = json.loads((out / "export.json").read_text())
+    for graph in ("render", "refocus"):
+        onnx_path, data = out / f"{graph}.onnx", out / f"{graph}.onnx.data"
+        assert side["graphs"][graph]["external_data"] == data.name and data.is_file()
+        assert onnx_path.stat().st_size < data.stat().st_size
+        assert onnx_path.stat().st_size < (embedded / f"{graph}.onnx").stat().st_size / 2
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+        assert "external_data" not in json.loads((embedded / "export.json").read_text())["graphs"][graph]
+        verified = side["verification"][graph]
+        assert verified["passed"] and verified["max_abs"] <= verified["atol"], verified
+        assert side["verification_fp16"][graph]["passed"]
+        assert ("parse", f"{graph}.onnx") in fake.RECORD
+    latent = np.load(out / "render_latent.npy")
+    got = ort.InferenceSession(str(out / "render.onnx"), providers=["CPUExecutionProvider"]).run(None, {"latent": latent})
+    want = ort.InferenceSession(str(embedded / "render.onnx"), providers=["CPUExecutionProvider"]).run(None, {"latent": latent})
+    for a, b in zip(got, want):
+        assert np.array_equal(a, b)
+    # the runtime (ONNX Runtime backend) loads the graph by path, and names a missing data file
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "edgedp_runtime", "render", str(out), "-o", str(tmp_path / "r"),
+                           "--backend", "ort", "--npy"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert np.abs(np.load(tmp_path / "r" / "left.npy") - want[0]).max() <= 1e-6
+    (out / "render.onnx.data").rename(tmp_path / "moved.data")
+    proc = subprocess.run([sys.executable, "-m", "edgedp_runtime", "render", str(out), "-o", str(tmp_path / "r2"),
+                           "--backend", "ort", "--npy"], capture_output=True, text=True, env=env, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "render.onnx.data" in lines[0] and "Traceback" not in proc.stderr
+    # re-exported below the threshold: no data file outlives the graph that used it
+    monkeypatch.setattr(schema, "EXTERNAL_DATA_THRESHOLD", 2**31 - 2**26)
+    (tmp_path / "moved.data").rename(out / "render.onnx.data")
+    res = CliRunner().invoke(app, ["export", str(fitted), "-o", str(out), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert not list(out.glob("*.data")) and not list(out.glob("*.engine"))
+
+
 def test_export_engine_without_tensorrt_or_gpu_writes_nothing(fitted, tmp_path, monkeypatch):
     """No TensorRT (or no GPU, or a failed build): one line, exit 2, OUT not created or left as it
     was, no staging folder left behind (the export battery found a half-finished folder)."""

@@ -68,6 +68,7 @@ from .common import (
     write_png16,
 )
 from .errors import EXIT_USER_ERROR, RunnerError
+from .memory import memory_budget
 from .schema import ExportInfo, load_export
 
 BACKENDS = ("ort", "trt")
@@ -209,6 +210,10 @@ def build_parser(prog: str = "edgedp-runtime") -> Parser:
     p.add_argument("--crop", type=_crop, default=None, help="centred crop HxW (e.g. 1008x1344) after the flat field")
     p.add_argument("--limit", type=positive, default=None, help="radius (px) that saturates defocus.png colours")
     p.add_argument("--npy", action="store_true", help="also write the unclipped all-in-focus image as allinfocus.npy")
+    p.add_argument(
+        "--max-memory", default=None, metavar="GIB",
+        help="memory budget (GiB); a frame whose instant path needs more is refused (default: 0.6 x the free memory, at most 16)",
+    )
     add_backend_args(p)
     return parser
 
@@ -436,6 +441,11 @@ def cmd_instant(args, info: ExportInfo, backend) -> int:
     for t in targets.values():
         check_writable(t, args.overwrite)
     views, settings = instant_inputs(args, inst.inputs, info.folder)
+    try:
+        budget = memory_budget(args.max_memory)
+    except ValueError as err:
+        raise RunnerError(str(err)) from None
+    instant.check_budget(views.shape[1], views.shape[2], int(inst.radii.size), budget)
     print(f"input: {settings}")
     if (info.height, info.width) != views.shape[1:]:
         print(

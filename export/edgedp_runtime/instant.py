@@ -465,6 +465,38 @@ def instant_predict(
     return allinfocus, defocus, weights
 
 
+# --- memory ------------------------------------------------------------------------------------
+#: Estimated peak bytes of the instant path per pixel and layer (the alphas, weights, latent and
+#: error stacks in float32, the deconvolution's per-layer temporaries) and per pixel besides the
+#: layers (views, outputs, one layer's padded complex64 spectra, ONNX Runtime's activations of
+#: gd.onnx).  Measured (``edgedp-runtime instant``'s ``ru_maxrss``, 12 layers, G_D width 0.5,
+#: 2 threads): 0.79 GiB at 1008x1344 and 1.96 GiB at 1600x2400, i.e. 507 B/px + 160 MB; the
+#: estimate gives 0.87 and 2.11 GiB (the split between the two constants is not measured).
+INSTANT_BYTES_PER_PIXEL_LAYER = 28.0
+INSTANT_BYTES_PER_PIXEL = 200.0
+#: Resident set of the runner before the frame (Python, numpy, onnxruntime).
+INSTANT_BASE_BYTES = 200 * 2**20
+
+
+def instant_bytes(height: int, width: int, layers: int) -> int:
+    """Estimated peak bytes of the instant path on a ``height x width`` frame of ``layers`` layers."""
+    return int(INSTANT_BASE_BYTES + height * width * (INSTANT_BYTES_PER_PIXEL_LAYER * layers + INSTANT_BYTES_PER_PIXEL))
+
+
+def check_budget(height: int, width: int, layers: int, budget) -> None:
+    """Refuse a frame whose instant path would not fit ``budget`` (a
+    :class:`edgedp_runtime.memory.MemoryBudget`) with one line naming the size and ``--max-memory``.
+    The instant path runs on the whole frame (it is not tiled: its G_D, Stage 1 and deconvolution
+    see the whole frame at once); a larger frame needs a crop or a larger budget."""
+    need = instant_bytes(height, width, layers)
+    if need > budget.bytes:
+        gib = 2**30
+        raise RunnerError(
+            f"a {height}x{width} frame with {layers} layers needs about {need / gib:.1f} GiB on the instant path, "
+            f"over the memory budget of {budget.gib:.1f} GiB ({budget.source}): raise --max-memory or --crop the frame"
+        )
+
+
 # --- export folder, G_D, the plain API ----------------------------------------------------------
 @dataclass(frozen=True)
 class InstantExport:

@@ -14,7 +14,10 @@ Sidecar ``export.json`` (``format_version`` 1)::
      "graphs": {name: entry},             name in GRAPHS; entry: {"file": "<name>.onnx",
                                           "inputs": {tensor: shape}, "outputs": {tensor: shape},
                                           ...graph-specific keys, "engine": "<name>.engine" once
-                                          built}; shapes hold ints, or strings for dynamic dims
+                                          built, "external_data": "<name>.onnx.data" when
+                                          the graph's tensors are in an external data file
+                                          (a graph of EXTERNAL_DATA_THRESHOLD bytes or more)};
+                                          shapes hold ints, or strings for dynamic dims
      "verification": {graph: {"max_abs", "max_rel", "atol", ["rtol"], "passed", "outputs":
                       {tensor: {"max_abs", "max_rel"}}, ...}}   ({} when not verified)
      "verification_fp16": {"method": str, graph: {...as above}}  (only for --half engines)
@@ -59,6 +62,21 @@ KERNELS_FILE = "kernels.npy"
 DEFAULT_MULTIPLE_OF = 16
 #: Sidecar key of the gd graph: node names an FP16 engine must keep in FP32.
 FP32_NODES_KEY = "fp32_nodes"
+#: Sidecar key of a graph entry naming its external data file.
+EXTERNAL_DATA_KEY = "external_data"
+#: A graph whose serialized size reaches this many bytes is saved with its tensors in one
+#: external data file beside it (:func:`external_data_file`): protobuf cannot serialize a
+#: message of 2 GiB or more (ONNX's 2 GB limit), and a baked render / refocus graph of a large
+#: scene holds its weights as constants.  Just under 2 GiB, so that the graph's own structure
+#: and metadata still fit.  ONNX Runtime and TensorRT (``parse_from_file``) find the data file
+#: beside the graph they load by path.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+
+
+def external_data_file(onnx_file: str) -> str:
+    """Name of the external data file of the graph file ``onnx_file``: ``render.onnx`` ->
+    ``render.onnx.data``."""
+    return onnx_file + ".data"
 
 
 @dataclass(frozen=True)
@@ -368,4 +386,8 @@ def graph_file(graph: GraphInfo, suffix: str, hint: str) -> Path:
     path = graph.file(suffix)
     if not path.is_file():
         raise RunnerError(f"{path}: {graph.name} {suffix[1:]} file not found; {hint}")
+    data = graph.entry.get(EXTERNAL_DATA_KEY)
+    if suffix == ONNX_SUFFIX and data and not (path.parent / str(data)).is_file():
+        raise RunnerError(f"{path.parent / str(data)}: {graph.name}'s external data file not found "
+                          f"(it must lie beside {path.name}); {hint}")
     return path
