@@ -334,7 +334,7 @@ def fit_capture(
     write_png16(targets["allinfocus.png"], result.allinfocus, overwrite=overwrite, transfer=pair.info.transfer)
     write_npy(targets["defocus.npy"], result.defocus.detach().cpu().numpy().astype(np.float32), overwrite=overwrite)
     # Colours span the layers' radii, so a colour means the same radius in every fit of that
-    # range, and a front+back fit always gets the diverging map.
+    # range, and a `both` fit always gets the diverging map.
     span = {"vmin": float(result.radii.min()), "vmax": float(result.radii.max())}
     if not span["vmax"] > span["vmin"]:
         span = {}

@@ -16,6 +16,7 @@ from typing import Annotated, Callable, Optional, TypeVar
 import typer
 
 from . import __version__
+from .conventions import AUTO, BEHIND, BOTH, fit_focus, side_text
 from .errors import EdgedpError, InputError, OutputError
 
 app = typer.Typer(
@@ -214,20 +215,24 @@ def info(
     typer.echo(
         f"disparity     {est.low:+.2f} .. {est.high:+.2f} px (median {est.median:+.2f}; x_right - x_left, 2nd-98th pct of tiles)"
     )
-    typer.echo(f"focus side    {_side_text(est.side)}")
-
-
-def _side_text(side: str) -> str:
-    return {
-        "behind": "behind the focal plane dominates (positive disparity; thesis 'front focus')",
-        "front": "in front of the focal plane dominates (negative disparity; thesis 'back focus')",
-        "both": "both sides of the focal plane",
-    }.get(side, side)
+    typer.echo(f"focus side    {side_text(est.side)}")
 
 
 class FocusChoice(str, Enum):
-    front = "front"
+    """Fit focus of a synthetic scene (:mod:`edgedp.conventions`; ``front``: old name of behind)."""
+
+    behind = "behind"
     both = "both"
+    front = "front"
+
+
+def focus_option(value: Optional[Enum]) -> Optional[str]:
+    """A ``--focus`` value in the :mod:`edgedp.conventions` vocabulary; an old name (``front``)
+    is mapped with one ``warning:`` line."""
+    if value is None:
+        return None
+    return fit_focus(value.value if isinstance(value, Enum) else value, what="--focus",
+                     warn=lambda m: echo_warnings([m]))
 
 
 class SynthKernel(str, Enum):
@@ -250,7 +255,8 @@ def synth(
     seed: Annotated[int, typer.Option(help="Seed of texture, depth and noise.")] = 0,
     focus: Annotated[
         Optional[FocusChoice],
-        typer.Option(help="front: all blur behind the focal plane; both: both sides. Default: front, or both with --transfer srgb.",
+        typer.Option(help="behind: all blur behind the focal plane (r > 0); both: both sides (r of either sign); front: old "
+                          "name of behind. Default: behind, or both with --transfer srgb.",
                      show_default=False),
     ] = None,
     kernel: Annotated[SynthKernel, typer.Option(help="Parametric DP kernel model.")] = SynthKernel.butterworth,
@@ -265,7 +271,7 @@ def synth(
     transfer: Annotated[
         str,
         typer.Option(help="linear: 16-bit linear views (raw-like); srgb: 8-bit sRGB views as cameras and DPDD store "
-                          "them (front+back focus by default), ground truth 16-bit sRGB."),
+                          "them (focus both by default), ground truth 16-bit sRGB."),
     ] = "linear",
     overwrite: Annotated[bool, typer.Option(help="Replace existing files in OUT.")] = False,
 ) -> None:
@@ -296,8 +302,9 @@ def synth(
     transfer = check_transfer(transfer)
     if transfer not in ("linear", SRGB):
         raise InputError(f"--transfer {transfer}: synth writes linear or srgb files")
+    focus = focus_option(focus)
     if focus is None:
-        focus = FocusChoice.both if transfer == SRGB else FocusChoice.front
+        focus = BOTH if transfer == SRGB else BEHIND
 
     user_kernels = None
     if kernel_file is not None:
@@ -314,7 +321,7 @@ def synth(
     try:
         config = SynthConfig(
             size=parse_size(size),
-            focus=focus.value,
+            focus=focus,
             kernel="file" if user_kernels is not None else kernel.value,
             max_radius=max_radius,
             depth=depth.value,
@@ -343,7 +350,7 @@ def synth(
     write_json(out / "scene.json", scene.params, overwrite=overwrite)
     lo, hi = scene.params["disparity_percentiles_2_98_px"]
     typer.echo(
-        f"wrote {out}: {config.size[0]}x{config.size[1]}, {transfer}, {config.focus} focus, {config.kernel} kernels, "
+        f"wrote {out}: {config.size[0]}x{config.size[1]}, {transfer}, focus {config.focus}, {config.kernel} kernels, "
         f"blur radius {scene.params['defocus_range_px'][0]:+.1f}..{scene.params['defocus_range_px'][1]:+.1f} px, "
         f"disparity {lo:+.2f}..{hi:+.2f} px"
     )
@@ -396,9 +403,12 @@ class PresetChoice(str, Enum):
 
 
 class FitFocusChoice(str, Enum):
+    """``--focus`` of a fit (:mod:`edgedp.conventions`; ``front``: old name of behind)."""
+
     auto = "auto"
-    front = "front"
+    behind = "behind"
     both = "both"
+    front = "front"
 
 
 class DeviceChoice(str, Enum):
@@ -608,7 +618,8 @@ MaxRadiusOpt = Annotated[
 PatchesOpt = Annotated[Optional[str], typer.Option(help="Stage 3 kernel grid RxC (default 6x8).", show_default=False)]
 FitFocusOpt = Annotated[
     Optional[FitFocusChoice],
-    typer.Option(help="auto (decide from the DP disparity; default), front (blur behind the focal plane only) or both.", show_default=False),
+    typer.Option(help="auto (decide from the DP disparity; default), behind (blur behind the focal plane only, r > 0) or "
+                      "both (r of either sign); front: old name of behind.", show_default=False),
 ]
 KernelOpt = Annotated[
     Optional[SynthKernel], typer.Option(help="Parametric DP kernel model (default butterworth).", show_default=False)
@@ -677,6 +688,7 @@ def with_fit_options(command: F) -> F:
     @functools.wraps(command)
     def wrapper(**kwargs):
         values = {name: kwargs.pop(name) for name in names}
+        values["focus"] = focus_option(values["focus"])
         values = {k: (v.value if isinstance(v, Enum) else v) for k, v in values.items()}
         if values["flat_field"] is not None and any(p is None for p in values["flat_field"]):
             values["flat_field"] = None
@@ -731,7 +743,7 @@ def fit(
     typer.echo(f"input    {transfer_line(report['input']['transfer'])}")
     d = result.disparity or {}
     disparity = f"DP disparity {d.get('low', float('nan')):+.2f} .. {d.get('high', float('nan')):+.2f} px"
-    if done.requested.focus == "auto":
+    if done.requested.focus == AUTO:
         typer.echo(f"focus    auto -> {result.focus} ({disparity}, {d.get('side', '?')})")
     else:
         typer.echo(f"focus    {result.focus} (as requested; {disparity})")
@@ -768,7 +780,8 @@ def tune(
     camera: CameraOpt = None,
     preset: Annotated[PresetChoice, typer.Option(help="Speed/quality preset for the G_D fits.")] = PresetChoice.fast,
     iterations: Annotated[Optional[str], typer.Option(help="Stage 2 steps per capture (S2). Default: the preset's.")] = None,
-    focus: Annotated[Optional[FitFocusChoice], typer.Option(help="auto (default), front or both.", show_default=False)] = None,
+    focus: Annotated[Optional[FitFocusChoice], typer.Option(help="auto (default), behind or both (front: old name of behind).",
+                                                            show_default=False)] = None,
     rounds: Annotated[int, typer.Option(help="Passes of the G_D fit over the captures.")] = 1,
     search: Annotated[
         bool,
@@ -808,7 +821,7 @@ def tune(
         raise OutputError(f"cannot write the profile {out}: folder {folder} does not exist or is not writable")
     if rounds < 1:
         raise InputError(f"--rounds {rounds}: must be >= 1")
-    config = fit_config_from_options(preset.value, iterations=iterations, focus=focus.value if focus is not None else None)
+    config = fit_config_from_options(preset.value, iterations=iterations, focus=focus_option(focus))
     config = dataclasses.replace(config, stage3_iterations=0)
     options = camera_read_options(camera, black_level, white_level, flat_field, crop, transfer, min_size=MIN_FIT_SIZE)
     found, notes = find_captures(captures)

@@ -364,7 +364,7 @@ def resize_kernel(kernels: Tensor, scale: float | Tensor, size: int) -> Tensor:
 def front_radii(
     max_radius: float, num_layers: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """Layer radii for a front-only (behind the focal plane) stack: ``linspace(0, R, L)``, (L,).
+    """Layer radii for a ``behind`` stack (r >= 0, edgedp.conventions; "front" is the thesis name): ``linspace(0, R, L)``, (L,).
 
     ``front_radii(17, 18)`` is ``0, 1, ..., 17`` (layer 0 in focus)."""
     if num_layers < 1:
@@ -381,7 +381,7 @@ def both_radii(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Layer radii for a front+back stack: ``linspace(-R, R, 2N + 1)``, increasing, with 0 in the
+    """Layer radii for a ``both`` stack: ``linspace(-R, R, 2N + 1)``, increasing, with 0 in the
     middle (index N), (2N + 1,)."""
     if num_layers_per_side < 0:
         raise ValueError(f"num_layers_per_side must be >= 0, got {num_layers_per_side}")

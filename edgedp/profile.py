@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .conventions import BEHIND, fit_focus
 from .errors import InputError, OutputError
 from .kernels import ButterworthParams
 
@@ -79,7 +80,8 @@ class DeviceProfile:
         view_gain: coefficients of the left/right gain over the frame (:func:`view_gain_map`),
             estimated from the captures themselves (no white sheet); None: not estimated.
         layers, gd_width, gd_scale: G_D configuration; ``gd_state`` its weights.
-        focus: ``front`` or ``both``; ``radii`` the layers' signed radii (L,) used when tuning.
+        focus: ``behind`` or ``both`` (:mod:`edgedp.conventions`; old profiles' ``front`` is read
+            as ``behind``); ``radii`` the layers' signed radii (L,) used when tuning.
         black_level, white_level, flat_field: input settings (None = defaults of ``edgedp fit``).
         captures: the captures it was tuned on.
         created: ISO 8601 UTC time (filled by :func:`save_profile` when empty).
@@ -95,7 +97,7 @@ class DeviceProfile:
     gd_width: float
     gd_scale: int
     gd_state: dict[str, Tensor]
-    focus: str = "front"
+    focus: str = BEHIND
     radii: tuple[float, ...] = ()
     asymmetry: float | None = None
     view_gain: tuple[float, ...] | None = None
@@ -104,6 +106,10 @@ class DeviceProfile:
     flat_field: tuple[str, str] | None = None
     captures: tuple[CaptureInfo, ...] = ()
     created: str = ""
+
+    def __post_init__(self) -> None:
+        # Profiles from before edgedp.conventions say "front" for "behind".
+        object.__setattr__(self, "focus", fit_focus(self.focus))
 
 
 def _meta(p: DeviceProfile) -> dict[str, Any]:
@@ -214,7 +220,7 @@ def load_profile(path: Path | str) -> DeviceProfile:
             layers=int(g["layers"]),
             gd_width=float(g["width"]),
             gd_scale=int(g["input_scale"]),
-            focus=str(g.get("focus", "front")),
+            focus=str(g.get("focus", BEHIND)),
             radii=tuple(float(r) for r in g.get("radii", [])),
             gd_state=state,
             black_level=i.get("black_level"),
