@@ -92,7 +92,7 @@ class FitConfig:
     latent_reg: float | None = None
     gd_scale: int = 2
     gd_width: float = 0.5
-    stage2_iterations: int = 300
+    stage2_iterations: int = 100  # the default preset (edgedp.options.presets)
     stage3_iterations: int = 0
     lr: float = 2e-3
     gd_train: Literal["all", "head"] = "all"

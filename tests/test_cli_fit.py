@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 import edgedp.fit
 from edgedp.bundle import load_bundle
-from edgedp.cli import app, presets
+from edgedp.cli import app
+from edgedp.options import presets
 from edgedp.errors import InputError
 from edgedp.fit import FitConfig, FitResult, StageReport
 from edgedp.kernels import front_radii, kernel_pyramid

@@ -161,7 +161,7 @@ def test_fit_with_profile(tmp_path, monkeypatch):
         calls.append((config, gd_init, left.clone(), right.clone()))
         return real(left, right, config, gd_init=gd_init, progress=progress)
 
-    from edgedp.cli import warm_iterations
+    from edgedp.options import warm_iterations
     from edgedp.io import ReadOptions, read_dp_pair
     from edgedp.profile import view_gain_map
 
