@@ -83,6 +83,7 @@ __all__ = [
     "render_dual_pixel",
     "render_dual_pixel_patchwise",
     "support_spans",
+    "tent_weights",
 ]
 
 Method = Literal["fft", "direct"]
@@ -521,9 +522,15 @@ def render_dual_pixel(
 # non-uniform (patchwise) blur
 
 
-def _tents(n: int, parts: int) -> Tensor:
+def tent_weights(n: int, parts: int) -> Tensor:
     """1-D bilinear tent weights ``(parts, n)`` in float64, centred on ``parts`` equal cells,
-    flat (clamped) beyond the first/last centre; columns sum to 1."""
+    flat (clamped) beyond the first/last centre; columns sum to 1 (the factors of
+    :func:`patch_blend_weights`).
+
+    >>> tent_weights(6, 2)
+    tensor([[1.0000, 1.0000, 0.6667, 0.3333, 0.0000, 0.0000],
+            [0.0000, 0.0000, 0.3333, 0.6667, 1.0000, 1.0000]], dtype=torch.float64)
+    """
     if not 1 <= parts <= n:
         raise ValueError(f"cannot split {n} pixels into {parts} patches")
     if parts == 1:
@@ -556,7 +563,7 @@ def patch_blend_weights(
     """
     h, w = (int(s) for s in image_shape)
     pr, pc = (int(g) for g in grid)
-    a, b = _tents(h, pr), _tents(w, pc)
+    a, b = tent_weights(h, pr), tent_weights(w, pc)
     return (a[:, None, :, None] * b[None, :, None, :]).to(device=device, dtype=dtype)
 
 
@@ -580,7 +587,7 @@ class _PatchGeometry:
 
 
 def _patch_geometry(h: int, w: int, grid: tuple[int, int], k: int) -> _PatchGeometry:
-    rows, cols = _tents(h, grid[0]), _tents(w, grid[1])
+    rows, cols = tent_weights(h, grid[0]), tent_weights(w, grid[1])
     rs, cs = support_spans(rows), support_spans(cols)
     hmax = max(b - a for a, b in rs)
     wmax = max(b - a for a, b in cs)

@@ -117,7 +117,7 @@ class InstantConfig:
 # --- Stage 1 in numpy ---------------------------------------------------------------------------
 def fast_size(n: int, *, even: bool = False) -> int:
     """Smallest ``m >= n`` whose prime factors are all in {2, 3, 5, 7} (and even if asked);
-    edgedp.physics._fast_size, so the padded grid is the library's."""
+    edgedp.physics.fast_size, so the padded grid is the library's."""
     m = max(int(n), 1)
     while True:
         if not (even and m % 2):
