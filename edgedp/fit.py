@@ -267,7 +267,13 @@ def fit_scene(
 
 def fit_channel(image: Tensor, channel: str | int = "luminance") -> Tensor:
     """The channel a fit runs on: (C, H, W) -> (H, W): the luminance of linear RGB (or channel 0
-    of a single-channel image), or the given channel index."""
+    of a single-channel image), or the given channel index.
+
+    Example:
+        >>> rgb = torch.ones(3, 4, 5)
+        >>> round(float(fit_channel(rgb)[0, 0]), 4), float(fit_channel(rgb * torch.arange(3.)[:, None, None], 1)[0, 0])
+        (1.0, 1.0)
+    """
     if channel != "luminance":
         index = int(channel)
         if not 0 <= index < image.shape[0]:
@@ -281,7 +287,12 @@ def fit_channel(image: Tensor, channel: str | int = "luminance") -> Tensor:
 
 def disparity_per_radius(model: str, params: ButterworthParams) -> float:
     """DP disparity (px) per px of blur radius of the layer kernels (0.645 for the default
-    Butterworth model, 0.5 for the disk): maps a measured disparity to a blur radius."""
+    Butterworth model, 0.5 for the disk): maps a measured disparity to a blur radius.
+
+    Example:
+        >>> round(disparity_per_radius('butterworth', ButterworthParams()), 3), round(disparity_per_radius('disk', ButterworthParams()), 3)
+        (0.645, 0.5)
+    """
     radius = 16.0
     pair = kernel_pyramid([radius], model, params, dtype=torch.float64)[:, 0]
     return float(kernel_disparity(pair)) / radius
@@ -294,6 +305,13 @@ def layer_radii(config: FitConfig, low: float, high: float, side: str) -> tuple[
     signs or only negative ones (content in front of the focal plane), else ``behind``.  R = max |disparity| / disparity_per_radius, rounded up,
     clamped to [2, 40] px (8 px when the disparity is unknown, e.g. a textureless image);
     ``config.radius_scale`` multiplies the radius per px of disparity.
+
+    Example:
+        >>> focus, radii = layer_radii(FitConfig(), -1.0, 3.2, 'behind')
+        >>> focus, radii.tolist()
+        ('behind', [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+        >>> layer_radii(FitConfig(max_radius=2.0), 0.0, 0.0, 'in_front')[1].tolist()
+        [-2.0, -1.0, 0.0, 1.0, 2.0]
     """
     focus = config.focus
     if focus == "auto":
