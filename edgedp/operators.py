@@ -174,30 +174,44 @@ class DualPixelRender(LinearOperator):
         return cls(kernels, weights / weights.sum(1, keepdim=True)), (2, 3, 9, 11)
 
 
-@register_operator("layer_blur")
-class LayerBlur(LinearOperator):
-    """Every layer blurred with its per-view kernel (:func:`edgedp.physics.blur_stack_fft`):
-    ``(B, L, H, W) -> (B, V, L, H, W)``; ``kernels (V, L, K, K)``."""
+class _StackBlur(LinearOperator):
+    """Every layer of a stack blurred with its per-view kernel: ``(B, L, H, W) -> (B, V, L, H, W)``;
+    the kernels' last four axes are ``(V, L, K, K)`` (``kernel_axes`` names them all)."""
 
-    name = "LayerBlur"
+    kernel_axes = "(V, L, K, K)"
 
     def __init__(self, kernels: Tensor) -> None:
-        if kernels.dim() != 4:
-            raise ValueError(f"{self.name}: kernels must be (V, L, K, K), got {tuple(kernels.shape)}")
+        if kernels.dim() != self.kernel_axes.count(",") + 1:
+            raise ValueError(f"{self.name}: kernels must be {self.kernel_axes}, got {tuple(kernels.shape)}")
         self.kernels = kernels
+        self.views, self.layers = int(kernels.shape[-4]), int(kernels.shape[-3])
 
     def output_shape(self, shape):
-        self._expect(shape, (None, self.kernels.shape[1], None, None), "stack")
+        self._expect(shape, (None, self.layers, None, None), "stack")
         b, layers, h, w = shape
-        return (b, self.kernels.shape[0], layers, h, w)
+        return (b, self.views, layers, h, w)
 
     def input_shape(self, shape):
-        self._expect(shape, (None, self.kernels.shape[0], self.kernels.shape[1], None, None), "blurred stack")
+        self._expect(shape, (None, self.views, self.layers, None, None), "blurred stack")
         return (shape[0],) + tuple(shape[2:])
+
+    def blur(self, stack: Tensor, kernels: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def A(self, stack: Tensor) -> Tensor:  # noqa: N802
         self.output_shape(tuple(stack.shape))
-        return blur_stack_fft(stack, self.kernels.to(stack))
+        return self.blur(stack, self.kernels.to(stack))
+
+
+@register_operator("layer_blur")
+class LayerBlur(_StackBlur):
+    """Uniform blur of every layer (:func:`edgedp.physics.blur_stack_fft`): ``(B, L, H, W) ->
+    (B, V, L, H, W)``; ``kernels (V, L, K, K)``."""
+
+    name = "LayerBlur"
+
+    def blur(self, stack: Tensor, kernels: Tensor) -> Tensor:
+        return blur_stack_fft(stack, kernels)
 
     @classmethod
     def example(cls, dtype=torch.float32, device=None):
@@ -207,29 +221,15 @@ class LayerBlur(LinearOperator):
 
 
 @register_operator("patchwise_blur")
-class PatchwiseBlur(LinearOperator):
+class PatchwiseBlur(_StackBlur):
     """Non-uniform blur over a patch grid (:func:`edgedp.physics.blur_stack_patchwise`, Stage 3):
     ``(B, L, H, W) -> (B, V, L, H, W)``; ``kernels (Pr, Pc, V, L, K, K)``."""
 
     name = "PatchwiseBlur"
+    kernel_axes = "(Pr, Pc, V, L, K, K)"
 
-    def __init__(self, kernels: Tensor) -> None:
-        if kernels.dim() != 6:
-            raise ValueError(f"{self.name}: kernels must be (Pr, Pc, V, L, K, K), got {tuple(kernels.shape)}")
-        self.kernels = kernels
-
-    def output_shape(self, shape):
-        self._expect(shape, (None, self.kernels.shape[3], None, None), "stack")
-        b, layers, h, w = shape
-        return (b, self.kernels.shape[2], layers, h, w)
-
-    def input_shape(self, shape):
-        self._expect(shape, (None, self.kernels.shape[2], self.kernels.shape[3], None, None), "blurred stack")
-        return (shape[0],) + tuple(shape[2:])
-
-    def A(self, stack: Tensor) -> Tensor:  # noqa: N802
-        self.output_shape(tuple(stack.shape))
-        return blur_stack_patchwise(stack, self.kernels.to(stack))
+    def blur(self, stack: Tensor, kernels: Tensor) -> Tensor:
+        return blur_stack_patchwise(stack, kernels)
 
     @classmethod
     def example(cls, dtype=torch.float32, device=None):
