@@ -261,10 +261,9 @@ def synth(
       edgedp synth -o dpdd_like --transfer srgb
     """
     import numpy as np
-    import torch
 
     from .io import parse_size, prepare_output_dir, write_json, write_npy, write_png16, write_srgb_png8
-    from .synth import SynthConfig, make_scene
+    from .synth import SynthConfig, load_kernel_file, make_scene
     from .transfer import SRGB, check_transfer
 
     transfer = check_transfer(transfer)
@@ -274,18 +273,7 @@ def synth(
     if focus is None:
         focus = BOTH if transfer == SRGB else BEHIND
 
-    user_kernels = None
-    if kernel_file is not None:
-        if not kernel_file.is_file():
-            raise InputError(f"{kernel_file}: kernel file not found")
-        try:
-            user_kernels = torch.from_numpy(np.load(kernel_file).astype(np.float32))
-        except Exception as err:  # numpy raises many kinds for a bad file
-            raise InputError(f"{kernel_file}: cannot read kernels ({err.__class__.__name__})") from None
-        if user_kernels.dim() not in (3, 5) or user_kernels.shape[0] != 2 or user_kernels.shape[-1] % 2 == 0:
-            raise InputError(f"{kernel_file}: kernels must be (2,K,K) or (2,Pr,Pc,K,K) with odd K, got {tuple(user_kernels.shape)}")
-        if not torch.isfinite(user_kernels).all() or (user_kernels < 0).any():
-            raise InputError(f"{kernel_file}: kernels must be finite and non-negative")
+    user_kernels = load_kernel_file(kernel_file) if kernel_file is not None else None
     try:
         config = SynthConfig(
             size=parse_size(size),

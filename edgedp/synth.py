@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .conventions import BEHIND, BOTH, fit_focus
+from .errors import InputError
 from .io import json_ready
 from .kernels import ButterworthParams, kernel_disparity, kernel_pyramid, resize_kernel, swap_focus_side
 from .physics import render_dual_pixel, render_dual_pixel_patchwise
@@ -85,6 +87,27 @@ class SynthConfig:
         if self.level_step <= 0:
             raise ValueError("level_step must be > 0")
 
+
+
+def load_kernel_file(path: Path | str) -> Tensor:
+    """User kernels for :func:`make_scene` from a ``.npy`` file: ``(2, K, K)`` [left, right] or
+    ``(2, Pr, Pc, K, K)`` per patch, K odd, finite and non-negative; float32.
+
+    Raises:
+        InputError: one line naming the file (missing, unreadable, wrong shape or values).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: kernel file not found")
+    try:
+        kernels = torch.from_numpy(np.load(path).astype(np.float32))
+    except Exception as err:  # numpy raises many kinds for a bad file
+        raise InputError(f"{path}: cannot read kernels ({err.__class__.__name__})") from None
+    if kernels.dim() not in (3, 5) or kernels.shape[0] != 2 or kernels.shape[-1] % 2 == 0:
+        raise InputError(f"{path}: kernels must be (2,K,K) or (2,Pr,Pc,K,K) with odd K, got {tuple(kernels.shape)}")
+    if not torch.isfinite(kernels).all() or (kernels < 0).any():
+        raise InputError(f"{path}: kernels must be finite and non-negative")
+    return kernels
 
 @dataclass
 class SynthScene:
