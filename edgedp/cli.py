@@ -623,9 +623,10 @@ def tune(
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise OutputError(f"cannot write the profile {out}: folder {folder} does not exist or is not writable")
+    focus_option(focus)  # one warning line for an old name (FitConfig maps it)
     if rounds < 1:
         raise InputError(f"--rounds {rounds}: must be >= 1")
-    config = fit_config_from_options(preset.value, iterations=iterations, focus=focus_option(focus))
+    config = fit_config_from_options(preset.value, iterations=iterations, focus=focus.value if focus is not None else None)
     config = dataclasses.replace(config, stage3_iterations=0)
     options = camera_read_options(camera, black_level, white_level, flat_field, crop, transfer, min_size=MIN_FIT_SIZE)
     found, notes = find_captures(captures)
