@@ -31,7 +31,8 @@ kernel_size, patches or null), ``arrays`` (name -> shape and stored dtype of eve
 the ``gd/`` ones), ``derived`` (name -> how an array that is not stored follows from the others),
 ``gd`` (``config``: how to rebuild G_D with :func:`edgedp.networks.build_gd`,
 ``params``: name -> shape, in state-dict order), ``conventions`` (the text of :data:`CONVENTIONS`),
-``focus`` (``front`` or ``both``: what the fit used), ``config`` (the FitConfig as a dict, data-
+``focus`` (``behind`` or ``both``: what the fit used, :mod:`edgedp.conventions`; bundles
+written before it say ``front`` for ``behind``), ``config`` (the FitConfig as a dict, data-
 derived fields filled in; :func:`fit_config_from_dict` rebuilds it), ``stages`` (per-stage name,
 seconds, iterations, final loss, thinned loss curve), ``disparity`` (the DP disparity summary the
 fit used) and ``input`` (paths, black/white level, flat field, crop, ...; empty when unknown).
@@ -87,6 +88,7 @@ import torch
 from torch import Tensor
 
 from . import __version__
+from .conventions import fit_focus
 from .errors import InputError, OutputError
 from .deconvolution import DeconvolutionConfig
 from .fit import FitConfig, FitResult, StageReport, alphas_from_weights
@@ -126,7 +128,8 @@ CONVENTIONS: dict[str, str] = {
     "views": "view index 0 = left, 1 = right (kernels[0] and patch_kernels[..., 0, :, :, :] are the left view's)",
     "radius_sign": (
         "signed blur radius r in px: r > 0 behind the focal plane (the thesis' 'front focus'), r < 0 in "
-        "front of it, r = 0 in focus; radii[i] is layer i's radius, increasing with i"
+        "front of it, r = 0 in focus; radii[i] is layer i's radius, increasing with i; focus 'behind' = r >= 0 "
+        "layers only, 'both' = r of either sign (edgedp.conventions)"
     ),
     "disparity": "DP disparity = x_right - x_left (px), with the sign of r",
     "kernel": (
@@ -186,8 +189,9 @@ class SceneBundle:
 
     @property
     def focus(self) -> str:
-        """``front`` or ``both``: the layer layout of the fit."""
-        return str(self.meta.get("focus"))
+        """``behind`` or ``both``: the layer layout of the fit (an old bundle's ``front`` is
+        ``behind``, :mod:`edgedp.conventions`)."""
+        return fit_focus(str(self.meta.get("focus")))
 
     @property
     def gd_config(self) -> dict:

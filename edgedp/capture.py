@@ -6,8 +6,9 @@ a device profile, builds the :class:`~edgedp.fit.FitConfig` from the preset and 
 (:data:`FIT_OUTPUTS`) and ``report.json``.  ``edgedp fit`` and every capture of ``edgedp batch``
 (local processes or Ray tasks) call it, so their results are the same.
 
-The flag -> FitConfig mapping (presets, parsing of ``--iterations`` and friends) stays in
-:mod:`edgedp.cli`, the one place those numbers live; this module imports it when called.
+The flag -> FitConfig mapping (presets, parsing of ``--iterations`` and friends) is
+:mod:`edgedp.options`, the one place those numbers live; a device profile merges into it with
+:meth:`edgedp.profile.DeviceProfile.apply_to`.
 
 Outputs (``OUTDIR``): ``allinfocus.png`` (16-bit, on the normalized input's scale: linear for
 linear input, sRGB-encoded with an ``sRGB`` chunk when the input was read as sRGB),
@@ -184,7 +185,7 @@ def capture_config(options: CaptureOptions):
     refuses bad options before its first capture.  The input options are resolved as flags >
     ``--camera`` preset > the profile's input settings."""
     from .cameras import apply_camera
-    from .cli import check_device, fit_config_from_options, read_options, warm_iterations
+    from .options import check_device, fit_config_from_options, read_options
     from .transfer import check_transfer
 
     config = fit_config_from_options(
@@ -212,33 +213,10 @@ def capture_config(options: CaptureOptions):
         from .profile import load_profile
 
         device_profile = load_profile(options.profile)
-        # The device's kernel shape and radius-per-disparity; the blur RANGE still comes from this
-        # capture's disparity (a scene may hold more blur than the ones tuned on), spread over the
-        # profile's layer count so that G_D's weights fit.
-        changes = {
-            "butterworth": device_profile.butterworth,
-            "radius_scale": device_profile.radius_scale,
-            "gd_width": device_profile.gd_width,
-            "gd_scale": device_profile.gd_scale,
-        }
-        if options.kernel is None:
-            changes["kernel_model"] = device_profile.kernel_model
-        if options.focus is None:
-            changes["focus"] = device_profile.focus
-        if options.layers is None:
-            changes["layers"] = device_profile.layers
-        if options.iterations is None and options.warm_start is None:
-            # G_D's features come from this device's captures: a few steps of its last layer
-            # adapt it to this scene (tools/bench_warmstart.py measures it against a cold fit).
-            changes["stage2_iterations"] = warm_iterations(options.preset)
-            changes["gd_train"] = "head"
-        config = dataclasses.replace(config, **changes)
-        if chosen["black_level"] is None and device_profile.black_level is not None:
-            chosen["black_level"] = device_profile.black_level
-            if chosen["white_level"] is None:
-                chosen["white_level"] = device_profile.white_level
-        if chosen["flat_field"] is None and device_profile.flat_field is not None:
-            chosen["flat_field"] = tuple(Path(p) for p in device_profile.flat_field)
+        given = {name for name in ("kernel", "focus", "layers", "iterations", "warm_start")
+                 if getattr(options, name) is not None}
+        config = device_profile.apply_to(config, given, preset=options.preset)
+        chosen.update(device_profile.fill_input(chosen["black_level"], chosen["white_level"], chosen["flat_field"]))
     read = read_options(chosen["black_level"], chosen["white_level"], chosen["flat_field"], options.crop,
                         transfer=chosen["transfer"])
     return config, device_profile, read
@@ -283,7 +261,7 @@ def fit_capture(
     from . import fit as fit_module
     from .bundle import read_gd_state, save_bundle, versions
     from .tiling import TilingConfig, fit_within_budget
-    from .cli import MIN_FIT_SIZE, parse_channel
+    from .options import MIN_FIT_SIZE, parse_channel
     from .io import json_ready, prepare_output_dir, read_dp_pair, write_json, write_npy, write_png8, write_png16
     from .visualize import defocus_figure, preview_image
 
@@ -316,8 +294,6 @@ def fit_capture(
             warn(message)
     fit_channel = parse_channel(options.channel, pair.left.shape[0])
     if fit_channel != "luminance":
-        if "channel" not in {f.name for f in dataclasses.fields(fit_module.FitConfig)}:
-            raise InputError(f"--channel {options.channel}: this version fits on the luminance only")
         config = dataclasses.replace(config, channel=fit_channel)
     gd_init = read_gd_state(options.warm_start) if options.warm_start is not None else None
     if device_profile is not None:
@@ -328,16 +304,9 @@ def fit_capture(
                          layers=config.layers if options.warm_start is None else None)
         if gd_init is None:
             gd_init = device_profile.gd_state
-        # The left/right gain the profile measured is relative to the flat field it was tuned
-        # with: it applies when this capture is read the same way (another flat field replaces it).
-        same_flat = (flat_field is None and device_profile.flat_field is None) or (
-            flat_field is not None and device_profile.flat_field is not None
-            and [str(p) for p in flat_field] == list(device_profile.flat_field)
-        )
-        if device_profile.view_gain is not None and same_flat:
-            from .profile import view_gain_map
-
-            pair.right = pair.right * view_gain_map(device_profile.view_gain, int(height), int(width))
+        gain = device_profile.view_gain_for(flat_field, int(height), int(width))
+        if gain is not None:
+            pair.right = pair.right * gain
     read_seconds = time.perf_counter() - started
 
     t_fit = time.perf_counter()
@@ -361,7 +330,7 @@ def fit_capture(
     write_png16(targets["allinfocus.png"], result.allinfocus, overwrite=overwrite, transfer=pair.info.transfer)
     write_npy(targets["defocus.npy"], result.defocus.detach().cpu().numpy().astype(np.float32), overwrite=overwrite)
     # Colours span the layers' radii, so a colour means the same radius in every fit of that
-    # range, and a front+back fit always gets the diverging map.
+    # range, and a `both` fit always gets the diverging map.
     span = {"vmin": float(result.radii.min()), "vmax": float(result.radii.max())}
     if not span["vmax"] > span["vmin"]:
         span = {}

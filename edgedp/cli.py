@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Callable, Optional, TypeVar
@@ -16,7 +15,22 @@ from typing import Annotated, Callable, Optional, TypeVar
 import typer
 
 from . import __version__
+from .conventions import AUTO, BEHIND, BOTH, fit_focus, side_text
 from .errors import EdgedpError, InputError, OutputError
+from .options import (  # noqa: F401  (the library's option rules; kept importable from here)
+    MIN_FIT_SIZE,
+    WARM_STAGE2_ITERATIONS,
+    camera_read_options,
+    check_device,
+    fit_config_from_options,
+    parse_channel,
+    parse_iterations,
+    parse_patches,
+    preset_config,
+    presets,
+    read_options,
+    warm_iterations,
+)
 
 app = typer.Typer(
     name="edgedp",
@@ -96,51 +110,6 @@ CameraOpt = Annotated[
 ]
 
 
-def read_options(
-    black_level: Optional[float],
-    white_level: Optional[float],
-    flat_field: Optional[tuple[Path, Path]],
-    crop: Optional[str],
-    min_size: int = 1,
-    transfer: str = "auto",
-):
-    """Build :class:`edgedp.io.ReadOptions` from the shared CLI input options."""
-    from .io import ReadOptions, parse_size
-
-    if flat_field is not None and any(p is None for p in flat_field):
-        flat_field = None
-    if white_level is not None and black_level is None:
-        raise InputError("--white-level needs --black-level (raw mode)")
-    return ReadOptions(
-        black_level=black_level,
-        white_level=white_level,
-        flat_field=tuple(flat_field) if flat_field else None,
-        crop=parse_size(crop, what="--crop") if crop else None,
-        min_size=min_size,
-        transfer=transfer,
-    )
-
-
-def camera_read_options(
-    camera: Optional[str],
-    black_level: Optional[float],
-    white_level: Optional[float],
-    flat_field: Optional[tuple[Path, Path]],
-    crop: Optional[str],
-    transfer: Optional[str],
-    min_size: int = 1,
-):
-    """:func:`read_options` after ``--camera`` filled the input options not given."""
-    from .cameras import apply_camera
-    from .transfer import check_transfer
-
-    if transfer is not None:
-        check_transfer(transfer)
-    chosen = apply_camera(camera, black_level=black_level, white_level=white_level, transfer=transfer)
-    return read_options(chosen["black_level"], chosen["white_level"], flat_field, crop, min_size=min_size,
-                        transfer=chosen["transfer"])
-
-
 def echo_warnings(messages, prefix: str = "") -> None:
     """Each message once, as one ``warning: ...`` line on stderr."""
     for message in dict.fromkeys(messages):
@@ -214,20 +183,24 @@ def info(
     typer.echo(
         f"disparity     {est.low:+.2f} .. {est.high:+.2f} px (median {est.median:+.2f}; x_right - x_left, 2nd-98th pct of tiles)"
     )
-    typer.echo(f"focus side    {_side_text(est.side)}")
-
-
-def _side_text(side: str) -> str:
-    return {
-        "behind": "behind the focal plane dominates (positive disparity; thesis 'front focus')",
-        "front": "in front of the focal plane dominates (negative disparity; thesis 'back focus')",
-        "both": "both sides of the focal plane",
-    }.get(side, side)
+    typer.echo(f"focus side    {side_text(est.side)}")
 
 
 class FocusChoice(str, Enum):
-    front = "front"
+    """Fit focus of a synthetic scene (:mod:`edgedp.conventions`; ``front``: old name of behind)."""
+
+    behind = "behind"
     both = "both"
+    front = "front"
+
+
+def focus_option(value: Optional[Enum]) -> Optional[str]:
+    """A ``--focus`` value in the :mod:`edgedp.conventions` vocabulary; an old name (``front``)
+    is mapped with one ``warning:`` line."""
+    if value is None:
+        return None
+    return fit_focus(value.value if isinstance(value, Enum) else value, what="--focus",
+                     warn=lambda m: echo_warnings([m]))
 
 
 class SynthKernel(str, Enum):
@@ -250,7 +223,8 @@ def synth(
     seed: Annotated[int, typer.Option(help="Seed of texture, depth and noise.")] = 0,
     focus: Annotated[
         Optional[FocusChoice],
-        typer.Option(help="front: all blur behind the focal plane; both: both sides. Default: front, or both with --transfer srgb.",
+        typer.Option(help="behind: all blur behind the focal plane (r > 0); both: both sides (r of either sign); front: old "
+                          "name of behind. Default: behind, or both with --transfer srgb.",
                      show_default=False),
     ] = None,
     kernel: Annotated[SynthKernel, typer.Option(help="Parametric DP kernel model.")] = SynthKernel.butterworth,
@@ -265,7 +239,7 @@ def synth(
     transfer: Annotated[
         str,
         typer.Option(help="linear: 16-bit linear views (raw-like); srgb: 8-bit sRGB views as cameras and DPDD store "
-                          "them (front+back focus by default), ground truth 16-bit sRGB."),
+                          "them (focus both by default), ground truth 16-bit sRGB."),
     ] = "linear",
     overwrite: Annotated[bool, typer.Option(help="Replace existing files in OUT.")] = False,
 ) -> None:
@@ -287,34 +261,23 @@ def synth(
       edgedp synth -o dpdd_like --transfer srgb
     """
     import numpy as np
-    import torch
 
     from .io import parse_size, prepare_output_dir, write_json, write_npy, write_png16, write_srgb_png8
-    from .synth import SynthConfig, make_scene
+    from .synth import SynthConfig, load_kernel_file, make_scene
     from .transfer import SRGB, check_transfer
 
     transfer = check_transfer(transfer)
     if transfer not in ("linear", SRGB):
         raise InputError(f"--transfer {transfer}: synth writes linear or srgb files")
+    focus = focus_option(focus)
     if focus is None:
-        focus = FocusChoice.both if transfer == SRGB else FocusChoice.front
+        focus = BOTH if transfer == SRGB else BEHIND
 
-    user_kernels = None
-    if kernel_file is not None:
-        if not kernel_file.is_file():
-            raise InputError(f"{kernel_file}: kernel file not found")
-        try:
-            user_kernels = torch.from_numpy(np.load(kernel_file).astype(np.float32))
-        except Exception as err:  # numpy raises many kinds for a bad file
-            raise InputError(f"{kernel_file}: cannot read kernels ({err.__class__.__name__})") from None
-        if user_kernels.dim() not in (3, 5) or user_kernels.shape[0] != 2 or user_kernels.shape[-1] % 2 == 0:
-            raise InputError(f"{kernel_file}: kernels must be (2,K,K) or (2,Pr,Pc,K,K) with odd K, got {tuple(user_kernels.shape)}")
-        if not torch.isfinite(user_kernels).all() or (user_kernels < 0).any():
-            raise InputError(f"{kernel_file}: kernels must be finite and non-negative")
+    user_kernels = load_kernel_file(kernel_file) if kernel_file is not None else None
     try:
         config = SynthConfig(
             size=parse_size(size),
-            focus=focus.value,
+            focus=focus,
             kernel="file" if user_kernels is not None else kernel.value,
             max_radius=max_radius,
             depth=depth.value,
@@ -343,7 +306,7 @@ def synth(
     write_json(out / "scene.json", scene.params, overwrite=overwrite)
     lo, hi = scene.params["disparity_percentiles_2_98_px"]
     typer.echo(
-        f"wrote {out}: {config.size[0]}x{config.size[1]}, {transfer}, {config.focus} focus, {config.kernel} kernels, "
+        f"wrote {out}: {config.size[0]}x{config.size[1]}, {transfer}, focus {config.focus}, {config.kernel} kernels, "
         f"blur radius {scene.params['defocus_range_px'][0]:+.1f}..{scene.params['defocus_range_px'][1]:+.1f} px, "
         f"disparity {lo:+.2f}..{hi:+.2f} px"
     )
@@ -353,42 +316,6 @@ def synth(
 # fit
 
 
-def presets() -> dict:
-    """``--preset`` name -> :class:`edgedp.fit.FitConfig`: the ONE place these numbers live.
-
-    ``fast``: stage 2 only, 60 iterations; ``default``: stage 2, 100 iterations; ``best``: stage 2
-    and stage 3 (learned kernels).  Measured on the Pixel 4 dev scenes (tools/bench_pixel.py): more
-    stage 2 iterations than ~100 do not raise PSNR (200 gave 30.13 dB on scene 001 against 30.21
-    with 60), and stage 3 gained about 0.1 dB on scene 001 for about a minute, so it is in ``best``.
-    """
-    from .fit import FitConfig
-
-    return {
-        "fast": FitConfig(stage2_iterations=60, stage3_iterations=0),
-        "default": FitConfig(stage2_iterations=100, stage3_iterations=0),
-        "best": FitConfig(stage2_iterations=150, stage3_iterations=60),
-    }
-
-
-#: Stage 2 steps of a WARM fit (G_D from a device profile) per preset, used by ``edgedp fit
-#: --profile`` when ``--iterations`` is not given.  Measured with tools/bench_warmstart.py
-#: (leave-one-out on the Pixel 4 dev scenes): see README, "Device profiles".
-WARM_STAGE2_ITERATIONS = {"fast": 3, "default": 5, "best": 10}
-
-
-def warm_iterations(preset: str) -> int:
-    """Stage 2 steps of a fit warm-started from a device profile (``--preset`` name)."""
-    return WARM_STAGE2_ITERATIONS[preset]
-
-
-def preset_config(name: str):
-    """The :class:`edgedp.fit.FitConfig` of ``--preset name``; InputError for an unknown name."""
-    table = presets()
-    if name not in table:
-        raise InputError(f"unknown --preset '{name}' (choose {', '.join(table)})")
-    return table[name]
-
-
 class PresetChoice(str, Enum):
     fast = "fast"
     default = "default"
@@ -396,130 +323,17 @@ class PresetChoice(str, Enum):
 
 
 class FitFocusChoice(str, Enum):
+    """``--focus`` of a fit (:mod:`edgedp.conventions`; ``front``: old name of behind)."""
+
     auto = "auto"
-    front = "front"
+    behind = "behind"
     both = "both"
+    front = "front"
 
 
 class DeviceChoice(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
-
-
-#: Smallest H and W a fit accepts (G_D works at 1/16 of the full resolution).
-MIN_FIT_SIZE = 16
-
-_ITERATIONS_RE = re.compile(r"^\s*(\d+)\s*(?:,\s*(\d+)\s*)?$")
-_GRID_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
-_CHANNEL_NAMES = {"red": 0, "green": 1, "blue": 2}
-
-
-def parse_iterations(text: str) -> tuple[int, int | None]:
-    """``"S2"`` or ``"S2,S3"`` -> (stage 2 steps >= 0, stage 3 steps >= 0 or None).
-
-    Stage 2 with 0 steps keeps G_D as it starts (a profile's or ``--warm-start`` weights; fused
-    with the per-pixel likelihood as always)."""
-    match = _ITERATIONS_RE.match(str(text))
-    if match is None:
-        raise InputError(
-            f"invalid --iterations '{text}': expected S2 or S2,S3 (optimizer steps of stage 2 and stage 3, >= 0), e.g. 300,60"
-        )
-    return int(match.group(1)), None if match.group(2) is None else int(match.group(2))
-
-
-def parse_patches(text: str) -> tuple[int, int]:
-    """``"RxC"`` -> (rows, cols), both >= 1."""
-    match = _GRID_RE.match(str(text))
-    if match is None or min(int(match.group(1)), int(match.group(2))) < 1:
-        raise InputError(f"invalid --patches '{text}': expected RxC (rows x columns of the kernel grid), e.g. 6x8")
-    return int(match.group(1)), int(match.group(2))
-
-
-def parse_channel(text: str, channels: int) -> str | int:
-    """``--channel`` for an input of ``channels`` channels -> ``"luminance"`` or a channel index."""
-    value = str(text).strip().lower()
-    if value == "luminance":
-        return "luminance"
-    if value in _CHANNEL_NAMES:
-        index = _CHANNEL_NAMES[value]
-    elif value.isdigit():
-        index = int(value)
-    else:
-        raise InputError(f"invalid --channel '{text}': expected luminance, green or a channel number 0..2")
-    if channels == 1:
-        if index != 0:
-            raise InputError(f"--channel {text}: the input has one channel (only RGB input has a choice)")
-        return "luminance"
-    if not 0 <= index < channels:
-        raise InputError(f"--channel {text}: the input has channels 0..{channels - 1}")
-    return index
-
-
-def fit_config_from_options(
-    preset: str = "default",
-    *,
-    iterations: str | None = None,
-    layers: int | None = None,
-    max_kernel: int | None = None,
-    max_radius: float | None = None,
-    patches: str | None = None,
-    focus: str | None = None,
-    kernel: str | None = None,
-    device: str | None = None,
-    seed: int | None = None,
-):
-    """The FitConfig of ``edgedp fit``: the preset, then each given flag (``dataclasses.replace``).
-
-    Raises:
-        InputError: a bad flag value, with a one-line message naming the flag.
-    """
-    import dataclasses
-    import math
-
-    config = preset_config(preset)
-    changes: dict = {}
-    if iterations is not None:
-        s2, s3 = parse_iterations(iterations)
-        changes["stage2_iterations"] = s2
-        if s3 is not None:
-            changes["stage3_iterations"] = s3
-    if layers is not None:
-        if layers < 2:
-            raise InputError(f"--layers {layers}: need at least 2 layers")
-        changes["layers"] = int(layers)
-    if max_kernel is not None and max_radius is not None:
-        raise InputError("--max-kernel and --max-radius both set the blur range: give one of them")
-    if max_kernel is not None:
-        if max_kernel < 3 or max_kernel % 2 == 0:
-            raise InputError(f"--max-kernel {max_kernel}: the kernel size must be odd and at least 3 (e.g. 35)")
-        changes["max_radius"] = (max_kernel - 1) / 2
-    if max_radius is not None:
-        if not (math.isfinite(max_radius) and max_radius > 0):
-            raise InputError(f"--max-radius {max_radius}: must be a positive number of pixels")
-        changes["max_radius"] = float(max_radius)
-    if patches is not None:
-        changes["patches"] = parse_patches(patches)
-    if focus is not None:
-        changes["focus"] = focus
-    if kernel is not None:
-        changes["kernel_model"] = kernel
-    if device is not None:
-        changes["device"] = device
-    if seed is not None:
-        if seed < 0:
-            raise InputError(f"--seed {seed}: must be >= 0")
-        changes["seed"] = int(seed)
-    return dataclasses.replace(config, **changes)
-
-
-def check_device(device: str) -> None:
-    """InputError when ``device`` is ``cuda`` and this torch has no usable CUDA device."""
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
-            raise InputError(f"--device cuda: CUDA is not available ({why}, torch {torch.__version__}); use --device cpu")
 
 
 class FitProgress:
@@ -622,7 +436,8 @@ MaxRadiusOpt = Annotated[
 PatchesOpt = Annotated[Optional[str], typer.Option(help="Stage 3 kernel grid RxC (default 6x8).", show_default=False)]
 FitFocusOpt = Annotated[
     Optional[FitFocusChoice],
-    typer.Option(help="auto (decide from the DP disparity; default), front (blur behind the focal plane only) or both.", show_default=False),
+    typer.Option(help="auto (decide from the DP disparity; default), behind (blur behind the focal plane only, r > 0) or "
+                      "both (r of either sign); front: old name of behind.", show_default=False),
 ]
 KernelOpt = Annotated[
     Optional[SynthKernel], typer.Option(help="Parametric DP kernel model (default butterworth).", show_default=False)
@@ -717,6 +532,7 @@ def with_fit_options(command: F) -> F:
     @functools.wraps(command)
     def wrapper(**kwargs):
         values = {name: kwargs.pop(name) for name in names}
+        values["focus"] = focus_option(values["focus"])
         values = {k: (v.value if isinstance(v, Enum) else v) for k, v in values.items()}
         if values["flat_field"] is not None and any(p is None for p in values["flat_field"]):
             values["flat_field"] = None
@@ -772,7 +588,7 @@ def fit(
     typer.echo(f"input    {transfer_line(report['input']['transfer'])}")
     d = result.disparity or {}
     disparity = f"DP disparity {d.get('low', float('nan')):+.2f} .. {d.get('high', float('nan')):+.2f} px"
-    if done.requested.focus == "auto":
+    if done.requested.focus == AUTO:
         typer.echo(f"focus    auto -> {result.focus} ({disparity}, {d.get('side', '?')})")
     else:
         typer.echo(f"focus    {result.focus} (as requested; {disparity})")
@@ -810,7 +626,8 @@ def tune(
     camera: CameraOpt = None,
     preset: Annotated[PresetChoice, typer.Option(help="Speed/quality preset for the G_D fits.")] = PresetChoice.fast,
     iterations: Annotated[Optional[str], typer.Option(help="Stage 2 steps per capture (S2). Default: the preset's.")] = None,
-    focus: Annotated[Optional[FitFocusChoice], typer.Option(help="auto (default), front or both.", show_default=False)] = None,
+    focus: Annotated[Optional[FitFocusChoice], typer.Option(help="auto (default), behind or both (front: old name of behind).",
+                                                            show_default=False)] = None,
     rounds: Annotated[int, typer.Option(help="Passes of the G_D fit over the captures.")] = 1,
     search: Annotated[
         bool,
@@ -849,6 +666,7 @@ def tune(
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise OutputError(f"cannot write the profile {out}: folder {folder} does not exist or is not writable")
+    focus_option(focus)  # one warning line for an old name (FitConfig maps it)
     if rounds < 1:
         raise InputError(f"--rounds {rounds}: must be >= 1")
     from edgedp_runtime.memory import memory_budget

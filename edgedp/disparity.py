@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgedp.conventions import BEHIND, BOTH, IN_FOCUS, IN_FRONT, UNKNOWN
 from edgedp.errors import InputError
 
 __all__ = ["DisparityEstimate", "estimate_disparity", "decide_side"]
@@ -72,9 +73,10 @@ class DisparityEstimate:
         tile: tile size in pixels (tile grid centred, see module docstring).
         low, high: 2nd / 98th percentile of the reliable tiles' disparities (NaN if none).
         median: median of the reliable tiles' disparities (NaN if none).
-        side: ``"behind"`` (``d > 0`` dominates: behind the focal plane, the thesis' "front
-            focus"), ``"front"`` (``d < 0``), ``"both"``, ``"in-focus"``, or ``"unknown"`` when
-            no tile is reliable (e.g. a flat image).  See :func:`decide_side`.
+        side: a :data:`edgedp.conventions.SIDES` name: ``"behind"`` (``d > 0`` dominates:
+            ``r > 0``, the thesis' "front focus"), ``"in_front"`` (``d < 0``: ``r < 0``),
+            ``"both"``, ``"in_focus"``, or ``"unknown"`` when no tile is reliable (e.g. a flat
+            image).  See :func:`decide_side`.
     """
 
     disparity: np.ndarray
@@ -90,22 +92,23 @@ def decide_side(reliable: np.ndarray) -> str:
     """Classify the defocus side from the reliable tiles' disparities (1-D, no NaN).
 
     Rule: ``p`` / ``n`` = fraction of tiles with ``d > +0.5`` / ``d < -0.5`` px.  No tiles ->
-    ``"unknown"``; both ``p, n >= 0.1`` -> ``"both"``; only ``p >= 0.1`` -> ``"behind"``; only
-    ``n >= 0.1`` -> ``"front"``; neither -> ``"in-focus"``.
+    ``"unknown"``; both ``p, n >= 0.1`` -> ``"both"``; only ``p >= 0.1`` -> ``"behind"`` (r > 0);
+    only ``n >= 0.1`` -> ``"in_front"`` (r < 0); neither -> ``"in_focus"``
+    (:mod:`edgedp.conventions`).
     """
     d = np.asarray(reliable, dtype=np.float64).ravel()
     if d.size == 0:
-        return "unknown"
+        return UNKNOWN
     p = float(np.mean(d > SIDE_THRESHOLD_PX))
     n = float(np.mean(d < -SIDE_THRESHOLD_PX))
     pos, neg = p >= SIDE_MIN_FRACTION, n >= SIDE_MIN_FRACTION
     if pos and neg:
-        return "both"
+        return BOTH
     if pos:
-        return "behind"
+        return BEHIND
     if neg:
-        return "front"
-    return "in-focus"
+        return IN_FRONT
+    return IN_FOCUS
 
 
 def _to_tensor(x: ArrayLike, name: str, device: torch.device) -> torch.Tensor:

@@ -20,6 +20,7 @@ from typing import Callable, Literal, Optional
 import torch
 from torch import Tensor
 
+from .conventions import BOTH, fit_focus, focus_for_side
 from .disparity import estimate_disparity
 from .errors import InputError
 from .kernels import ButterworthParams, both_radii, front_radii, kernel_disparity, kernel_pyramid
@@ -44,12 +45,14 @@ class FitConfig:
     """Settings of a fit; ``None`` means "derive from the data" (documented per field).
 
     Attributes:
-        focus: ``auto`` decides from the DP disparity (both signs present -> ``both``), ``front``
-            (all blur behind the focal plane: radii 0..R) or ``both`` (radii -R..R).
+        focus: (:mod:`edgedp.conventions`) ``auto`` decides from the DP disparity (blur in front
+            of the focal plane present -> ``both``), ``behind`` (all blur behind the focal plane,
+            r > 0: radii 0..R) or ``both`` (radii -R..R).  The old name ``front`` (= ``behind``)
+            is accepted.
         max_radius: largest blur radius R in px; ``None``: from the disparity estimate,
             ``R = high_disparity / disparity_per_radius`` of the kernel model, so the layer range
             follows the physics of the capture, not a constant.
-        layers: number of layers (front: N + 1, radii spaced evenly in [0, R]; both: 2N + 1 in
+        layers: number of layers (behind: N + 1, radii spaced evenly in [0, R]; both: 2N + 1 in
             [-R, R]); ``None``: one per pixel of radius (R + 1, or 2R + 1), as in the thesis (18
             layers for 35 x 35 kernels).
         kernel_model, butterworth: parametric DP kernel of stages 1-2 and of stage 3's warm start.
@@ -88,7 +91,7 @@ class FitConfig:
             channel index; the fitted defocus map and kernels are applied to every channel.
     """
 
-    focus: Literal["auto", "front", "both"] = "auto"
+    focus: Literal["auto", "behind", "both"] = "auto"
     max_radius: float | None = None
     layers: int | None = None
     kernel_model: Literal["butterworth", "disk"] = "butterworth"
@@ -98,7 +101,7 @@ class FitConfig:
     gd_scale: int = 2
     stage2_block: int = STAGE2_BLOCK
     gd_width: float = 0.5
-    stage2_iterations: int = 300
+    stage2_iterations: int = 100  # the default preset (edgedp.options.presets)
     stage3_iterations: int = 0
     lr: float = 2e-3
     gd_train: Literal["all", "head"] = "all"
@@ -112,6 +115,10 @@ class FitConfig:
     seed: int = 0
     device: str = "cpu"
     channel: str | int = "luminance"
+
+    def __post_init__(self) -> None:
+        # Bundles and callers from before edgedp.conventions say "front" for "behind".
+        object.__setattr__(self, "focus", fit_focus(self.focus))
 
 
 @dataclass
@@ -140,7 +147,7 @@ class FitResult:
         kernels: (2, L, K, K) parametric kernels [left, right].
         patch_kernels: (Pr, Pc, 2, L, K, K) stage 3 kernels, or None.
         gd_state: G_D's state dict; gd_config: how to rebuild G_D (:func:`networks.build_gd`).
-        focus: ``front`` or ``both`` (what ``auto`` decided).
+        focus: ``behind`` or ``both`` (what ``auto`` decided; :mod:`edgedp.conventions`).
         config: the FitConfig used (with data-derived fields filled in).
         stages: per-stage reports.
         disparity: the DP disparity estimate summary (low, median, high, side).
@@ -283,7 +290,13 @@ def fit_scene(
 
 def fit_channel(image: Tensor, channel: str | int = "luminance") -> Tensor:
     """The channel a fit runs on: (C, H, W) -> (H, W): the luminance of linear RGB (or channel 0
-    of a single-channel image), or the given channel index."""
+    of a single-channel image), or the given channel index.
+
+    Example:
+        >>> rgb = torch.ones(3, 4, 5)
+        >>> round(float(fit_channel(rgb)[0, 0]), 4), float(fit_channel(rgb * torch.arange(3.)[:, None, None], 1)[0, 0])
+        (1.0, 1.0)
+    """
     if channel != "luminance":
         index = int(channel)
         if not 0 <= index < image.shape[0]:
@@ -297,7 +310,12 @@ def fit_channel(image: Tensor, channel: str | int = "luminance") -> Tensor:
 
 def disparity_per_radius(model: str, params: ButterworthParams) -> float:
     """DP disparity (px) per px of blur radius of the layer kernels (0.645 for the default
-    Butterworth model, 0.5 for the disk): maps a measured disparity to a blur radius."""
+    Butterworth model, 0.5 for the disk): maps a measured disparity to a blur radius.
+
+    Example:
+        >>> round(disparity_per_radius('butterworth', ButterworthParams()), 3), round(disparity_per_radius('disk', ButterworthParams()), 3)
+        (0.645, 0.5)
+    """
     radius = 16.0
     pair = kernel_pyramid([radius], model, params, dtype=torch.float64)[:, 0]
     return float(kernel_disparity(pair)) / radius
@@ -306,24 +324,31 @@ def disparity_per_radius(model: str, params: ButterworthParams) -> float:
 def layer_radii(config: FitConfig, low: float, high: float, side: str) -> tuple[str, Tensor]:
     """Decide the focus side and the layers' signed radii (L,) from the disparity range.
 
-    ``auto``: ``both`` when the disparity has both signs or only negative ones (content in front
-    of the focal plane), else ``front``.  R = max |disparity| / disparity_per_radius, rounded up,
+    ``auto``: :func:`edgedp.conventions.focus_for_side`: ``both`` when the disparity has both
+    signs or only negative ones (content in front of the focal plane), else ``behind``.  R = max |disparity| / disparity_per_radius, rounded up,
     clamped to [2, 40] px (8 px when the disparity is unknown, e.g. a textureless image);
     ``config.radius_scale`` multiplies the radius per px of disparity.
+
+    Example:
+        >>> focus, radii = layer_radii(FitConfig(), -1.0, 3.2, 'behind')
+        >>> focus, radii.tolist()
+        ('behind', [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+        >>> layer_radii(FitConfig(max_radius=2.0), 0.0, 0.0, 'in_front')[1].tolist()
+        [-2.0, -1.0, 0.0, 1.0, 2.0]
     """
     focus = config.focus
     if focus == "auto":
-        focus = "both" if side in ("both", "front") else "front"
+        focus = focus_for_side(side)
     if config.max_radius is not None:
         radius = float(config.max_radius)
     else:
-        extent = max(abs(low), abs(high)) if focus == "both" else high
+        extent = max(abs(low), abs(high)) if focus == BOTH else high
         if not math.isfinite(extent):
             radius = 8.0
         else:
             nominal = extent / disparity_per_radius(config.kernel_model, config.butterworth)
             radius = float(min(max(math.ceil(nominal * config.radius_scale), 2), 40))
-    if focus == "both":
+    if focus == BOTH:
         total = config.layers if config.layers is not None else 2 * int(math.ceil(radius)) + 1
         radii = both_radii(radius, max((total - 1) // 2, 1))
     else:

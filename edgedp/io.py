@@ -976,6 +976,13 @@ def find_pair(path: Path | str) -> tuple[Path, Path]:
     Raises:
         InputError: the file does not exist, the name does not say which view it is, or the
             partner is missing.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ('001_left.png', '001_right.png'): _ = (folder / name).write_bytes(b'')
+        >>> [p.name for p in find_pair(folder / '001_left.png')]
+        ['001_left.png', '001_right.png']
     """
     path = Path(path)
     if not path.is_file():
@@ -1179,6 +1186,10 @@ def parse_size(text: str, *, what: str = "size") -> tuple[int, int]:
 
     Raises:
         InputError: not two positive integers; the message names ``what`` (e.g. "--crop").
+
+    Example:
+        >>> parse_size('1008x1344'), parse_size('37 X 53')
+        ((1008, 1344), (37, 53))
     """
     match = _SIZE_RE.match(str(text))
     if match is None:
@@ -1375,7 +1386,13 @@ def write_npy(path: Path | str, array: Tensor | np.ndarray, *, overwrite: bool =
 def json_ready(obj: Any) -> Any:
     """``obj`` as plain JSON types, recursively: dataclasses -> dicts (keys as strings), tuples and
     sets -> lists, Paths -> strings, tensors/arrays -> lists, numpy scalars -> numbers.  Anything
-    else is returned as is (``json.dumps`` rejects what it cannot write)."""
+    else is returned as is (``json.dumps`` rejects what it cannot write).
+
+    Example:
+        >>> import math
+        >>> json_ready({'radii': torch.tensor([0.0, 1.5]), 'path': Path('a/b.png'), 'nan': math.nan})
+        {'radii': [0.0, 1.5], 'path': 'a/b.png', 'nan': nan}
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return json_ready(dataclasses.asdict(obj))
     if isinstance(obj, dict):

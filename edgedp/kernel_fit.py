@@ -3,7 +3,7 @@
 Generators
 ----------
 For each view and each side of the focal plane that the layer radii cover (two generators for a
-front-only stack, four when the radii have both signs) a :class:`KernelGenerator` maps a trainable
+``behind`` stack (r >= 0), four when the radii have both signs) a :class:`KernelGenerator` maps a trainable
 random input ``Z (P, 4K, 4K)`` (``4K = 8N + 4``, ``P = Pr * Pc`` patches, ``K = 2N + 1``) through
 ``Conv(c1, s2), Conv(c1, s1), Conv(c2, s2), Conv(c2, s1), Conv(P, s1)`` (3x3, LeakyReLU(0.2)
 between) and a spatial softmax to ``P`` kernels ``K x K``: per patch, the kernel of that view at
@@ -13,7 +13,7 @@ one generator costs ~0.35 s at the literal widths (7.4 M parameters), ~0.05 s at
 half that at 0.125; ``groups = P`` convolutions (independent per-patch generators) are as slow as
 the literal widths in PyTorch's CPU kernels, so they are not used.  A layer of signed radius
 ``r_i`` uses ``resize_kernel(G_side(Z), |r_i| / R_side)`` of its side's generators (``r_i > 0``:
-front, behind the focal plane; ``r_i < 0``: back; ``r_i = 0``: a delta), exactly like the
+``behind`` the focal plane; ``r_i < 0``: ``in_front``; ``r_i = 0``: a delta; :mod:`edgedp.conventions`), exactly like the
 parametric :func:`edgedp.kernels.kernel_pyramid`.  Softmax kernels are non-negative and sum to 1
 by construction.  Everything is seeded by ``config.seed`` (same seed, same output).
 
@@ -89,6 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conventions import BEHIND, IN_FRONT
 from .kernels import resize_kernel
 from .latent import (
     LatentSolver,
@@ -196,10 +197,11 @@ class KernelGenerator(nn.Module):
 
 
 class KernelGenerators(nn.Module):
-    """The 2 (front-only) or 4 (front + back) generators of a stack.
+    """The 2 (r > 0 only) or 4 (r of both signs) generators of a stack.
 
     Attributes:
-        sides: ``("front",)``, ``("back",)`` or ``("front", "back")``.
+        sides: ``("behind",)`` (r > 0), ``("in_front",)`` (r < 0) or ``("behind", "in_front")``
+            (:mod:`edgedp.conventions`).
         side_radius: |radius| (px) that each side's generator output stands for.
     Calling it returns ``{side: (2, P, K, K)}`` ([left, right] generators of that side).
     """
@@ -233,7 +235,7 @@ def patch_layer_kernels(
 
     Args:
         side_kernels: ``{side: (2, P, K, K)}`` kernels at radius ``side_radius[side]``.
-        radii: (L,) signed layer radii (px); ``r > 0`` uses ``front``, ``r < 0`` ``back``,
+        radii: (L,) signed layer radii (px); ``r > 0`` uses ``behind``, ``r < 0`` ``in_front``,
             ``r = 0`` is a delta.
         grid: (Pr, Pc), ``Pr * Pc = P`` (row-major).
         size: output kernel size (odd).
@@ -251,7 +253,7 @@ def patch_layer_kernels(
     delta[size // 2, size // 2] = 1
     zero = radii == 0
     out[:, :, zero] = delta
-    for side, sign in (("front", 1.0), ("back", -1.0)):
+    for side, sign in ((BEHIND, 1.0), (IN_FRONT, -1.0)):
         idx = torch.nonzero(radii * sign > 0).flatten()
         if idx.numel() == 0:
             continue
@@ -516,7 +518,7 @@ def fit_patch_kernels(
 
     # Sides present and the parametric targets of the warm start (the largest |r| layer per side).
     sides, side_radius, targets = [], {}, {}
-    for side, sign in (("front", 1.0), ("back", -1.0)):
+    for side, sign in ((BEHIND, 1.0), (IN_FRONT, -1.0)):
         signed = radii * sign
         if (signed > 0).any():
             idx = int(torch.argmax(signed))

@@ -251,6 +251,13 @@ def dp_kernel_pair(
 
     Raises:
         ValueError: unknown model, non-finite radius, even or too small ``size``.
+
+    Example:
+        >>> pair = dp_kernel_pair(4.0, 'butterworth')
+        >>> tuple(pair.shape), [round(float(s), 4) for s in pair.sum((-1, -2))]
+        ((2, 9, 9), [1.0, 1.0])
+        >>> float(kernel_disparity(pair)) > 0  # r > 0: the right kernel's mass lies right
+        True
     """
     if model not in _MODELS:
         raise ValueError(f"unknown kernel model {model!r}; expected one of {_MODELS}")
@@ -295,6 +302,11 @@ def kernel_pyramid(
 
     Returns:
         ``(2, L, K, K)``: ``[left, right]`` x layers.
+
+    Example:
+        >>> k = kernel_pyramid(front_radii(3, 4), 'disk')
+        >>> tuple(k.shape), float(k[0, 0, 3, 3])  # layer 0 (r = 0) is a delta
+        ((2, 4, 7, 7), 1.0)
     """
     r = torch.as_tensor(radii, dtype=torch.float64).detach().cpu().reshape(-1)
     if r.dim() != 1 or r.numel() == 0:
@@ -342,6 +354,12 @@ def resize_kernel(kernels: Tensor, scale: float | Tensor, size: int) -> Tensor:
     Returns:
         ``(..., size, size)`` (leading dims broadcast with ``scale``), each summing to 1; device
         and dtype follow ``kernels``.
+
+    Example:
+        >>> k = dp_kernel_pair(4.0, 'disk')  # (2, 9, 9)
+        >>> small = resize_kernel(k[:, None], 0.5, 5)
+        >>> tuple(small.shape), [round(float(s), 4) for s in small.sum((-1, -2)).flatten()]
+        ((2, 1, 5, 5), [1.0, 1.0])
     """
     if kernels.dim() < 2 or kernels.shape[-1] != kernels.shape[-2] or kernels.shape[-1] % 2 != 1:
         raise ValueError(f"kernels must be (..., K, K) with K odd, got {tuple(kernels.shape)}")
@@ -364,9 +382,14 @@ def resize_kernel(kernels: Tensor, scale: float | Tensor, size: int) -> Tensor:
 def front_radii(
     max_radius: float, num_layers: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """Layer radii for a front-only (behind the focal plane) stack: ``linspace(0, R, L)``, (L,).
+    """Layer radii for a ``behind`` stack (r >= 0, edgedp.conventions; "front" is the thesis name): ``linspace(0, R, L)``, (L,).
 
-    ``front_radii(17, 18)`` is ``0, 1, ..., 17`` (layer 0 in focus)."""
+    ``front_radii(17, 18)`` is ``0, 1, ..., 17`` (layer 0 in focus).
+
+    Example:
+        >>> front_radii(3, 4).tolist()
+        [0.0, 1.0, 2.0, 3.0]
+    """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
     if not max_radius >= 0:
@@ -381,8 +404,13 @@ def both_radii(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Layer radii for a front+back stack: ``linspace(-R, R, 2N + 1)``, increasing, with 0 in the
-    middle (index N), (2N + 1,)."""
+    """Layer radii for a ``both`` stack: ``linspace(-R, R, 2N + 1)``, increasing, with 0 in the
+    middle (index N), (2N + 1,).
+
+    Example:
+        >>> both_radii(3, 3).tolist()
+        [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+    """
     if num_layers_per_side < 0:
         raise ValueError(f"num_layers_per_side must be >= 0, got {num_layers_per_side}")
     if not max_radius >= 0:
@@ -408,7 +436,13 @@ def kernel_centroid(kernels: Tensor) -> Tensor:
 
 def kernel_disparity(pair: Tensor) -> Tensor:
     """DP disparity of kernel pairs ``(2, ..., K, K)`` -> ``(...)``:
-    ``centroid_x(right) - centroid_x(left)`` in px (positive behind the focal plane)."""
+    ``centroid_x(right) - centroid_x(left)`` in px (positive behind the focal plane).
+
+    Example:
+        >>> pair = dp_kernel_pair(6.0, 'disk')
+        >>> round(float(kernel_disparity(pair)), 3), round(float(kernel_disparity(swap_focus_side(pair))), 3)
+        (3.0, -3.0)
+    """
     if pair.shape[0] != 2:
         raise ValueError(f"pair must be (2, ..., K, K) [left, right], got {tuple(pair.shape)}")
     c = kernel_centroid(pair)[..., 1]

@@ -74,6 +74,11 @@ def psnr(x: ArrayLike, gt: ArrayLike, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)``.
 
     ``x``, ``gt``: ``(H, W)``.  Returns ``inf`` for identical images.  No clipping here.
+
+    Example:
+        >>> gt = np.full((37, 53), 0.5)
+        >>> round(psnr(gt + 0.01, gt), 2), psnr(gt, gt)
+        (40.0, inf)
     """
     a, b = _pair(x, gt)
     return _psnr_from_mse(float(np.mean((a - b) ** 2)), data_range)
@@ -102,6 +107,11 @@ def ssim(x: ArrayLike, gt: ArrayLike, data_range: float = 1.0) -> float:
     sigma=1.5, use_sample_covariance=False)``: Gaussian window sigma 1.5, 11 taps, ``reflect``
     borders, the SSIM map's 5-pixel border is cropped before the mean.
     ``x``, ``gt``: ``(H, W)`` with ``H, W >= 11``.
+
+    Example:
+        >>> gt = np.random.default_rng(0).random((37, 53))
+        >>> ssim(gt, gt), round(ssim(np.clip(gt + 0.1, 0, 1), gt), 3)
+        (1.0, 0.983)
     """
     a, b = _pair(x, gt)
     if min(a.shape) < _WIN:
@@ -122,7 +132,12 @@ def ssim(x: ArrayLike, gt: ArrayLike, data_range: float = 1.0) -> float:
 
 
 def mae(x: ArrayLike, gt: ArrayLike) -> float:
-    """Mean absolute error over all pixels of ``(H, W)`` images."""
+    """Mean absolute error over all pixels of ``(H, W)`` images.
+
+    Example:
+        >>> round(mae(np.zeros((3, 4)), np.full((3, 4), 0.25)), 4)
+        0.25
+    """
     a, b = _pair(x, gt)
     return float(np.mean(np.abs(a - b)))
 

@@ -184,10 +184,10 @@ class RenderModule(nn.Module):
             self.macs = sum(f.macs for f in self.factors)
             self.regions = None
         else:
-            from .physics import _tents, support_spans
+            from .physics import support_spans, tent_weights
 
             pr, pc = kernels.shape[:2]
-            a, b = _tents(h, pr), _tents(w, pc)
+            a, b = tent_weights(h, pr), tent_weights(w, pc)
             self.regions = []  # (row slice, col slice, blend (1,1,h,w), factors per layer)
             rs, cs = support_spans(a), support_spans(b)
             for r in range(pr):
@@ -348,11 +348,8 @@ def _finalize(path: Path, props: dict[str, Any], opset: int) -> dict[str, Any]:
 
 def _kernel_model(bundle: Any) -> str:
     cfg = bundle.meta.get("config", {}) or {}
-    for key in ("kernel_model", "kernel", "model"):
-        if isinstance(cfg.get(key), str):
-            model = cfg[key]
-            break
-    else:
+    model = cfg.get("kernel_model")  # the FitConfig field: the only key a bundle's config has
+    if not isinstance(model, str):
         model = "unknown"
     return f"{model}+patches" if bundle.patch_kernels is not None else model
 

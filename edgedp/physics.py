@@ -83,6 +83,7 @@ __all__ = [
     "render_dual_pixel",
     "render_dual_pixel_patchwise",
     "support_spans",
+    "tent_weights",
 ]
 
 Method = Literal["fft", "direct"]
@@ -99,7 +100,12 @@ DEVICE_CHUNK_BYTES = 2**31
 
 
 def fast_size(n: int, *, even: bool = False) -> int:
-    """Smallest ``m >= n`` whose prime factors are all in {2, 3, 5, 7} (and even if asked)."""
+    """Smallest ``m >= n`` whose prime factors are all in {2, 3, 5, 7} (and even if asked).
+
+    Example:
+        >>> fast_size(37), fast_size(101), fast_size(101, even=True)
+        (40, 105, 108)
+    """
     m = max(int(n), 1)
     while True:
         if not (even and m % 2):
@@ -393,6 +399,16 @@ def blur_stack_fft(stack: Tensor, kernels: Tensor | KernelSpectrum) -> Tensor:
     the module docstring).  ``kernels`` is ``(V, L, K, K)`` or a :class:`KernelSpectrum` built for
     ``(H, W)`` with the stack's dtype/device (precompute it when the kernels are fixed).
     Differentiable w.r.t. stack and kernels.
+
+    Example:
+        >>> from edgedp.kernels import front_radii, kernel_pyramid
+        >>> kernels = kernel_pyramid(front_radii(3, 4), 'disk')  # (2, 4, 7, 7)
+        >>> stack = torch.rand(1, 4, 37, 53, generator=torch.Generator().manual_seed(0))
+        >>> out = blur_stack_fft(stack, kernels)
+        >>> out.shape, bool(torch.allclose(out[:, :, 0], stack[:, None, 0].expand(1, 2, 37, 53), atol=1e-5))
+        (torch.Size([1, 2, 4, 37, 53]), True)
+        >>> bool(torch.allclose(out, blur_stack_direct(stack, kernels), atol=1e-5))  # same operator
+        True
     """
     blocks, _, _ = _uniform_blocks(stack, kernels)
     rows: list[list[Tensor]] = []
@@ -448,6 +464,11 @@ def over_weights(alphas: Tensor) -> Tensor:
     ``alphas``: ``(..., L, H, W)`` in [0, 1], layer ``L - 1`` on top.  Returns the same shape.
     Telescoping gives ``sum_i d_i = 1 - prod_j (1 - a_j)``; set ``a_0 = 1`` (bottom layer
     opaque) to make the weights a partition of unity at every pixel.
+
+    Example:
+        >>> alphas = torch.tensor([1.0, 0.5, 0.25]).reshape(3, 1, 1)
+        >>> over_weights(alphas).flatten().tolist()
+        [0.375, 0.375, 0.25]
     """
     if alphas.ndim < 3:
         raise ValueError(f"alphas must be (..., L, H, W), got {tuple(alphas.shape)}")
@@ -463,6 +484,10 @@ def composite(stack: Tensor, weights: Tensor) -> Tensor:
     Broadcasts over leading dims: ``composite(blurred, weights[:, None])`` turns a blurred stack
     ``(B, V, L, H, W)`` into views ``(B, V, H, W)``, i.e. with a fixed latent map one can blur it
     once (:func:`blur_stack_fft`) and re-render cheaply for every new set of weights.
+
+    Example:
+        >>> composite(torch.ones(1, 3, 4, 5), torch.full((1, 3, 4, 5), 1 / 3)).shape
+        torch.Size([1, 4, 5])
     """
     if stack.shape[-3:] != weights.shape[-3:]:
         raise ValueError(
@@ -507,6 +532,15 @@ def render_dual_pixel(
     Returns:
         ``(B, 2, H, W)``, index 0 left, 1 right.  Differentiable w.r.t. all inputs; the blurred
         stack is never materialized as a whole (the FFT path streams over layer blocks).
+
+    Example:
+        >>> from edgedp.kernels import both_radii, kernel_pyramid
+        >>> kernels = kernel_pyramid(both_radii(2, 1), 'butterworth')  # radii -2, 0, 2
+        >>> latent = torch.rand(1, 3, 37, 53, generator=torch.Generator().manual_seed(0))
+        >>> weights = torch.zeros(1, 3, 37, 53); weights[:, 1] = 1  # everything in focus
+        >>> views = render_dual_pixel(latent, weights, kernels)
+        >>> views.shape, bool(torch.allclose(views[:, 0], latent[:, 1], atol=1e-5))
+        (torch.Size([1, 2, 37, 53]), True)
     """
     _check_same_shape(latent, weights)
     if method == "direct":
@@ -521,9 +555,15 @@ def render_dual_pixel(
 # non-uniform (patchwise) blur
 
 
-def _tents(n: int, parts: int) -> Tensor:
+def tent_weights(n: int, parts: int) -> Tensor:
     """1-D bilinear tent weights ``(parts, n)`` in float64, centred on ``parts`` equal cells,
-    flat (clamped) beyond the first/last centre; columns sum to 1."""
+    flat (clamped) beyond the first/last centre; columns sum to 1 (the factors of
+    :func:`patch_blend_weights`).
+
+    >>> tent_weights(6, 2)
+    tensor([[1.0000, 1.0000, 0.6667, 0.3333, 0.0000, 0.0000],
+            [0.0000, 0.0000, 0.3333, 0.6667, 1.0000, 1.0000]], dtype=torch.float64)
+    """
     if not 1 <= parts <= n:
         raise ValueError(f"cannot split {n} pixels into {parts} patches")
     if parts == 1:
@@ -553,10 +593,15 @@ def patch_blend_weights(
     centres and clamped to 1 between the outermost centres and the border.  Non-negative and a
     partition of unity: ``w.sum((0, 1)) == 1`` everywhere.  ``w[r, c]`` vanishes outside the
     cells adjacent to ``(r, c)`` (at most 2 x 2 cells wide).
+
+    Example:
+        >>> w = patch_blend_weights((37, 53), (2, 3))
+        >>> tuple(w.shape), bool(torch.allclose(w.sum((0, 1)), torch.ones(37, 53, dtype=w.dtype)))
+        ((2, 3, 37, 53), True)
     """
     h, w = (int(s) for s in image_shape)
     pr, pc = (int(g) for g in grid)
-    a, b = _tents(h, pr), _tents(w, pc)
+    a, b = tent_weights(h, pr), tent_weights(w, pc)
     return (a[:, None, :, None] * b[None, :, None, :]).to(device=device, dtype=dtype)
 
 
@@ -580,7 +625,7 @@ class _PatchGeometry:
 
 
 def _patch_geometry(h: int, w: int, grid: tuple[int, int], k: int) -> _PatchGeometry:
-    rows, cols = _tents(h, grid[0]), _tents(w, grid[1])
+    rows, cols = tent_weights(h, grid[0]), tent_weights(w, grid[1])
     rs, cs = support_spans(rows), support_spans(cols)
     hmax = max(b - a for a, b in rs)
     wmax = max(b - a for a, b in cs)

@@ -39,12 +39,13 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .conventions import BEHIND, fit_focus
 from .errors import InputError, OutputError
 from .kernels import ButterworthParams
 
@@ -79,7 +80,8 @@ class DeviceProfile:
         view_gain: coefficients of the left/right gain over the frame (:func:`view_gain_map`),
             estimated from the captures themselves (no white sheet); None: not estimated.
         layers, gd_width, gd_scale: G_D configuration; ``gd_state`` its weights.
-        focus: ``front`` or ``both``; ``radii`` the layers' signed radii (L,) used when tuning.
+        focus: ``behind`` or ``both`` (:mod:`edgedp.conventions`; old profiles' ``front`` is read
+            as ``behind``); ``radii`` the layers' signed radii (L,) used when tuning.
         black_level, white_level, flat_field: input settings (None = defaults of ``edgedp fit``).
         captures: the captures it was tuned on.
         created: ISO 8601 UTC time (filled by :func:`save_profile` when empty).
@@ -95,7 +97,7 @@ class DeviceProfile:
     gd_width: float
     gd_scale: int
     gd_state: dict[str, Tensor]
-    focus: str = "front"
+    focus: str = BEHIND
     radii: tuple[float, ...] = ()
     asymmetry: float | None = None
     view_gain: tuple[float, ...] | None = None
@@ -104,6 +106,82 @@ class DeviceProfile:
     flat_field: tuple[str, str] | None = None
     captures: tuple[CaptureInfo, ...] = ()
     created: str = ""
+
+    def __post_init__(self) -> None:
+        # Profiles from before edgedp.conventions say "front" for "behind".
+        object.__setattr__(self, "focus", fit_focus(self.focus))
+
+    def apply_to(self, config: Any, explicit_flags: Collection[str] = (), *, preset: str = "default") -> Any:
+        """The :class:`~edgedp.fit.FitConfig` of a fit that starts from this profile.
+
+        The device's kernel shape, radius per disparity and G_D layout replace ``config``'s; the
+        kernel model, focus and layer count too unless the user gave them (``explicit_flags``
+        names the flags given: ``kernel``, ``focus``, ``layers``, ``iterations``,
+        ``warm_start``).  The blur RANGE still comes from the capture's disparity (a scene may
+        hold more blur than the ones tuned on), spread over the profile's layer count so that
+        G_D's weights fit.  Without ``iterations`` and ``warm_start``, stage 2 runs the warm
+        step count of ``preset`` (:func:`edgedp.options.warm_iterations`) on G_D's last layer
+        only: its features come from this device's captures (tools/bench_warmstart.py measures
+        it against a cold fit).
+
+        >>> from edgedp.fit import FitConfig
+        >>> from edgedp.kernels import ButterworthParams
+        >>> p = DeviceProfile("phone", 64, 96, "butterworth", ButterworthParams(), 1.25, 5, 0.25, 2, {})
+        >>> c = p.apply_to(FitConfig(), {"layers"}, preset="fast")
+        >>> c.radius_scale, c.layers, c.stage2_iterations, c.gd_train
+        (1.25, None, 3, 'head')
+        """
+        from .options import warm_iterations
+
+        given = set(explicit_flags)
+        changes: dict[str, Any] = {
+            "butterworth": self.butterworth,
+            "radius_scale": self.radius_scale,
+            "gd_width": self.gd_width,
+            "gd_scale": self.gd_scale,
+        }
+        if "kernel" not in given:
+            changes["kernel_model"] = self.kernel_model
+        if "focus" not in given:
+            changes["focus"] = self.focus
+        if "layers" not in given:
+            changes["layers"] = self.layers
+        if "iterations" not in given and "warm_start" not in given:
+            changes["stage2_iterations"] = warm_iterations(preset)
+            changes["gd_train"] = "head"
+        return dataclasses.replace(config, **changes)
+
+    def fill_input(self, black_level: float | None, white_level: float | None,
+                   flat_field: tuple[Path, Path] | None) -> dict[str, Any]:
+        """The input settings after the profile's filled those not given: ``{"black_level",
+        "white_level", "flat_field"}`` (the white level only together with the black level).
+
+        >>> from edgedp.kernels import ButterworthParams
+        >>> p = DeviceProfile("phone", 64, 96, "butterworth", ButterworthParams(), 1.0, 5, 0.25, 2, {},
+        ...                   black_level=1024.0, white_level=16383.0)
+        >>> p.fill_input(None, None, None)
+        {'black_level': 1024.0, 'white_level': 16383.0, 'flat_field': None}
+        >>> p.fill_input(64.0, None, None)["white_level"] is None
+        True
+        """
+        if black_level is None and self.black_level is not None:
+            black_level = self.black_level
+            if white_level is None:
+                white_level = self.white_level
+        if flat_field is None and self.flat_field is not None:
+            flat_field = tuple(Path(p) for p in self.flat_field)
+        return {"black_level": black_level, "white_level": white_level, "flat_field": flat_field}
+
+    def view_gain_for(self, flat_field: Sequence[Path | str] | None, height: int, width: int) -> Tensor | None:
+        """The right view's gain (H, W) for a capture read with ``flat_field``, or None when the
+        profile has none or it does not apply: the gain is relative to the flat field the
+        profile was tuned with (:func:`edgedp_runtime.instant.view_gain_applies`, the one
+        definition of that rule, which the device runtime uses too)."""
+        from edgedp_runtime.instant import view_gain_applies
+
+        if self.view_gain is None or not view_gain_applies(flat_field, self.flat_field):
+            return None
+        return view_gain_map(self.view_gain, int(height), int(width))
 
 
 def _meta(p: DeviceProfile) -> dict[str, Any]:
@@ -214,7 +292,7 @@ def load_profile(path: Path | str) -> DeviceProfile:
             layers=int(g["layers"]),
             gd_width=float(g["width"]),
             gd_scale=int(g["input_scale"]),
-            focus=str(g.get("focus", "front")),
+            focus=str(g.get("focus", BEHIND)),
             radii=tuple(float(r) for r in g.get("radii", [])),
             gd_state=state,
             black_level=i.get("black_level"),

@@ -20,17 +20,20 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .conventions import BEHIND, BOTH, fit_focus
+from .errors import InputError
 from .io import json_ready
 from .kernels import ButterworthParams, kernel_disparity, kernel_pyramid, resize_kernel, swap_focus_side
 from .physics import render_dual_pixel, render_dual_pixel_patchwise
 
-FocusSide = Literal["front", "both"]
+FocusSide = Literal["behind", "both"]  # edgedp.conventions fit focus (old "front" = "behind")
 """``front``: everything blurred lies behind the focal plane (r >= 0, the thesis' "front focus",
 like the Pixel 4 dev scenes); ``both``: objects on both sides (r in [-R, R])."""
 
@@ -59,7 +62,7 @@ class SynthConfig:
     """
 
     size: tuple[int, int] = (301, 401)
-    focus: FocusSide = "front"
+    focus: FocusSide = "behind"
     kernel: Literal["butterworth", "disk", "file"] = "butterworth"
     max_radius: float = 8.0
     depth: Literal["layered", "smooth"] = "layered"
@@ -78,11 +81,33 @@ class SynthConfig:
             raise ValueError(f"size must be at least 8x8, got {h}x{w}")
         if self.max_radius < 0:
             raise ValueError("max_radius must be >= 0")
-        if self.focus not in ("front", "both"):
-            raise ValueError(f"focus must be 'front' or 'both', got {self.focus!r}")
+        if fit_focus(self.focus, what="focus") not in (BEHIND, BOTH):
+            raise ValueError(f"focus must be 'behind' or 'both', got {self.focus!r}")
+        object.__setattr__(self, "focus", fit_focus(self.focus))
         if self.level_step <= 0:
             raise ValueError("level_step must be > 0")
 
+
+
+def load_kernel_file(path: Path | str) -> Tensor:
+    """User kernels for :func:`make_scene` from a ``.npy`` file: ``(2, K, K)`` [left, right] or
+    ``(2, Pr, Pc, K, K)`` per patch, K odd, finite and non-negative; float32.
+
+    Raises:
+        InputError: one line naming the file (missing, unreadable, wrong shape or values).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: kernel file not found")
+    try:
+        kernels = torch.from_numpy(np.load(path).astype(np.float32))
+    except Exception as err:  # numpy raises many kinds for a bad file
+        raise InputError(f"{path}: cannot read kernels ({err.__class__.__name__})") from None
+    if kernels.dim() not in (3, 5) or kernels.shape[0] != 2 or kernels.shape[-1] % 2 == 0:
+        raise InputError(f"{path}: kernels must be (2,K,K) or (2,Pr,Pc,K,K) with odd K, got {tuple(kernels.shape)}")
+    if not torch.isfinite(kernels).all() or (kernels < 0).any():
+        raise InputError(f"{path}: kernels must be finite and non-negative")
+    return kernels
 
 @dataclass
 class SynthScene:
@@ -287,11 +312,11 @@ def make_scene(
         sharp = dead_leaves(size, seed=gen, device=device, dtype=dtype)
     elif tuple(sharp.shape) != tuple(size):
         raise ValueError(f"sharp image is {tuple(sharp.shape)}, config.size is {size}")
-    low = -config.max_radius if config.focus == "both" else 0.0
+    low = -config.max_radius if config.focus == BOTH else 0.0
     high = config.max_radius
     if config.depth == "layered":
         planes = torch.linspace(low, high, max(2, config.num_planes), dtype=torch.float64)
-        if config.focus == "front":
+        if config.focus == BEHIND:
             order = [float(p) for p in planes.flip(0)]  # far (most blurred) background, nearer objects on top
         else:
             order = [float(p) for p in planes[torch.randperm(len(planes), generator=gen)]]

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .conventions import BEHIND, BOTH, UNKNOWN, focus_for_side
 from .disparity import estimate_disparity
 from .errors import InputError
 from .fit import STAGE2_BLOCK, FitConfig, disparity_per_radius, fit_channel, fit_defocus_map, layer_radii, train_defocus_net
@@ -118,13 +119,13 @@ def cross_error(views: Tensor, radii: Tensor, model: str, params: ButterworthPar
 
 
 def _radii_for(focus: str, radius: float, layers: int) -> Tensor:
-    if focus == "both":
+    if focus == BOTH:
         return both_radii(radius, max((layers - 1) // 2, 1))
     return front_radii(radius, max(layers, 2))
 
 
 def _extent(c: _Capture, focus: str) -> float:
-    e = max(abs(c.low), abs(c.high)) if focus == "both" else c.high
+    e = max(abs(c.low), abs(c.high)) if focus == BOTH else c.high
     return e if math.isfinite(e) and e > 0 else float("nan")
 
 
@@ -169,7 +170,7 @@ def search_kernels(
         for i, params in enumerate(grid):
             radius = min(max(1.5 * extent / disparity_per_radius(config.kernel_model, params), 2.0), 40.0)
             n = int(math.ceil(layer_density * radius)) + 1
-            radii = _radii_for(focus, radius, n if focus == "front" else 2 * n - 1)
+            radii = _radii_for(focus, radius, n if focus == BEHIND else 2 * n - 1)
             errors[i, j] = scorer(cap.views, radii, config.kernel_model, params, cap.lam, block)
             step += 1
             report("tune kernels", step, total, float(errors[i, j]))
@@ -202,7 +203,7 @@ def estimate_radius_scale(
             continue
         radius = min(max(1.5 * extent / dpr, 2.0), 40.0)
         n = int(math.ceil(layer_density * radius)) + 1
-        radii = _radii_for(focus, radius, n if focus == "front" else 2 * n - 1).to(cap.views.device)
+        radii = _radii_for(focus, radius, n if focus == BEHIND else 2 * n - 1).to(cap.views.device)
         emap = cross_error_map(cap.views, radii, config.kernel_model, params, block)
         best, arg = emap.min(0)
         sure = best < 0.5 * emap.median(0).values
@@ -340,7 +341,7 @@ def tune_device(
     # One focus side for the device's G_D (its layer count depends on it).
     focus = config.focus
     if focus == "auto":
-        focus = "both" if any(c.side in ("both", "front") for c in caps) else "front"
+        focus = BOTH if any(focus_for_side(c.side) == BOTH for c in caps) else BEHIND
 
     scores: list[KernelScore] = []
     params, scale = config.butterworth, config.radius_scale
@@ -359,7 +360,8 @@ def tune_device(
     finite = [e for e in extents if math.isfinite(e)]
     radius = min(max(math.ceil(max(finite) / dpr), 2), 40) if finite else 8.0
     radius = float(config.max_radius) if config.max_radius is not None else float(radius)
-    _, radii = layer_radii(dataclasses.replace(cfg, max_radius=radius), 0.0, 0.0, "back")
+    # cfg.focus is decided (not auto), so layer_radii does not look at the side.
+    _, radii = layer_radii(dataclasses.replace(cfg, max_radius=radius), 0.0, 0.0, UNKNOWN)
     radii = radii.to(dev)
     layers = int(radii.numel())
     cfg = dataclasses.replace(cfg, max_radius=radius, layers=layers)

@@ -92,7 +92,7 @@ def test_round_trip(saved):
         assert torch.equal(bundle.gd_state[key], value), key
     assert bundle.config == result.config
     assert bundle.gd_config == result.gd_config
-    assert bundle.focus == "front"
+    assert bundle.focus == "behind"  # the result says "front", the old name of behind
     assert bundle.stages == result.stages
     meta = bundle.meta
     assert meta["format_version"] == FORMAT_VERSION

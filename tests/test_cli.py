@@ -98,7 +98,7 @@ def test_info_text_output(sample):
 
 def test_info_back_focus_when_views_swapped(sample):
     result = run("info", sample / "right.png", sample / "left.png", "--json")
-    assert json.loads(result.stdout)["focus_side"] == "front"
+    assert json.loads(result.stdout)["focus_side"] == "in_front"
 
 
 def test_missing_file(tmp_path, sample):

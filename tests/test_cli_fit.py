@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 import edgedp.fit
 from edgedp.bundle import load_bundle
-from edgedp.cli import app, presets
+from edgedp.cli import app
+from edgedp.options import presets
 from edgedp.errors import InputError
 from edgedp.fit import FitConfig, FitResult, StageReport
 from edgedp.kernels import front_radii, kernel_pyramid
@@ -88,7 +89,7 @@ class FakeFit:
             patch_kernels=patch_kernels,
             gd_state=net.state_dict(),
             gd_config={"layers": layers, "width": 0.5},
-            focus="front" if config.focus == "auto" else config.focus,
+            focus="behind" if config.focus == "auto" else config.focus,
             config=dataclasses.replace(config, max_radius=float(layers - 1), layers=layers),
             stages=[StageReport("stage 1 latent map", 0.5, 1, None), StageReport("stage 2 defocus map", 2.0, config.stage2_iterations, 2.5e-4, [1e-3, 2.5e-4])],
             disparity={"low": 0.2, "median": 1.0, "high": 2.0, "side": "behind"},
@@ -150,7 +151,7 @@ def test_writes_every_output(fake, pair, tmp_path):
     assert report["config"]["layers"] == 4
     assert [s["name"] for s in report["stages"]] == ["stage 1 latent map", "stage 2 defocus map"]
     assert report["stages"][1]["final_loss"] == 2.5e-4 and report["stages"][1]["seconds"] == 2.0
-    assert report["focus"] == {"requested": "auto", "decided": "front"}
+    assert report["focus"] == {"requested": "auto", "decided": "behind"}
     assert report["peak_rss_bytes"] > 10 * 2**20
     assert report["seconds"]["total"] >= report["seconds"]["fit"] > 0
     assert report["disparity"]["side"] == "behind"
@@ -159,7 +160,7 @@ def test_writes_every_output(fake, pair, tmp_path):
 
     # stdout: the summary; stderr: progress.
     assert "stage 2  defocus map" in result.stdout and "2.50e-4" in result.stdout
-    assert "auto -> front" in result.stdout
+    assert "auto -> behind" in result.stdout
     assert "stage 2: 4/4 it" in result.stderr and "stage 2" not in result.stdout.split("focus")[1]
 
 
@@ -344,7 +345,7 @@ def test_real_fit_end_to_end(synth_scene, tmp_path):
     allinfocus = cv2.imread(str(out / "allinfocus.png"), cv2.IMREAD_UNCHANGED)
     assert allinfocus.shape == (97, 131) and allinfocus.dtype == np.uint16
     report = json.loads((out / "report.json").read_text())
-    assert report["stages"][1]["iterations"] == 20 and report["focus"]["decided"] == "front"
+    assert report["stages"][1]["iterations"] == 20 and report["focus"]["decided"] == "behind"
     bundle = load_bundle(out / "scene")
     torch.testing.assert_close(bundle.weights.sum(0), torch.ones(97, 131), atol=1e-5, rtol=0)
     torch.testing.assert_close(bundle.defocus, (bundle.weights * bundle.radii[:, None, None]).sum(0), atol=1e-4, rtol=0)

@@ -49,7 +49,7 @@ def test_integer_shift_sign(d: int) -> None:
     assert est.low <= est.median <= est.high
     assert np.isfinite(est.disparity).mean() > 0.9
     assert np.all((est.confidence >= 0) & (est.confidence <= 1))
-    assert est.side == ("behind" if d > 0 else "front")
+    assert est.side == ("behind" if d > 0 else "in_front")
 
 
 @pytest.mark.parametrize("d", [2.5, -1.3])
@@ -79,7 +79,7 @@ def test_dp_blur_pair_and_swap() -> None:
 
     swapped = estimate_disparity(right, left)
     assert swapped.median == pytest.approx(-expected, abs=0.5)
-    assert swapped.side == "front"
+    assert swapped.side == "in_front"
 
 
 def test_dp_half_disk_kernels() -> None:
@@ -116,15 +116,15 @@ def test_in_focus_pair() -> None:
     tex = _texture(4, (H, W))
     est = estimate_disparity(tex, tex)
     assert est.median == pytest.approx(0.0, abs=0.1)
-    assert est.side == "in-focus"
+    assert est.side == "in_focus"
 
 
 def test_decide_side_rule() -> None:
     assert decide_side(np.array([])) == "unknown"
-    assert decide_side(np.array([0.1, -0.2, 0.4])) == "in-focus"
-    assert decide_side(np.array([3.0] * 9 + [0.0] * 90 + [-2.0])) == "in-focus"  # 9 %: below 10 %
+    assert decide_side(np.array([0.1, -0.2, 0.4])) == "in_focus"
+    assert decide_side(np.array([3.0] * 9 + [0.0] * 90 + [-2.0])) == "in_focus"  # 9 %: below 10 %
     assert decide_side(np.array([3.0] * 20 + [0.0] * 79 + [-2.0])) == "behind"
-    assert decide_side(np.array([-3.0] * 20 + [0.0] * 80)) == "front"
+    assert decide_side(np.array([-3.0] * 20 + [0.0] * 80)) == "in_front"
     assert decide_side(np.array([3.0] * 20 + [-3.0] * 20 + [0.0] * 60)) == "both"
 
 

@@ -46,7 +46,7 @@ def test_front_scene_gains_3db_and_recovers_defocus(front_scene, front_fit):
     ours = psnr(result.allinfocus[0].clamp(0, 1).numpy(), scene.allinfocus.numpy())
     assert ours >= base + 3.0, (base, ours)
     assert abs(spearman(result.defocus, scene.defocus)) >= 0.8
-    assert result.focus == "front"
+    assert result.focus == "behind"
     assert result.weights.shape[0] == result.radii.numel()
     assert torch.allclose(result.weights.sum(0), torch.ones(()), atol=1e-5)
 
@@ -74,11 +74,11 @@ def test_blur_range_follows_the_disparity():
     assert per_radius == pytest.approx(0.645, abs=0.01)
     assert disparity_per_radius("disk", FitConfig().butterworth) == pytest.approx(0.5, abs=0.01)
     focus, radii = layer_radii(FitConfig(), 0.0, 10 * per_radius, "behind")
-    assert focus == "front" and float(radii.max()) == 10 and radii.numel() == 11
+    assert focus == "behind" and float(radii.max()) == 10 and radii.numel() == 11
     focus, radii = layer_radii(FitConfig(), -3.0, 2.0, "both")
     assert focus == "both" and radii.numel() % 2 == 1 and float(radii.min()) == -float(radii.max())
     focus, radii = layer_radii(FitConfig(), float("nan"), float("nan"), "unknown")
-    assert focus == "front" and float(radii.max()) == 8
+    assert focus == "behind" and float(radii.max()) == 8
 
 
 def test_radius_scale_scales_the_blur_range():

@@ -93,28 +93,28 @@ def fitted(scene):
 
 
 def test_generator_shapes_softmax_and_side_count() -> None:
-    gens = KernelGenerators(("front", "back"), {"front": 3.0, "back": 3.0}, 6, 7, width=0.25, seed=0)
-    assert sorted(gens.gens) == ["back_left", "back_right", "front_left", "front_right"]
+    gens = KernelGenerators(("behind", "in_front"), {"behind": 3.0, "in_front": 3.0}, 6, 7, width=0.25, seed=0)
+    assert sorted(gens.gens) == ["behind_left", "behind_right", "in_front_left", "in_front_right"]
     out = gens()
-    for side in ("front", "back"):
+    for side in ("behind", "in_front"):
         k = out[side]
         assert k.shape == (2, 6, 7, 7)
         assert float(k.detach().min()) > 0
         torch.testing.assert_close(k.sum(dim=(-1, -2)), torch.ones(2, 6), atol=1e-5, rtol=0)
     # Z is (1, P, 4K, 4K) = (8N + 4)^2 as in the thesis
-    assert tuple(gens.gens["front_left"].z.shape) == (1, 6, 28, 28)
+    assert tuple(gens.gens["behind_left"].z.shape) == (1, 6, 28, 28)
 
 
-@pytest.mark.parametrize("radii", [front_radii(4, 5), both_radii(4, 4)], ids=["front", "both"])
+@pytest.mark.parametrize("radii", [front_radii(4, 5), both_radii(4, 4)], ids=["behind", "both"])
 def test_layer_kernels_of_the_parametric_pair_are_the_pyramid(radii: torch.Tensor) -> None:
     """With each side's generator output = the parametric kernel of the side's largest radius,
     the per-patch layers equal :func:`kernel_pyramid` (back layers from the back generators, so
     the sign convention of CONVENTIONS.md holds)."""
     pyr = kernel_pyramid(radii)
-    side_k, side_r = {"front": pyr[:, -1, None].expand(2, 6, 9, 9)}, {"front": 4.0}
+    side_k, side_r = {"behind": pyr[:, -1, None].expand(2, 6, 9, 9)}, {"behind": 4.0}
     if (radii < 0).any():
-        side_k["back"] = pyr[:, 0, None].expand(2, 6, 9, 9)
-        side_r["back"] = 4.0
+        side_k["in_front"] = pyr[:, 0, None].expand(2, 6, 9, 9)
+        side_r["in_front"] = 4.0
     pk = patch_layer_kernels(side_k, side_r, radii, (2, 3), 9)
     assert pk.shape == (2, 3, 2, radii.numel(), 9, 9)
     for i in range(2):
@@ -127,7 +127,7 @@ def test_layer_kernels_of_the_parametric_pair_are_the_pyramid(radii: torch.Tenso
 
 def test_layer_kernels_at_half_resolution_halve_the_disparity() -> None:
     pyr = kernel_pyramid(front_radii(8, 9))
-    pk = patch_layer_kernels({"front": pyr[:, -1, None]}, {"front": 8.0}, front_radii(8, 9), (1, 1), 9, scale=2.0)
+    pk = patch_layer_kernels({"behind": pyr[:, -1, None]}, {"behind": 8.0}, front_radii(8, 9), (1, 1), 9, scale=2.0)
     full = kernel_disparity(pyr)
     half = kernel_disparity(pk[0, 0])
     torch.testing.assert_close(half, full / 2, atol=0.02, rtol=0)
@@ -139,10 +139,10 @@ def test_layer_kernels_at_half_resolution_halve_the_disparity() -> None:
 
 def test_warm_start_reproduces_the_parametric_kernel(scene) -> None:
     target = scene["kernels"][:, -1]
-    gens = KernelGenerators(("front",), {"front": float(RADIUS)}, 4, 9, width=0.125, seed=0)
-    err = warm_start(gens, {"front": target}, 300, 3e-3)
+    gens = KernelGenerators(("behind",), {"behind": float(RADIUS)}, 4, 9, width=0.125, seed=0)
+    err = warm_start(gens, {"behind": target}, 300, 3e-3)
     with torch.no_grad():
-        out = gens()["front"]
+        out = gens()["behind"]
     assert err == pytest.approx(float((out - target[:, None]).abs().max()))
     # target peak 0.043: measured max abs error 4.1e-4 (1 % of the peak), L1 0.007 (of mass 1)
     assert err < 1e-3
@@ -154,17 +154,17 @@ def test_gauge_penalty_sees_common_factors_not_the_relative_blur(scene) -> None:
     target = pair.clone()
     c, s = pair_moments(pair)
     assert c.abs().max() < 1e-12 and float(s) > 1  # centred pair, spread in px^2
-    assert float(gauge_penalty({"front": pair[:, None]}, {"front": target})) < 1e-20
+    assert float(gauge_penalty({"behind": pair[:, None]}, {"behind": target})) < 1e-20
     # a common shift of both views by one column (the latent would absorb it): costs 1 px^2
     shifted = torch.roll(pair, 1, dims=-1)
-    assert float(gauge_penalty({"front": shifted[:, None]}, {"front": target})) == pytest.approx(1.0, abs=1e-9)
+    assert float(gauge_penalty({"behind": shifted[:, None]}, {"behind": target})) == pytest.approx(1.0, abs=1e-9)
     # a common extra blur (both views convolved with a 3 x 3 box): the spread grows
     box = torch.ones(1, 1, 3, 3, dtype=pair.dtype) / 9
     blurred = torch.nn.functional.conv2d(pair[:, None], box, padding=1)[:, 0]
-    assert float(gauge_penalty({"front": blurred[:, None]}, {"front": target})) > 1e-3
+    assert float(gauge_penalty({"behind": blurred[:, None]}, {"behind": target})) > 1e-3
     # opposite shifts of the two views (more disparity): invisible to the penalty
     spread = torch.stack([torch.roll(pair[0], -1, dims=-1), torch.roll(pair[1], 1, dims=-1)])
-    assert float(gauge_penalty({"front": spread[:, None]}, {"front": target})) < 1e-20
+    assert float(gauge_penalty({"behind": spread[:, None]}, {"behind": target})) < 1e-20
 
 
 # ---------------------------------------------------------------------------------------------

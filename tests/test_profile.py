@@ -161,7 +161,7 @@ def test_fit_with_profile(tmp_path, monkeypatch):
         calls.append((config, gd_init, left.clone(), right.clone()))
         return real(left, right, config, gd_init=gd_init, progress=progress)
 
-    from edgedp.cli import warm_iterations
+    from edgedp.options import warm_iterations
     from edgedp.io import ReadOptions, read_dp_pair
     from edgedp.profile import view_gain_map
 
@@ -176,7 +176,7 @@ def test_fit_with_profile(tmp_path, monkeypatch):
     # kernel shape, radius per disparity and layer count from the profile; the blur range from
     # this capture's disparity (None: derived in fit_scene)
     assert config.butterworth == prof.butterworth and config.layers == 5 and config.max_radius is None
-    assert config.radius_scale == 1.25 and config.gd_width == 0.25 and config.focus == "front"
+    assert config.radius_scale == 1.25 and config.gd_width == 0.25 and config.focus == "behind"
     assert config.stage2_iterations == 2 and config.gd_train == "all"  # --iterations: a full fit
     assert set(gd_init) == set(prof.gd_state) and all(torch.equal(gd_init[k], prof.gd_state[k]) for k in gd_init)
     # the profile's left/right gain corrects the right view (no flat field here or in the profile)

@@ -88,3 +88,22 @@ def test_grid_file_kernels():
     scene = make_scene(dataclasses.replace(SMALL, kernel="file", max_radius=4.0, noise_std=0.0, shot_noise=0.0), kernels=grid)
     single = make_scene(dataclasses.replace(SMALL, kernel="file", max_radius=4.0, noise_std=0.0, shot_noise=0.0), kernels=pair)
     assert torch.allclose(scene.left, single.left, atol=1e-4)
+
+
+def test_load_kernel_file_refuses_in_one_line(tmp_path):
+    import numpy as np
+
+    from edgedp.errors import InputError
+    from edgedp.synth import load_kernel_file
+
+    good = np.zeros((2, 5, 5), np.float32)
+    good[:, 2, 2] = 1
+    np.save(tmp_path / "good.npy", good)
+    assert tuple(load_kernel_file(tmp_path / "good.npy").shape) == (2, 5, 5)
+    for name, array, words in [("even.npy", np.ones((2, 4, 4), np.float32), "odd K"),
+                               ("neg.npy", -good, "non-negative")]:
+        np.save(tmp_path / name, array)
+        with pytest.raises(InputError, match=words):
+            load_kernel_file(tmp_path / name)
+    with pytest.raises(InputError, match="not found"):
+        load_kernel_file(tmp_path / "missing.npy")

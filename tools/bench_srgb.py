@@ -40,7 +40,7 @@ def compare_scene(folder: Path, iterations: int, preset: str = "fast") -> dict:
     import dataclasses
 
     from edgedp import fit as fit_module
-    from edgedp.cli import preset_config
+    from edgedp.options import preset_config
     from edgedp.io import ReadOptions, read_dp_pair, read_image
     from edgedp.transfer import linear_to_srgb
 

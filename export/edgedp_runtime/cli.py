@@ -410,15 +410,12 @@ def instant_inputs(args, profile_input: dict, folder: Path) -> tuple[np.ndarray,
     views = centre_crop(np.stack([left, right]), crop, str(args.left))
     # The left/right gain edgedp tune measured holds for captures read as it read them: with the
     # profile's own flat field (or none when it had none); another flat field replaces it.
+    from . import instant  # noqa: PLC0415  (numpy only)
+
     view_gain = profile_input.get("view_gain")
-    profile_frames = profile_input.get("flat_field")
-    same_flat = (frames is None and not profile_frames) or origin == "profile" or (
-        frames is not None and profile_frames and [str(p) for p in frames] == [str(p) for p in profile_frames]
-    )
+    same_flat = instant.view_gain_applies(frames, profile_input.get("flat_field"), from_profile=origin == "profile")
     gain_note = ""
     if view_gain and same_flat:
-        from . import instant  # noqa: PLC0415
-
         views[1] *= instant.view_gain_map(view_gain.get("coefficients", []), views.shape[1], views.shape[2])
         gain_note = ", profile view gain"
     text = (

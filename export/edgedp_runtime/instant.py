@@ -73,6 +73,8 @@ __all__ = [
     "run_gd",
     "run_instant",
     "solve_latent",
+    "view_gain_applies",
+    "view_gain_map",
 ]
 
 FLAT_FIELD_BOX = 101  # edgedp.io.FLAT_FIELD_BOX: the Pixel 4 protocol's 101 x 101 mean
@@ -115,7 +117,7 @@ class InstantConfig:
 # --- Stage 1 in numpy ---------------------------------------------------------------------------
 def fast_size(n: int, *, even: bool = False) -> int:
     """Smallest ``m >= n`` whose prime factors are all in {2, 3, 5, 7} (and even if asked);
-    edgedp.physics._fast_size, so the padded grid is the library's."""
+    edgedp.physics.fast_size, so the padded grid is the library's."""
     m = max(int(n), 1)
     while True:
         if not (even and m % 2):
@@ -372,6 +374,27 @@ def view_gain_map(coefficients, height: int, width: int) -> np.ndarray:
     terms = [(i, j) for i in range(4) for j in range(4 - i)]
     log_gain = sum(ck * (u**i) * (v**j) for ck, (i, j) in zip(c, terms))
     return np.exp(np.broadcast_to(log_gain, (height, width))).astype(np.float32)
+
+
+def view_gain_applies(flat_field, profile_flat_field, *, from_profile: bool = False) -> bool:
+    """Whether a profile's view gain applies to a capture read with ``flat_field``.
+
+    ``edgedp tune`` measures the left/right gain of captures read as it read them: after the
+    profile's own flat field, or none when it had none.  So the gain applies when the capture
+    is read the same way (``from_profile``: the frames were taken from the profile, or the same
+    frames by name) and another flat field replaces it.  The one definition of this rule:
+    ``edgedp fit --profile`` (edgedp.profile.DeviceProfile.view_gain_for) and
+    ``edgedp-runtime instant`` both call it.
+
+    >>> view_gain_applies(None, None), view_gain_applies(["w_l.png", "w_r.png"], ("w_l.png", "w_r.png"))
+    (True, True)
+    >>> view_gain_applies(["a.png", "b.png"], None), view_gain_applies(None, ["w_l.png", "w_r.png"])
+    (False, False)
+    """
+    if from_profile or (not flat_field and not profile_flat_field):
+        return True
+    return bool(flat_field) and bool(profile_flat_field) and (
+        [str(p) for p in flat_field] == [str(p) for p in profile_flat_field])
 
 
 def over_weights(alphas: np.ndarray) -> np.ndarray:
