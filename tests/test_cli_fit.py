@@ -348,7 +348,10 @@ def test_real_fit_end_to_end(synth_scene, tmp_path):
     assert report["stages"][1]["iterations"] == 20 and report["focus"]["decided"] == "behind"
     bundle = load_bundle(out / "scene")
     torch.testing.assert_close(bundle.weights.sum(0), torch.ones(97, 131), atol=1e-5, rtol=0)
-    torch.testing.assert_close(bundle.defocus, (bundle.weights * bundle.radii[:, None, None]).sum(0), atol=1e-4, rtol=0)
+    # The bundle stores the weights in float16 (relative rounding 2^-11, then renormalized) and the
+    # defocus map as fitted in float32: they agree to the weights' rounding times the radii.
+    bound = 2.0**-10 * float(bundle.radii.abs().max()) + 1e-5
+    torch.testing.assert_close(bundle.defocus, (bundle.weights * bundle.radii[:, None, None]).sum(0), atol=bound, rtol=0)
 
     # Warm start from that bundle, then from one with another layer count (one-line error).
     again = run("fit", synth_scene / "left.png", synth_scene / "right.png", "-o", tmp_path / "again", "--preset", "fast",
