@@ -18,7 +18,7 @@ name               sign of ``r``       meaning
 
 Two sets of values use them:
 
-* a **side** (:data:`SIDES`, what :func:`edgedp.disparity.decide_side` measures): ``behind``,
+* a **side** (:data:`SIDES`, what :func:`edgedp.physics.disparity.decide_side` measures): ``behind``,
   ``in_front``, ``both``, ``in_focus``, ``unknown``;
 * a **fit focus** (:data:`FIT_FOCI`, the layer range of a fit, a synthetic scene or a device
   profile): ``auto``, ``behind`` (radii ``0..R``) or ``both`` (radii ``-R..R``).  A scene whose
@@ -54,7 +54,7 @@ UNKNOWN = "unknown"
 #: Fit focus decided from the DP disparity.
 AUTO = "auto"
 
-#: The sides a disparity measurement reports (:func:`edgedp.disparity.decide_side`).
+#: The sides a disparity measurement reports (:func:`edgedp.physics.disparity.decide_side`).
 SIDES = (BEHIND, IN_FRONT, BOTH, IN_FOCUS, UNKNOWN)
 #: The layer ranges of a fit (``auto`` only as a request, never as what a fit used).
 FIT_FOCI = (AUTO, BEHIND, BOTH)

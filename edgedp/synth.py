@@ -29,9 +29,9 @@ from torch import Tensor
 
 from .conventions import BEHIND, BOTH, fit_focus
 from .errors import InputError
-from .io import json_ready
-from .kernels import ButterworthParams, kernel_disparity, kernel_pyramid, resize_kernel, swap_focus_side
-from .physics import render_dual_pixel, render_dual_pixel_patchwise
+from .io.writers import json_ready
+from .physics.kernels import ButterworthParams, kernel_disparity, kernel_pyramid, resize_kernel, swap_focus_side
+from .physics.blur import render_dual_pixel, render_dual_pixel_patchwise
 
 FocusSide = Literal["behind", "both"]  # edgedp.conventions fit focus (old "front" = "behind")
 """``front``: everything blurred lies behind the focal plane (r >= 0, the thesis' "front focus",

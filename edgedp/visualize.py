@@ -10,7 +10,7 @@ No matplotlib: the colour maps are small tables interpolated to 256 entries.
   focus"), blue in front of it, light grey in focus.
 
 All functions return ``uint8`` RGB arrays ``(H, W, 3)`` (write them with
-:func:`edgedp.io.write_png8`).  The signed blur radius follows CONVENTIONS.md: pixels, ``> 0``
+:func:`edgedp.io.writers.write_png8`).  The signed blur radius follows CONVENTIONS.md: pixels, ``> 0``
 behind the focal plane.
 """
 

@@ -21,9 +21,9 @@ import pytest
 from test_cli_fit import FakeFit
 from typer.testing import CliRunner
 
-import edgedp.fit
-from edgedp.batch import MANIFEST_NAME, STAGING_PREFIX, read_manifest, threads_per_job
-from edgedp.capture import COMPLETE_FILES
+import edgedp.fit.pipeline
+from edgedp.run import MANIFEST_NAME, STAGING_PREFIX, read_manifest, threads_per_job
+from edgedp.run import COMPLETE_FILES
 from edgedp.cli import app
 
 runner = CliRunner()
@@ -46,7 +46,7 @@ def assert_one_line_error(result, *words):
 @pytest.fixture
 def fake(monkeypatch) -> FakeFit:
     fake = FakeFit()
-    monkeypatch.setattr(edgedp.fit, "fit_scene", fake)
+    monkeypatch.setattr(edgedp.fit.pipeline, "fit_scene", fake)
     return fake
 
 
@@ -118,11 +118,11 @@ def test_a_failed_capture_does_not_stop_the_batch(fake, tmp_path):
 
 
 def test_a_crash_while_writing_leaves_no_half_written_outputs(fake, tmp_path, monkeypatch):
-    import edgedp.bundle
+    import edgedp.formats.bundle
 
     inputs = make_captures(tmp_path / "in", names=("a", "b"))
     out = tmp_path / "out"
-    real = edgedp.bundle.save_bundle
+    real = edgedp.formats.bundle.save_bundle
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):  # the second capture dies after its images are written
@@ -131,7 +131,7 @@ def test_a_crash_while_writing_leaves_no_half_written_outputs(fake, tmp_path, mo
             raise RuntimeError("disk on fire")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(edgedp.bundle, "save_bundle", flaky)
+    monkeypatch.setattr(edgedp.formats.bundle, "save_bundle", flaky)
     result = run("batch", inputs, "-o", out)
     assert result.exit_code == 1
     record = read_manifest(out)["b"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgedp.bundle import (
+from edgedp.formats.bundle import (
     FORMAT_VERSION,
     fit_config_from_dict,
     load_bundle,
@@ -19,7 +19,7 @@ from edgedp.bundle import (
 )
 from edgedp.errors import InputError, OutputError
 from edgedp.fit import FitConfig, FitResult, StageReport, alphas_from_weights
-from edgedp.kernels import ButterworthParams, front_radii, kernel_pyramid
+from edgedp.physics import ButterworthParams, front_radii, kernel_pyramid
 from edgedp.physics import over_weights
 
 
@@ -135,7 +135,7 @@ def test_version_1_bundles_still_read(saved):
 
 def test_disk_arrays_stream_into_the_bundle(tmp_path):
     """A tiled fit's on-disk (float16) latent and weights are written as they are."""
-    from edgedp.diskarray import DiskArray
+    from edgedp.io import DiskArray
 
     result = fake_result(channels=2, patches=None)
     disk = {}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgedp.cameras import CAMERAS, apply_camera, camera_preset
+from edgedp.io import CAMERAS, apply_camera, camera_preset
 from edgedp.cli import app
 from edgedp.errors import InputError
 from edgedp.io import ReadOptions, find_captures, find_pair, read_dp_pair

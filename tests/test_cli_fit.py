@@ -1,6 +1,6 @@
 """``edgedp fit``: options, outputs, refusals and one-line errors.
 
-Most tests replace :func:`edgedp.fit.fit_scene` (as the CLI calls it) by a fake that returns a
+Most tests replace :func:`edgedp.fit.pipeline.fit_scene` (as the CLI calls it) by a fake that returns a
 small consistent FitResult built from the input: they test only the CLI plumbing (option ->
 FitConfig mapping, reading, output files, report, errors), not the fit.  The end-to-end tests at
 the bottom run the real fit (slow-marked); the quality tests of the fit are the fit's own.
@@ -17,13 +17,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import edgedp.fit
-from edgedp.bundle import load_bundle
+import edgedp.fit.pipeline
+from edgedp.formats import load_bundle
 from edgedp.cli import app
-from edgedp.options import presets
+from edgedp.fit import presets
 from edgedp.errors import InputError
 from edgedp.fit import FitConfig, FitResult, StageReport
-from edgedp.kernels import front_radii, kernel_pyramid
+from edgedp.physics import front_radii, kernel_pyramid
 from edgedp.physics import over_weights
 
 runner = CliRunner()
@@ -61,7 +61,7 @@ class FakeFit:
         if gd_init is not None:
             for key, value in net.state_dict().items():
                 if key not in gd_init or gd_init[key].shape != value.shape:
-                    # The real fit's wording (edgedp.fit.load_gd_state).
+                    # The real fit's wording (edgedp.fit.stage2.load_gd_state).
                     raise InputError(f"warm start G_D parameter {key!r} has shape {tuple(gd_init[key].shape)}, expected {tuple(value.shape)}")
             net.load_state_dict(gd_init)
         c, h, w = left.shape
@@ -99,7 +99,7 @@ class FakeFit:
 @pytest.fixture
 def fake(monkeypatch) -> FakeFit:
     fake = FakeFit()
-    monkeypatch.setattr(edgedp.fit, "fit_scene", fake)
+    monkeypatch.setattr(edgedp.fit.pipeline, "fit_scene", fake)
     return fake
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from edgedp import conventions as cv
 from edgedp.cli import app
-from edgedp.disparity import decide_side
+from edgedp.physics import decide_side
 from edgedp.fit import FitConfig, layer_radii
 from edgedp.synth import SynthConfig
 

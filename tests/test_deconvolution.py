@@ -1,4 +1,4 @@
-"""The final TV deconvolution (edgedp.deconvolution) and Stage 1's solve with a gradient target."""
+"""The final TV deconvolution (edgedp.fit.deconvolution) and Stage 1's solve with a gradient target."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import math
 import pytest
 import torch
 
-from edgedp.deconvolution import (
+from edgedp.fit import (
     DeconvolutionConfig,
     FiniteDifference,
     deconvolve_layers,
     default_tv_weight,
     shrink_gradient,
 )
-from edgedp.kernel_fit import PatchLatentSolver
-from edgedp.kernels import dp_kernel_pair, front_radii, kernel_pyramid
-from edgedp.latent import LatentSolver, centred_kernel_spectrum, gradient_operator_spectra, gradient_spectrum, solve_latent_map
+from edgedp.fit import PatchLatentSolver
+from edgedp.physics import dp_kernel_pair, front_radii, kernel_pyramid
+from edgedp.fit import LatentSolver, centred_kernel_spectrum, gradient_operator_spectra, gradient_spectrum, solve_latent_map
 from edgedp.metrics import psnr
 from edgedp.physics import blur_stack_fft
 

@@ -1,4 +1,4 @@
-"""edgedp.diskarray: a .npy file written and read in pieces (the tiled fit's on-disk store)."""
+"""edgedp.io.diskarray: a .npy file written and read in pieces (the tiled fit's on-disk store)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import gc
 import numpy as np
 import pytest
 
-from edgedp.diskarray import DiskArray, scratch_folder
+from edgedp.io import DiskArray, scratch_folder
 
 
 def test_pieces_round_trip_through_a_plain_npy_file(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for edgedp.disparity: sign convention (x_right - x_left), sub-pixel accuracy, DP blur."""
+"""Tests for edgedp.physics.disparity: sign convention (x_right - x_left), sub-pixel accuracy, DP blur."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from edgedp.disparity import DisparityEstimate, decide_side, estimate_disparity
+from edgedp.physics import DisparityEstimate, decide_side, estimate_disparity
 from edgedp.errors import InputError
 
 H, W = 193, 257  # 6 x 8 tiles of 32 px

@@ -1,4 +1,4 @@
-"""Every exported graph, parametrized over the exporter's own tables (edgedp.exporter's
+"""Every exported graph, parametrized over the exporter's own tables (edgedp.deploy.exporter's
 export_formats() and export_sources()): each graph of each source is written, described in the
 sidecar, carries its metadata, parses as TensorRT 8.5 would, and passes its numerical check."""
 
@@ -11,9 +11,9 @@ import pytest
 onnx = pytest.importorskip("onnx")  # the export extra; CI installs it
 pytest.importorskip("onnxruntime")
 
-from edgedp.exporter import export_formats, export_sources, run_export  # noqa: E402
-from edgedp.profile import save_profile  # noqa: E402
-from edgedp.tensorrt import unsupported_trt_ops  # noqa: E402
+from edgedp.deploy import export_formats, export_sources, run_export  # noqa: E402
+from edgedp.formats import save_profile  # noqa: E402
+from edgedp.deploy import unsupported_trt_ops  # noqa: E402
 
 from test_onnx_export import make_bundle  # noqa: E402
 from test_profile_export import tiny_profile  # noqa: E402

@@ -9,8 +9,8 @@ import torch
 
 from edgedp.errors import InputError
 from edgedp.fit import FitConfig, disparity_per_radius, fit_scene, layer_radii, stage2_quadratic_form
-from edgedp.kernels import front_radii, kernel_pyramid
-from edgedp.latent import solve_latent_map
+from edgedp.physics import front_radii, kernel_pyramid
+from edgedp.fit import solve_latent_map
 from edgedp.metrics import psnr
 from edgedp.physics import blur_stack_fft
 from edgedp.synth import SynthConfig, make_scene

@@ -1,4 +1,4 @@
-"""Tests for edgedp.io: reading/normalizing DP pairs, protocol steps 1-3, errors, atomic writes."""
+"""Tests for edgedp.io.images: reading/normalizing DP pairs, protocol steps 1-3, errors, atomic writes."""
 
 from __future__ import annotations
 

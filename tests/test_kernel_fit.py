@@ -1,4 +1,4 @@
-"""Tests for edgedp.kernel_fit (Stage 3): generators, warm start, layer kernels and their sign
+"""Tests for edgedp.fit.stage3 (Stage 3): generators, warm start, layer kernels and their sign
 conventions, the gauge penalty, the closed-form patchwise latent map, and the fit on a synthetic
 scene whose kernels come from another model than the fit's parametric one."""
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from edgedp.fit import FitConfig, fit_scene
-from edgedp.kernel_fit import (
+from edgedp.models import KernelGenerators
+from edgedp.fit.stage3 import (
     KernelFitSettings,
-    KernelGenerators,
     fit_patch_kernels,
     gauge_penalty,
     pair_moments,
@@ -21,8 +21,8 @@ from edgedp.kernel_fit import (
     solve_latent_map_patchwise,
     warm_start,
 )
-from edgedp.kernels import ButterworthParams, both_radii, front_radii, kernel_centroid, kernel_disparity, kernel_pyramid
-from edgedp.latent import solve_latent_map
+from edgedp.physics import ButterworthParams, both_radii, front_radii, kernel_centroid, kernel_disparity, kernel_pyramid
+from edgedp.fit import solve_latent_map
 from edgedp.physics import patch_blend_weights
 from edgedp.synth import SynthConfig, make_scene
 

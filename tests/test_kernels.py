@@ -1,4 +1,4 @@
-"""Tests for edgedp.kernels: parametric DP kernels, pyramids and kernel resampling."""
+"""Tests for edgedp.physics.kernels: parametric DP kernels, pyramids and kernel resampling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgedp.kernels import (
+from edgedp.physics import (
     ButterworthParams,
     both_radii,
     dp_kernel_pair,

@@ -16,15 +16,15 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from edgedp.bundle import load_bundle, save_bundle  # noqa: E402
+from edgedp.formats import load_bundle, save_bundle  # noqa: E402
 from edgedp.cli import app  # noqa: E402
 from edgedp.errors import OutputError  # noqa: E402
 from edgedp.fit import FitConfig, FitResult  # noqa: E402
-from edgedp.kernels import front_radii, kernel_pyramid  # noqa: E402
-from edgedp.networks import DefocusNet  # noqa: E402
-from edgedp.onnx_export import FORBIDDEN_OPS, RenderModule, _factor, export_scene, render_reference  # noqa: E402
-from edgedp.onnx_tools import default_opset as onnx_opset  # noqa: E402
-from edgedp.onnx_tools import op_types as onnx_ops  # noqa: E402
+from edgedp.physics import front_radii, kernel_pyramid  # noqa: E402
+from edgedp.models import DefocusNet  # noqa: E402
+from edgedp.deploy.onnx_export import FORBIDDEN_OPS, RenderModule, _factor, export_scene, render_reference  # noqa: E402
+from edgedp.deploy import default_opset as onnx_opset  # noqa: E402
+from edgedp.deploy import op_types as onnx_ops  # noqa: E402
 from edgedp.physics import over_weights  # noqa: E402
 
 H, W = 37, 53
@@ -229,7 +229,7 @@ def test_cli_refuses_options_a_format_or_source_ignores(tmp_path):
     """--half / --workspace with --format onnx, --rtol on a profile, tolerances with --no-verify and
     out-of-range values (the export battery's --opset 99 traceback) end in one line, exit 2,
     before anything is written; options that apply are used, not dropped (--atol reaches gd)."""
-    from edgedp.profile import save_profile
+    from edgedp.formats import save_profile
     from test_profile_export import tiny_profile
 
     make_bundle(tmp_path / "fit" / "scene", layers=3)
@@ -280,8 +280,8 @@ def test_overwrite_removes_engines_of_the_replaced_graphs(tmp_path):
 
 @pytest.mark.parametrize("opset", [13, 17])
 def test_opsets_13_to_17_export_trt_clean(bundle, tmp_path, opset):
-    from edgedp.onnx_export import ExportConfig
-    from edgedp.tensorrt import unsupported_trt_ops
+    from edgedp.deploy import ExportConfig
+    from edgedp.deploy import unsupported_trt_ops
 
     side = export_scene(bundle, tmp_path, ExportConfig(opset=opset), gd=True)
     for g in side["graphs"].values():

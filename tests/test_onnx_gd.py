@@ -15,12 +15,12 @@ pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
 
-from edgedp.bundle import load_bundle, save_bundle  # noqa: E402
+from edgedp.formats import load_bundle, save_bundle  # noqa: E402
 from edgedp.errors import InputError  # noqa: E402
 from edgedp.fit import FitConfig, FitResult  # noqa: E402
-from edgedp.kernels import front_radii, kernel_pyramid  # noqa: E402
-from edgedp.networks import DefocusNet  # noqa: E402
-from edgedp.onnx_gd import GDExportModule, export_gd_onnx, gd_reference, verify_gd_onnx  # noqa: E402
+from edgedp.physics import front_radii, kernel_pyramid  # noqa: E402
+from edgedp.models import DefocusNet  # noqa: E402
+from edgedp.deploy import GDExportModule, export_gd_onnx, gd_reference, verify_gd_onnx  # noqa: E402
 from edgedp.physics import over_weights  # noqa: E402
 
 
@@ -182,8 +182,8 @@ def test_fp16_standardization_stays_finite(tmp_path):
     Bessel factor overflows in FP16: the FP16 emulation of its graph is NaN everywhere (what the
     issue reports for TensorRT FP16 engines), while the reciprocal form stays finite and close to
     FP32.  Also proves the emulation really rounds (it is not a no-op)."""
-    from edgedp.onnx_gd import Standardize
-    from edgedp.onnx_tools import ort_session
+    from edgedp.deploy import Standardize
+    from edgedp.deploy.onnx_tools import ort_session
 
     torch.manual_seed(0)
     layers = 4

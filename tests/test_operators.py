@@ -1,4 +1,4 @@
-"""The shared operator test base, run over every registered operator (edgedp.operators.OPERATORS):
+"""The shared operator test base, run over every registered operator (edgedp.physics.operators.OPERATORS):
 shapes, dtype/device follow the input, gradcheck in float64, adjointness, one-line shape errors."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgedp.kernels import front_radii, kernel_pyramid
-from edgedp.operators import OPERATORS, DualPixelRender
+from edgedp.physics import front_radii, kernel_pyramid
+from edgedp.physics import OPERATORS, DualPixelRender
 from edgedp.physics import render_dual_pixel
 
 NAMES = sorted(OPERATORS)

@@ -1,4 +1,4 @@
-"""Domain rules of a fit's options in the library (edgedp.options, edgedp.profile,
+"""Domain rules of a fit's options in the library (edgedp.fit.options, edgedp.formats.profile,
 edgedp_runtime.instant): presets, warm-start steps, the profile merge, the view-gain rule."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 
 from edgedp.errors import InputError
 from edgedp.fit import FitConfig
-from edgedp.kernels import ButterworthParams
-from edgedp.options import (
+from edgedp.physics import ButterworthParams
+from edgedp.fit import (
     WARM_STAGE2_ITERATIONS,
     fit_config_from_options,
     parse_channel,
@@ -20,7 +20,7 @@ from edgedp.options import (
     presets,
     warm_iterations,
 )
-from edgedp.profile import DeviceProfile, view_gain_map
+from edgedp.formats import DeviceProfile, view_gain_map
 from edgedp_runtime.instant import view_gain_applies
 
 

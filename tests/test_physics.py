@@ -1,4 +1,4 @@
-"""Tests for edgedp.physics: blur orientation/borders, FFT == direct, adjoints, compositing,
+"""Tests for edgedp.physics.blur: blur orientation/borders, FFT == direct, adjoints, compositing,
 DP re-render, patchwise non-uniform blur, gradients, dtype/device handling."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgedp import physics as P
+from edgedp.physics import blur as P
 
 F64 = torch.float64
 

@@ -1,4 +1,4 @@
-"""Tests for edgedp.profile (device profile file).  STATUS: complete for profile.py's API."""
+"""Tests for edgedp.formats.profile (device profile file).  STATUS: complete for the module's API."""
 
 import json
 from dataclasses import replace as dataclasses_replace
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from edgedp.errors import InputError, OutputError
-from edgedp.kernels import ButterworthParams
-from edgedp.networks import DefocusNet
-from edgedp.profile import (
+from edgedp.physics import ButterworthParams
+from edgedp.models import DefocusNet
+from edgedp.formats.profile import (
     FORMAT_VERSION,
     CaptureInfo,
     DeviceProfile,
@@ -151,21 +151,21 @@ def _pair(folder, size=(37, 53)):
 def test_fit_with_profile(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import edgedp.fit
+    import edgedp.fit.pipeline
     from edgedp.cli import app
 
-    real = edgedp.fit.fit_scene
+    real = edgedp.fit.pipeline.fit_scene
     calls = []
 
     def recorder(left, right, config, *, gd_init=None, progress=None):
         calls.append((config, gd_init, left.clone(), right.clone()))
         return real(left, right, config, gd_init=gd_init, progress=progress)
 
-    from edgedp.options import warm_iterations
+    from edgedp.fit import warm_iterations
     from edgedp.io import ReadOptions, read_dp_pair
-    from edgedp.profile import view_gain_map
+    from edgedp.formats import view_gain_map
 
-    monkeypatch.setattr(edgedp.fit, "fit_scene", recorder)
+    monkeypatch.setattr(edgedp.fit.pipeline, "fit_scene", recorder)
     gain = (0.1, 0.0, 0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0)
     prof = dataclasses_replace(_profile(), black_level=None, white_level=None, flat_field=None, view_gain=gain)
     path = save_profile(prof, tmp_path / "PHONE.profile")

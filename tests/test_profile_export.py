@@ -1,4 +1,4 @@
-"""``edgedp export PHONE.profile`` (edgedp/profile_export.py) and the runner's ``instant``
+"""``edgedp export PHONE.profile`` (edgedp/deploy/profile_export.py) and the runner's ``instant``
 subcommand on that export, run in a subprocess where ``import torch`` / ``import edgedp`` fail
 (the pattern of tests/test_export_runners.py)."""
 
@@ -19,12 +19,12 @@ ort = pytest.importorskip("onnxruntime")
 
 from edgedp.cli import app  # noqa: E402
 from edgedp.errors import InputError, OutputError  # noqa: E402
-from edgedp.kernels import ButterworthParams, kernel_pyramid  # noqa: E402
+from edgedp.physics import ButterworthParams, kernel_pyramid  # noqa: E402
 from edgedp.metrics import psnr  # noqa: E402
-from edgedp.networks import DefocusNet  # noqa: E402
-from edgedp.onnx_gd import gd_reference  # noqa: E402
-from edgedp.profile import CaptureInfo, DeviceProfile, save_profile  # noqa: E402
-from edgedp.profile_export import _adapter, export_profile, profile_test_image, verify_profile_export  # noqa: E402
+from edgedp.models import DefocusNet  # noqa: E402
+from edgedp.deploy import gd_reference  # noqa: E402
+from edgedp.formats import CaptureInfo, DeviceProfile, save_profile  # noqa: E402
+from edgedp.deploy.profile_export import _adapter, export_profile, profile_test_image, verify_profile_export  # noqa: E402
 from edgedp.synth import SynthConfig, make_scene  # noqa: E402
 
 from edgedp_runtime import common, instant, schema  # noqa: E402  (numpy only)

@@ -50,9 +50,9 @@ def fresh_runtime(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """A scene export (render, refocus, gd) and a profile export (gd + kernels), real exporters."""
-    from edgedp.onnx_export import export_scene
-    from edgedp.profile import save_profile
-    from edgedp.profile_export import export_profile
+    from edgedp.deploy import export_scene
+    from edgedp.formats import save_profile
+    from edgedp.deploy import export_profile
     from test_onnx_gd import gd_bundle
     from test_profile_export import tiny_profile
 

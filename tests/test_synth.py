@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from edgedp.disparity import estimate_disparity
-from edgedp.kernels import dp_kernel_pair
+from edgedp.physics import estimate_disparity
+from edgedp.physics import dp_kernel_pair
 from edgedp.synth import SynthConfig, dead_leaves, make_scene
 
 SMALL = SynthConfig(size=(97, 131), max_radius=5.0, seed=5)

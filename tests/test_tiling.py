@@ -1,4 +1,4 @@
-"""Tiled restoration (edgedp.tiling): the tiled fit agrees with the whole-frame fit (>= 45 dB, no
+"""Tiled restoration (edgedp.fit.tiling): the tiled fit agrees with the whole-frame fit (>= 45 dB, no
 seams along the cores' borders), every frame constant is the frame's, the on-disk store, the
 plan against a budget, and the pieces (tile grid, the periodic domain of Stage 1, the region
 up-sampling of G_D's logits).  The 16 MP fit under a budget is in tests/test_memory_budget.py."""
@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgedp.diskarray import DiskArray
+from edgedp.io import DiskArray
 from edgedp.errors import InputError
 from edgedp.fit import FitConfig, fit_scene
-from edgedp.latent import LatentSolver
-from edgedp.networks import upsample_logits, upsample_logits_region
+from edgedp.fit import LatentSolver
+from edgedp.models import upsample_logits, upsample_logits_region
 from edgedp.physics import fast_size
 from edgedp.synth import SynthConfig, make_scene
-from edgedp.tiling import (
+from edgedp.fit import (
     TilingConfig,
     fit_within_budget,
     periodic_index,
@@ -75,7 +75,7 @@ def test_tiled_agrees_with_the_whole_frame(scene, whole, tiled):
     assert plan["margin_px"] == 72  # 8 kernel sizes of 9 px, rounded up to stage 2's 4 px blocks
     a, b = whole.allinfocus[0].numpy(), result.allinfocus[0].numpy()
     assert psnr_between(a, b) >= 45.0
-    from edgedp.tiling import tile_grid as grid
+    from edgedp.fit import tile_grid as grid
 
     cores = grid(193, 257, TILE, plan["margin_px"], 4)
     assert seam_ratio(b - a, cores) < 1.5
@@ -194,9 +194,9 @@ def test_region_solver_reaches_the_whole_frame_solution(scene):
     (test_tiled_agrees_with_the_whole_frame): the widest layers carry little weight and the
     deconvolution re-solves them."""
     from edgedp.fit import layer_radii
-    from edgedp.kernels import kernel_pyramid
-    from edgedp.latent import default_latent_reg
-    from edgedp.tiling import RegionSolver
+    from edgedp.physics import kernel_pyramid
+    from edgedp.fit import default_latent_reg
+    from edgedp.fit import RegionSolver
 
     views = torch.stack([scene.left, scene.right])
     _, radii = layer_radii(FitConfig(), -2.0, 2.0, "both")

@@ -16,18 +16,16 @@ from typer.testing import CliRunner
 
 from edgedp.cli import app
 from edgedp.errors import InputError
-from edgedp.io import (
+from edgedp.io.images import (
     ReadOptions,
     detect_transfer,
     png_colour_chunks,
-    png_with_srgb_chunk,
     read_dp_pair,
     read_normalized,
     tiff_icc_profile,
-    write_png16,
-    write_srgb_png8,
 )
-from edgedp.transfer import ENCODED_KNEE, LINEAR_KNEE, linear_to_srgb, srgb_to_linear
+from edgedp.io.writers import png_with_srgb_chunk, write_png16, write_srgb_png8
+from edgedp.io import ENCODED_KNEE, LINEAR_KNEE, linear_to_srgb, srgb_to_linear
 
 H, W = 37, 53
 runner = CliRunner()
@@ -331,7 +329,7 @@ def test_fit_of_an_8bit_pair_prints_each_warning_once_without_source_lines(tmp_p
     assert report["input"]["transfer"] == {"requested": "auto", "used": "srgb", "reason": "8-bit file"}
     # The all-in-focus image is encoded back to sRGB (and says so); the bundle stays linear.
     assert png_colour_chunks(tmp_path / "out" / "allinfocus.png") == {"sRGB": 0}
-    from edgedp.bundle import load_bundle
+    from edgedp.formats import load_bundle
 
     bundle = load_bundle(tmp_path / "out" / "scene")
     written = cv2.imread(str(tmp_path / "out" / "allinfocus.png"), cv2.IMREAD_UNCHANGED) / 65535.0

@@ -27,13 +27,13 @@ import onnx  # noqa: E402
 
 from typer.testing import CliRunner  # noqa: E402
 
-from edgedp import tensorrt as edtrt  # noqa: E402
+from edgedp.deploy import tensorrt as edtrt  # noqa: E402
 from edgedp.cli import app  # noqa: E402
 from edgedp.errors import EdgedpError, InputError  # noqa: E402
-from edgedp.exporter import export_sources  # noqa: E402
-from edgedp.onnx_gd import export_gd_onnx  # noqa: E402
-from edgedp.onnx_tools import op_types  # noqa: E402
-from edgedp.tensorrt import TRT85_ONNX_OPS, build_engine, unsupported_trt_ops  # noqa: E402
+from edgedp.deploy import export_sources  # noqa: E402
+from edgedp.deploy import export_gd_onnx  # noqa: E402
+from edgedp.deploy import op_types  # noqa: E402
+from edgedp.deploy import TRT85_ONNX_OPS, build_engine, unsupported_trt_ops  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_onnx_export import make_bundle  # noqa: E402
@@ -69,9 +69,9 @@ def test_gd_graph_is_trt85(bundle, tmp_path):
 
 @pytest.fixture(scope="module")
 def scene_export(bundle, tmp_path_factory):
-    """render.onnx / refocus.onnx and gd.onnx through the exporter of edgedp.onnx_export (an
+    """render.onnx / refocus.onnx and gd.onnx through the exporter of edgedp.deploy.onnx_export (an
     import error is a failure, not a skip)."""
-    from edgedp.onnx_export import export_scene
+    from edgedp.deploy import export_scene
 
     out = tmp_path_factory.mktemp("scene_export")
     sidecar = export_scene(bundle, out, verify=False)
@@ -114,7 +114,7 @@ def test_allowlist_is_the_85_table():
 def test_imports_without_tensorrt():
     code = (
         "import sys; sys.modules['tensorrt'] = None\n"  # any 'import tensorrt' now fails
-        "import edgedp.tensorrt as t; assert 'tensorrt' in sys.modules and sys.modules['tensorrt'] is None\n"
+        "import edgedp.deploy.tensorrt as t; assert 'tensorrt' in sys.modules and sys.modules['tensorrt'] is None\n"
         "print(len(t.TRT85_ONNX_OPS))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -216,9 +216,9 @@ def walk_graph(path: Path, graph: str) -> dict:
 @pytest.fixture(scope="module")
 def all_exports(bundle, tmp_path_factory):
     """render / refocus / gd of a scene (uniform and patch kernels), gd static, and a profile's gd."""
-    from edgedp.onnx_export import export_scene
-    from edgedp.profile import save_profile
-    from edgedp.profile_export import export_profile
+    from edgedp.deploy import export_scene
+    from edgedp.formats import save_profile
+    from edgedp.deploy import export_profile
     from test_profile_export import tiny_profile
 
     root = tmp_path_factory.mktemp("walk")
@@ -253,7 +253,7 @@ def test_checker_flags_runtime_shape_parameters_and_modes(tmp_path):
     nearest_mode the 8.5 table lacks; constant folding (by construction) removes the first."""
     from onnx import TensorProto, helper
 
-    from edgedp.onnx_tools import fold_constants
+    from edgedp.deploy import fold_constants
 
     f, i64 = TensorProto.FLOAT, TensorProto.INT64
     nodes = [

@@ -1,11 +1,11 @@
-"""Tests for edgedp.tune.  STATUS: kernel recovery (reduced grid fast, full grid slow), profile
+"""Tests for edgedp.fit.tune.  STATUS: kernel recovery (reduced grid fast, full grid slow), profile
 output + warm start, input errors, `edgedp tune` CLI (+ `fit --profile` on its output).
 
 Tolerances (synthetic device: Butterworth order 9, cutoff 2.5, beta 0.5, 3 scenes 161x225,
 max blur radius 10 px): beta is recovered exactly on the grid {0.1, 0.2, 0.5}; the order within
 one grid step (6 or 9: with beta 0.5 the centre/rim contrast is low); the cut-off is NOT
 asserted (weakly identifiable: 2.0 was picked on seeds 1-9).  The radius scale is blur radius
-per *measured* disparity relative to the model's nominal value; edgedp.disparity over-estimates
+per *measured* disparity relative to the model's nominal value; edgedp.physics.disparity over-estimates
 the extent by 20-45% on these scenes, so the right answer is the grid value nearest to the
 ground-truth ratio true_max_radius / (measured_extent / disparity_per_radius) (about 0.8); the
 ground truth is used only to check, never by tune.
@@ -18,10 +18,10 @@ import torch
 
 from edgedp.errors import InputError
 from edgedp.fit import FitConfig, fit_scene
-from edgedp.kernels import ButterworthParams
-from edgedp.profile import load_profile, save_profile
+from edgedp.physics import ButterworthParams
+from edgedp.formats import load_profile, save_profile
 from edgedp.synth import SynthConfig, make_scene
-from edgedp.tune import cross_error, tune_device
+from edgedp.fit import cross_error, tune_device
 
 TRUE = ButterworthParams(order=9, cutoff=2.5, beta=0.5)
 FAST = FitConfig(stage2_iterations=10, stage3_iterations=0, gd_width=0.25)
@@ -39,7 +39,7 @@ def _expected_scale(captures, radius=10.0, grid=(0.8, 1.0, 1.25)):
     """Check-only: the grid scale nearest to the ground-truth ratio (median over captures)."""
     import math
 
-    from edgedp.disparity import estimate_disparity
+    from edgedp.physics import estimate_disparity
     from edgedp.fit import disparity_per_radius
 
     dpr = disparity_per_radius("butterworth", TRUE)
@@ -49,7 +49,7 @@ def _expected_scale(captures, radius=10.0, grid=(0.8, 1.0, 1.25)):
 
 
 def test_cross_error_prefers_true_kernel():
-    from edgedp.kernels import front_radii
+    from edgedp.physics import front_radii
 
     sc = make_scene(SynthConfig(size=(97, 131), butterworth=TRUE, max_radius=6.0, seed=4, noise_std=0.0, shot_noise=0.0))
     views = torch.stack([sc.left, sc.right])
@@ -153,8 +153,8 @@ def test_view_gain_recovers_a_simulated_vignetting():
     true one, against 13% mean error with no correction; without vignetting the estimate stays
     within 1% (mean) of 1 or, as here, is found insignificant (None).  The true map is used only
     to check."""
-    from edgedp.profile import view_gain_map
-    from edgedp.tune import estimate_view_gain
+    from edgedp.formats import view_gain_map
+    from edgedp.fit import estimate_view_gain
 
     h, w = 161, 225
     true = (0.05, 0.04, 0.02, 0.0, -0.30, -0.05, 0.0, 0.10, 0.0, 0.05)

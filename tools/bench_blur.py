@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark the layer-blur paths of :mod:`edgedp.physics` side by side (one run, same load).
+"""Benchmark the layer-blur paths of :mod:`edgedp.physics.blur` side by side (one run, same load).
 
 Times, per image size, for ``L`` layers x 2 views with random ``K x K`` kernels (layer ``i``
 non-zero in its central ``(2i + 1)^2``, the front-only layer pyramid):

@@ -2,17 +2,17 @@
 """Benchmark the exported graphs (ONNX Runtime CPU) against a naive export and the PyTorch render.
 
 A synthetic scene of the issue's size (default 1008x1344, 19 layers with radii 0..17 px, 35x35
-Butterworth DP kernels from :func:`edgedp.kernels.kernel_pyramid`, random smooth weights and a
-random latent map) is exported with :func:`edgedp.onnx_export.export_scene`; then, in one run:
+Butterworth DP kernels from :func:`edgedp.physics.kernels.kernel_pyramid`, random smooth weights and a
+random latent map) is exported with :func:`edgedp.deploy.onnx_export.export_scene`; then, in one run:
 
 - ``render.onnx`` (factored: per-layer support crop + joint low-rank separable convs),
 - a naive ``render`` export: one grouped 35x35 Conv per view over all layers (pad by 17),
-- the PyTorch render :func:`edgedp.physics.render_dual_pixel` (FFT),
+- the PyTorch render :func:`edgedp.physics.blur.render_dual_pixel` (FFT),
 - ``refocus.onnx`` at (focus, aperture) = (0, 1),
 
 each timed (median of ``--repeat`` calls, ``--threads`` threads), with the errors against the
 PyTorch render (max abs, max rel = max abs / max |ref|); then the FP16 emulation of render.onnx
-and refocus.onnx (every float tensor rounded to FP16, :func:`edgedp.onnx_tools.emulate_fp16`:
+and refocus.onnx (every float tensor rounded to FP16, :func:`edgedp.deploy.onnx_tools.emulate_fp16`:
 what an FP16 TensorRT engine computes) against the same references.
 
     .venv/bin/python tools/bench_export.py            # full size (needs ~4 GB RAM, ~1-2 min)
@@ -36,9 +36,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgedp.kernels import kernel_pyramid  # noqa: E402
-from edgedp.onnx_export import ExportConfig, export_scene, export_torch, refocus_reference, render_reference  # noqa: E402
-from edgedp.onnx_tools import ort_session  # noqa: E402
+from edgedp.physics import kernel_pyramid  # noqa: E402
+from edgedp.deploy import ExportConfig, export_scene, export_torch, refocus_reference, render_reference  # noqa: E402
+from edgedp.deploy.onnx_tools import ort_session  # noqa: E402
 from edgedp.physics import render_dual_pixel  # noqa: E402
 
 
@@ -131,7 +131,7 @@ def main() -> None:
         del sess
 
         if args.unfolded:  # the same graph before onnx_tools.fold_constants: folding must not cost speed
-            from edgedp.onnx_export import RenderModule  # noqa: PLC0415
+            from edgedp.deploy import RenderModule  # noqa: PLC0415
 
             export_torch(RenderModule(scene.weights, scene.kernels), (latent,), tmp / "unfolded.onnx",
                          ["latent"], ["left", "right", "allinfocus"], 17)

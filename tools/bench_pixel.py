@@ -33,7 +33,7 @@ PASS / FAIL each:
 
 Writes the same markdown to ``--markdown`` (default ``OUT/bench_pixel_<preset>.md``) and all
 numbers to ``--json`` (default ``OUT/bench_pixel_<preset>.json``; written with
-``edgedp.io.write_json``, so an infinite PSNR, i.e. an exact copy, is the token ``Infinity``).
+``edgedp.io.writers.write_json``, so an infinite PSNR, i.e. an exact copy, is the token ``Infinity``).
 
 ``--baseline-only`` runs no fit: it scores the input baseline and prints the data README's
 table (registered PSNR / SSIM / MAE / shift, raw PSNR / SSIM), a check of the loading and

@@ -40,9 +40,9 @@ def compare_scene(folder: Path, iterations: int, preset: str = "fast") -> dict:
     import dataclasses
 
     from edgedp import fit as fit_module
-    from edgedp.options import preset_config
+    from edgedp.fit import preset_config
     from edgedp.io import ReadOptions, read_dp_pair, read_image
-    from edgedp.transfer import linear_to_srgb
+    from edgedp.io import linear_to_srgb
 
     gt_codes, _ = read_image(folder / "gt_allinfocus.png")
     gt = gt_codes / 65535.0

@@ -9,7 +9,7 @@ steps 1-2, the 1008x1344 crop, registered PSNR / SSIM) it prints one table row p
   ``likelihood`` (Stage 1 and the per-pixel layer likelihood alone, no G_D: what the instant
   path computes when G_D adds nothing), ``+ G_D`` (Stage 2's fitted weights fused with the
   likelihood, composite of Stage 1's L2 latent map: the pipeline before this study),
-  ``+ TV deconv`` (the final TV deconvolution, :mod:`edgedp.deconvolution`: the default now),
+  ``+ TV deconv`` (the final TV deconvolution, :mod:`edgedp.fit.deconvolution`: the default now),
   and with ``--stage3`` ``+ stage 3`` (``--preset best``'s learned kernels, then the deconvolution);
 * ceilings, each changing one part and keeping the rest:
   ``oracle sel. 15 / 31`` (the ground truth picks the layer of Stage 1's latent map per 15 / 31 px
@@ -51,13 +51,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_pixel as bp  # noqa: E402
 
-from edgedp.deconvolution import deconvolve_layers  # noqa: E402
+from edgedp.fit import deconvolve_layers  # noqa: E402
 from edgedp.errors import EdgedpError  # noqa: E402
 from edgedp.fit import FitConfig, disparity_per_radius, fit_scene, fuse_with_likelihood  # noqa: E402
 from edgedp.io import read_dp_pair, write_png8  # noqa: E402
-from edgedp.kernel_fit import PatchLatentSolver  # noqa: E402
-from edgedp.kernels import kernel_disparity, resize_kernel  # noqa: E402
-from edgedp.latent import LatentSolver  # noqa: E402
+from edgedp.fit import PatchLatentSolver  # noqa: E402
+from edgedp.physics import kernel_disparity, resize_kernel  # noqa: E402
+from edgedp.fit import LatentSolver  # noqa: E402
 from edgedp.metrics import bead_energy, evaluate, registered_residual, streak_energy  # noqa: E402
 from edgedp.physics import blur_stack_fft, blur_stack_patchwise  # noqa: E402
 

@@ -394,7 +394,7 @@ def parse_crop(text: str) -> tuple[int, int]:
 
 
 def centre_crop(image: np.ndarray, size: tuple[int, int] | None, what: str) -> np.ndarray:
-    """Centred crop of the last two dims at offsets ``((H0 - H) // 2, (W0 - W) // 2)`` (edgedp.io)."""
+    """Centred crop of the last two dims at offsets ``((H0 - H) // 2, (W0 - W) // 2)`` (edgedp.io.images)."""
     if size is None:
         return image
     h0, w0 = image.shape[-2:]
@@ -408,7 +408,7 @@ def centre_crop(image: np.ndarray, size: tuple[int, int] | None, what: str) -> n
 def read_linear(path, what: str, black: float, white: float | None) -> np.ndarray:
     """One view as float32 ``(raw - black) / white``, UNCLIPPED (edgedp's raw mode: noise below
     the black level is real signal statistics).  ``white`` defaults to ``2**bits - 1`` of a PNG
-    (edgedp.io's default) and to 1 for .npy (taken as linear)."""
+    (edgedp.io.images's default) and to 1 for .npy (taken as linear)."""
     raw, depth = read_image(path, what)
     if depth == 8 and (black > 0 or white is not None):
         # edgedp's raw mode: levels such as 1024 / 16383 only make sense for 16-bit sensor data

@@ -6,15 +6,15 @@ after Stage 2, with the fitted G_D replaced by a device profile's G_D (``gd.onnx
 
 1. ``gd.onnx`` on the pair -> MPI alphas (L, H, W) -> G_D's compositing weights by the over
    operator ``d_i = a_i * prod_{j > i} (1 - a_j)`` (layer L - 1 on top, ``a_0 = 1``).
-2. Stage 1 (edgedp/latent.py): per layer i the closed-form latent image
+2. Stage 1 (edgedp/fit/stage1.py): per layer i the closed-form latent image
    ``X_i = (conj(F_i^L) Y_L + conj(F_i^R) Y_R) / (|F_i^L|^2 + |F_i^R|^2 + lam |G|^2)`` on a
    replicate-padded (``pad`` px, default ``K // 2 + 8``) FFT-friendly grid, ``lam`` from the
    noise (:func:`latent_reg`), and from the same spectra each layer's re-render error
    ``e_i = sum_v (x_i conv f_i^v - y_v)^2`` (``irfft2(X_i F_i^v - Y_v)``: no extra forward FFT).
-3. Fusion (edgedp/fit.py ``fuse_with_likelihood``): ``d_i ~ max(d_i^GD, 1e-6) * q_i`` normalized
+3. Fusion (edgedp/fit/pipeline.py ``fuse_with_likelihood``): ``d_i ~ max(d_i^GD, 1e-6) * q_i`` normalized
    over layers, ``q = softmax(-box(e) / T)``, ``box`` the ``window`` px mean (border windows
    average only the pixels inside the image), ``T = 0.5 * mean_p min_i box(e)_i + 1e-20``.
-4. The final TV deconvolution (edgedp/deconvolution.py): half-quadratic splitting warm-started
+4. The final TV deconvolution (edgedp/fit/deconvolution.py): half-quadratic splitting warm-started
    at ``sum_i d_i x_i``: ``tv_iterations`` times, the composite's forward differences are
    soft-thresholded (isotropic, by ``tv / (2 beta)`` with ``tv = 2 lam s^2 / b`` from the views'
    gradients) and every layer with weight solves step 2 again pulled towards them with weight
@@ -34,7 +34,7 @@ Sidecar fields read here (schema: :mod:`edgedp_runtime.schema`; written by ``edg
                 "kernel_size": K,
                 "pad": int,                        replicate padding of stage 1 (K // 2 + 8)
                 "latent_reg": {"gain": 4.0, "floor": 1e-3, "ceil": 0.3},   lam = clamp(gain
-                              * sigma^2 / s^2, floor, ceil) (edgedp.latent.default_latent_reg)
+                              * sigma^2 / s^2, floor, ceil) (edgedp.fit.stage1.default_latent_reg)
                 "fuse_window": 15,                 box window (px) of the likelihood, 0 = off
                 "weight_floor": 1e-6,              clamp of G_D's weights before the product
                 "deconvolution": {"iterations": 6, "beta_start": 0.25, "beta_growth": 2.0,
@@ -77,7 +77,7 @@ __all__ = [
     "view_gain_map",
 ]
 
-FLAT_FIELD_BOX = 101  # edgedp.io.FLAT_FIELD_BOX: the Pixel 4 protocol's 101 x 101 mean
+FLAT_FIELD_BOX = 101  # edgedp.io.images.FLAT_FIELD_BOX: the Pixel 4 protocol's 101 x 101 mean
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class InstantConfig:
         likelihood (so the data can still pick a layer G_D ruled out).
     pad: replicate padding (px) of stage 1; None: ``K // 2 + 8``.
     tv_iterations, tv_beta_start, tv_beta_growth, tv_min_layer_weight: the final TV
-        deconvolution (:func:`deconvolve_layers`; edgedp.deconvolution.DeconvolutionConfig's
+        deconvolution (:func:`deconvolve_layers`; edgedp.fit.deconvolution.DeconvolutionConfig's
         ``iterations``, ``beta_start``, ``beta_growth``, ``min_layer_weight``); 0 iterations keep
         the composite.
     """
@@ -117,7 +117,7 @@ class InstantConfig:
 # --- Stage 1 in numpy ---------------------------------------------------------------------------
 def fast_size(n: int, *, even: bool = False) -> int:
     """Smallest ``m >= n`` whose prime factors are all in {2, 3, 5, 7} (and even if asked);
-    edgedp.physics.fast_size, so the padded grid is the library's."""
+    edgedp.physics.blur.fast_size, so the padded grid is the library's."""
     m = max(int(n), 1)
     while True:
         if not (even and m % 2):
@@ -157,7 +157,7 @@ def _centre_phase(shape: tuple[int, int], k: int) -> np.ndarray:
 
 def gradient_operator_spectra(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """rfft2 transfer functions ``(Gx, Gy)`` of circular forward differences on a ``shape`` grid
-    (edgedp.latent.gradient_operator_spectra): ``exp(2 pi i k / N) - 1``, complex64."""
+    (edgedp.fit.stage1.gradient_operator_spectra): ``exp(2 pi i k / N) - 1``, complex64."""
     hp, wp = shape
     gx = np.exp(2j * np.pi * np.fft.rfftfreq(wp))[None, :] - 1
     gy = np.exp(2j * np.pi * np.fft.fftfreq(hp))[:, None] - 1
@@ -175,7 +175,7 @@ def solve_latent(
     target_weight: float = 0.0,
     layers=None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Closed-form per-layer latent map (numpy port of edgedp.latent.LatentSolver.solve).
+    """Closed-form per-layer latent map (numpy port of edgedp.fit.stage1.LatentSolver.solve).
 
     Args:
         views: (2, H, W) float32 [left, right].
@@ -230,10 +230,10 @@ def solve_latent(
     return latent, err
 
 
-# --- the final TV deconvolution (edgedp.deconvolution) -----------------------------------------
+# --- the final TV deconvolution (edgedp.fit.deconvolution) -----------------------------------------
 def image_gradient(x: np.ndarray) -> np.ndarray:
     """Forward differences of (H, W) -> (2, H, W), zero in the last column / row
-    (edgedp.deconvolution.FiniteDifference.A)."""
+    (edgedp.fit.deconvolution.FiniteDifference.A)."""
     g = np.zeros((2,) + x.shape, np.float32)
     g[0, :, :-1] = x[:, 1:] - x[:, :-1]
     g[1, :-1, :] = x[1:, :] - x[:-1, :]
@@ -241,14 +241,14 @@ def image_gradient(x: np.ndarray) -> np.ndarray:
 
 
 def shrink_gradient(g: np.ndarray, threshold: float) -> np.ndarray:
-    """Isotropic soft threshold of a (2, H, W) gradient field (edgedp.deconvolution.shrink_gradient)."""
+    """Isotropic soft threshold of a (2, H, W) gradient field (edgedp.fit.deconvolution.shrink_gradient)."""
     magnitude = np.sqrt(g[0] * g[0] + g[1] * g[1])
     scale = np.maximum(1 - np.float32(threshold) / np.maximum(magnitude, np.float32(1e-30)), 0)
     return (g * scale[None]).astype(np.float32)
 
 
 def tv_weight(views: np.ndarray, reg: float) -> float:
-    """``2 lam s^2 / b`` of the views (edgedp.deconvolution.default_tv_weight)."""
+    """``2 lam s^2 / b`` of the views (edgedp.fit.deconvolution.default_tv_weight)."""
     g = image_gradient(np.asarray(views, np.float32).mean(axis=0))[:, :-1, :-1].astype(np.float64)
     magnitude = np.sqrt(g[0] ** 2 + g[1] ** 2)
     b = float(magnitude.mean())
@@ -261,7 +261,7 @@ def deconvolve_layers(
     config: "InstantConfig",
 ) -> np.ndarray:
     """The TV deconvolution of the composite ``sum_i d_i x_i`` by half-quadratic splitting (numpy
-    port of edgedp.deconvolution.deconvolve_layers): returns the (L, H, W) latent map whose
+    port of edgedp.fit.deconvolution.deconvolve_layers): returns the (L, H, W) latent map whose
     composite is the deconvolved image (``latent`` is updated in place)."""
     if config.tv_iterations <= 0 or tv <= 0:
         return latent
@@ -278,7 +278,7 @@ def deconvolve_layers(
 
 
 def estimate_noise_sigma(image: np.ndarray) -> float:
-    """White-noise std of a (H, W) image (Immerkaer 1996; edgedp.latent.estimate_noise_sigma):
+    """White-noise std of a (H, W) image (Immerkaer 1996; edgedp.fit.stage1.estimate_noise_sigma):
     ``sqrt(pi / 2) / 6`` times the lower quartile of the 16 x 16 px tile means of the absolute
     response to ``[[1, -2, 1], [-2, 4, -2], [1, -2, 1]]`` (the quartile ignores edges/texture)."""
     x = np.asarray(image, np.float32)
@@ -299,7 +299,7 @@ def estimate_noise_sigma(image: np.ndarray) -> float:
 
 def latent_reg(views: np.ndarray, *, gain: float = 4.0, floor: float = 1e-3, ceil: float = 0.3) -> float:
     """``lam = clamp(gain * sigma^2 / s^2, floor, ceil)`` for views (2, H, W)
-    (edgedp.latent.default_latent_reg): ``sigma`` the noise of the mean view, ``s^2`` its mean
+    (edgedp.fit.stage1.default_latent_reg): ``sigma`` the noise of the mean view, ``s^2`` its mean
     squared forward difference less the noise's ``2 sigma^2`` (at least a tenth of it)."""
     mean_view = np.asarray(views, np.float32).mean(axis=0)
     sigma = estimate_noise_sigma(mean_view)
@@ -326,7 +326,7 @@ def _box_sums(x: np.ndarray, radius: int, axis: int) -> tuple[np.ndarray, np.nda
 def box_mean(image: np.ndarray, window: int) -> np.ndarray:
     """Mean over a ``2 (window // 2) + 1`` square around each pixel of (..., H, W), taking only
     the pixels inside the image (torch ``avg_pool2d(k, 1, window // 2, count_include_pad=False)``,
-    as edgedp.fit.layer_posterior).  Returns float32 of the same shape."""
+    as edgedp.fit.stage2.layer_posterior).  Returns float32 of the same shape."""
     r = window // 2
     rows, nr = _box_sums(np.asarray(image), r, -2)
     both, nc = _box_sums(rows, r, -1)
@@ -335,7 +335,7 @@ def box_mean(image: np.ndarray, window: int) -> np.ndarray:
 
 def replicate_box_mean(image: np.ndarray, size: int = FLAT_FIELD_BOX) -> np.ndarray:
     """``size`` x ``size`` mean of (H, W) with edge-replicated borders (OpenCV's ``cv2.blur`` with
-    ``BORDER_REPLICATE``, what edgedp.io uses for the flat field).  Returns float64."""
+    ``BORDER_REPLICATE``, what edgedp.io.images uses for the flat field).  Returns float64."""
     r = size // 2
     padded = np.pad(np.asarray(image, np.float64), r, mode="edge")
     h, w = image.shape
@@ -346,7 +346,7 @@ def replicate_box_mean(image: np.ndarray, size: int = FLAT_FIELD_BOX) -> np.ndar
 
 def flat_field_gain(white_left: np.ndarray, white_right: np.ndarray, black: float) -> np.ndarray:
     """Right-view gain ``box101(wl - black) / box101(wr - black)`` (H0, W0) float64 (the Pixel 4
-    protocol step 2, edgedp.io): the right view is multiplied by it at full size."""
+    protocol step 2, edgedp.io.images): the right view is multiplied by it at full size."""
     means = []
     for frame, side in ((white_left, "left"), (white_right, "right")):
         mean = replicate_box_mean(np.asarray(frame, np.float64) - black)
@@ -359,11 +359,11 @@ def flat_field_gain(white_left: np.ndarray, white_right: np.ndarray, black: floa
     return means[0] / means[1]
 
 
-VIEW_GAIN_MODEL = "exp-poly3"  # edgedp.profile.VIEW_GAIN_MODEL
+VIEW_GAIN_MODEL = "exp-poly3"  # edgedp.formats.profile.VIEW_GAIN_MODEL
 
 
 def view_gain_map(coefficients, height: int, width: int) -> np.ndarray:
-    """The right view's gain (H, W) float32 of edgedp.profile.view_gain_map: ``exp(sum_k c_k
+    """The right view's gain (H, W) float32 of edgedp.formats.profile.view_gain_map: ``exp(sum_k c_k
     u^i v^j)`` over ``i + j <= 3`` (i = 0..3, j = 0..3 - i), ``u``, ``v`` in [-1, 1] across the
     columns / rows."""
     c = np.asarray(coefficients, np.float64).reshape(-1)
@@ -383,7 +383,7 @@ def view_gain_applies(flat_field, profile_flat_field, *, from_profile: bool = Fa
     profile's own flat field, or none when it had none.  So the gain applies when the capture
     is read the same way (``from_profile``: the frames were taken from the profile, or the same
     frames by name) and another flat field replaces it.  The one definition of this rule:
-    ``edgedp fit --profile`` (edgedp.profile.DeviceProfile.view_gain_for) and
+    ``edgedp fit --profile`` (edgedp.formats.profile.DeviceProfile.view_gain_for) and
     ``edgedp-runtime instant`` both call it.
 
     >>> view_gain_applies(None, None), view_gain_applies(["w_l.png", "w_r.png"], ("w_l.png", "w_r.png"))
@@ -411,7 +411,7 @@ def over_weights(alphas: np.ndarray) -> np.ndarray:
 
 def fuse_weights(weights: np.ndarray, error: np.ndarray, window: int, *, floor: float = 1e-6, out: np.ndarray | None = None) -> np.ndarray:
     """G_D's weights (L, H, W) times the per-pixel layer likelihood, normalized over layers
-    (edgedp.fit.fuse_with_likelihood with its ``layer_posterior``): ``d_i ~ max(w_i, floor) *
+    (edgedp.fit.stage2.fuse_with_likelihood with its ``layer_posterior``): ``d_i ~ max(w_i, floor) *
     exp(-(e_i - min_j e_j) / T)`` with ``e = box_mean(error, window)`` (window > 1) and
     ``T = 0.5 * mean_p min_j e_j + 1e-20``.  ``error`` (L, H, W) is each layer's re-render error.
     ``out`` may be ``error`` itself (in place, saving one stack).  Returns float32 (L, H, W)."""

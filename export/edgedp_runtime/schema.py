@@ -169,7 +169,7 @@ def new_sidecar(
 #: Numeric settings of the instant path and their types (the sidecar's ``instant`` object holds
 #: gain / floor / ceil under ``latent_reg``, the rest at its top level).
 INSTANT_LATENT_REG = ("gain", "floor", "ceil")
-#: The final TV deconvolution's settings (edgedp.deconvolution.DeconvolutionConfig's names
+#: The final TV deconvolution's settings (edgedp.fit.deconvolution.DeconvolutionConfig's names
 #: prefixed ``tv_``), under ``deconvolution`` in the sidecar's ``instant`` object.
 INSTANT_DECONVOLUTION = {"iterations": "tv_iterations", "beta_start": "tv_beta_start",
                          "beta_growth": "tv_beta_growth", "min_layer_weight": "tv_min_layer_weight"}

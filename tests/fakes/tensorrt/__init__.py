@@ -1,5 +1,5 @@
 """A fake ``tensorrt`` for tests on machines without a GPU: the subset of the TensorRT Python API
-that edgedp's engine builder (edgedp/tensorrt.py) and the runtime's TensorRT backend
+that edgedp's engine builder (edgedp/deploy/tensorrt.py) and the runtime's TensorRT backend
 (edgedp_runtime/trt_backend.py) use, modelled on TensorRT 8.5 or 10.x.
 
 The flavour comes from ``FAKE_TENSORRT_VERSION`` (default "8.5.3.1"; e.g. "10.3.0").  The fake is

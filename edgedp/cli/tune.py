@@ -1,0 +1,136 @@
+"""``edgedp tune``: a device profile from several captures of one phone (:func:`edgedp.fit.tune.tune_device`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InputError, OutputError
+from ..fit.options import MIN_FIT_SIZE, camera_read_options, fit_config_from_options
+from .app import app, user_errors
+from .options import (
+    BlackLevelOpt,
+    CameraOpt,
+    CropOpt,
+    FitFocusChoice,
+    FlatFieldOpt,
+    MaxMemoryOpt,
+    PresetChoice,
+    TransferOpt,
+    WhiteLevelOpt,
+    focus_option,
+    parse_max_memory,
+)
+from .output import FitProgress, echo_warnings, memory_line, short_number
+
+
+@app.command()
+@user_errors
+def tune(
+    captures: Annotated[
+        list[str],
+        typer.Argument(help="Captures of one device: LEFT,RIGHT pairs, view files, folders of pairs or .txt lists "
+                            "(as for edgedp batch).", show_default=False),
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Profile file to write (e.g. PHONE.profile).", show_default=False)],
+    name: Annotated[str, typer.Option("--name", help="Device name stored in the profile.")] = "device",
+    black_level: BlackLevelOpt = None,
+    white_level: WhiteLevelOpt = None,
+    flat_field: FlatFieldOpt = None,
+    crop: CropOpt = None,
+    transfer: TransferOpt = None,
+    camera: CameraOpt = None,
+    preset: Annotated[PresetChoice, typer.Option(help="Speed/quality preset for the G_D fits.")] = PresetChoice.fast,
+    iterations: Annotated[Optional[str], typer.Option(help="Stage 2 steps per capture (S2). Default: the preset's.")] = None,
+    focus: Annotated[Optional[FitFocusChoice], typer.Option(help="auto (default), behind or both (front: old name of behind).",
+                                                            show_default=False)] = None,
+    rounds: Annotated[int, typer.Option(help="Passes of the G_D fit over the captures.")] = 1,
+    search: Annotated[
+        bool,
+        typer.Option(help="Also search the Butterworth kernel shape and radius per disparity (off by default: on real "
+                          "captures it is not identifiable from DP pairs alone, see README).")
+    ] = False,
+    max_memory: MaxMemoryOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing profile.")] = False,
+) -> None:
+    """Tune a device profile from several DP captures of one phone (no calibration target).
+
+    Learns, from the DP views alone: the left/right gain over the frame (DP vignetting, no
+    white sheet needed), one G_D fitted on all captures, and with --search the Butterworth kernel
+    shape (order, cut-off, floor beta) and blur radius per disparity that best explain both views
+    of every capture; writes them with the input settings into one profile file (see
+    edgedp.formats.profile). `edgedp fit --profile` then starts from it, and `edgedp export PHONE.profile`
+    makes the instant on-device predictor.
+
+    Examples:
+
+      edgedp tune a_left.png,a_right.png b_left.png,b_right.png -o PHONE.profile --name pixel4
+
+      edgedp tune captures/ -o PHONE.profile --camera pixel4
+    """
+    import dataclasses
+
+    from ..io.discovery import find_captures
+    from ..io.images import read_dp_pair
+    from ..formats.profile import save_profile
+    from ..fit.tune import tune_device
+
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out} exists (use --overwrite)")
+    import os
+
+    # Refuse before minutes of tuning, not after them.
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise OutputError(f"cannot write the profile {out}: folder {folder} does not exist or is not writable")
+    focus_option(focus)  # one warning line for an old name (FitConfig maps it)
+    if rounds < 1:
+        raise InputError(f"--rounds {rounds}: must be >= 1")
+    from edgedp_runtime.memory import memory_budget
+
+    budget = memory_budget(parse_max_memory(max_memory))
+    config = fit_config_from_options(preset.value, iterations=iterations, focus=focus.value if focus is not None else None)
+    config = dataclasses.replace(config, stage3_iterations=0)
+    options = camera_read_options(camera, black_level, white_level, flat_field, crop, transfer, min_size=MIN_FIT_SIZE)
+    found, notes = find_captures(captures)
+    echo_warnings(notes)
+    pairs = [(c.left, c.right) for c in found]
+    data, messages = [], []
+    for left, right in pairs:
+        pair = read_dp_pair(left, right, options)
+        messages.extend(pair.info.warnings)
+        data.append((pair.left, pair.right))
+    echo_warnings(messages)  # a condition shared by several captures (8-bit input) once
+    memory: dict = {}
+    with FitProgress() as progress:
+        profile, scores = tune_device(data, config, device_name=name, paths=[f"{l},{r}" for l, r in pairs],
+                                      search=search, rounds=rounds, progress=progress, budget=budget, plan_report=memory)
+    profile = dataclasses.replace(
+        profile,
+        black_level=options.black_level,
+        white_level=options.white_level,
+        flat_field=None if options.flat_field is None else tuple(str(p) for p in options.flat_field),
+    )
+    save_profile(profile, out, overwrite=overwrite)
+    typer.echo(f"{'capture':<40} {'size':>11} {'disparity px':>15} {'G_D s':>7} {'loss':>9}")
+    for (left_path, _), c in zip(pairs, profile.captures):
+        typer.echo(f"{left_path.name[-40:]:<40} {c.height:>5}x{c.width:<5} {c.disparity_low:+6.2f}..{c.disparity_high:+6.2f} "
+                   f"{(c.seconds or 0):7.2f} {short_number(c.loss):>9}")
+    b = profile.butterworth
+    searched = "searched" if search else "default shape; --search to tune it"
+    typer.echo(f"kernel   {profile.kernel_model} order {b.order:g} cutoff {b.cutoff:g} beta {b.beta:g}, "
+               f"radius scale {profile.radius_scale:g} ({searched})")
+    if search:
+        for k in scores[:3]:
+            typer.echo(f"         order {k.params.order:g} cutoff {k.params.cutoff:g} beta {k.params.beta:g}: score {k.score:.4f}")
+    if profile.view_gain is not None:
+        from ..formats.profile import view_gain_map
+
+        g = view_gain_map(profile.view_gain, profile.height, profile.width)
+        typer.echo(f"gain     right view x {float(g.min()):.3f} .. {float(g.max()):.3f} over the frame "
+                   f"(centre {profile.asymmetry:.3f}; measured after the flat field given, if any)")
+    typer.echo(f"layers   {profile.layers} ({profile.focus}), radius {min(profile.radii):+.1f} .. {max(profile.radii):+.1f} px")
+    typer.echo(f"memory   {memory_line(memory)}")
+    typer.echo(f"wrote    {out}")

@@ -1,0 +1,233 @@
+"""Zero-shot fit of one DP capture: the three stages of METHOD.md.
+
+Stage 1 (:mod:`edgedp.fit.stage1`): per-layer latent map in closed form (Fourier-domain least squares).
+Stage 2: the defocus CNN G_D (:mod:`edgedp.models.defocus_net`) predicts MPI alphas; with the latent map
+fixed, the re-rendered DP pair is ``y_v = sum_i d_i * B_i^v`` with ``B_i^v = x_i conv f_i^v``
+precomputed once, so each iteration costs the CNN plus an element-wise sum.
+Stage 3 (:mod:`edgedp.fit.stage3`): scene-specific non-uniform kernels from generator CNNs.
+
+Conventions: CONVENTIONS.md (views left then right, signed radius > 0 behind the focal plane).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import torch
+from torch import Tensor
+
+from ..conventions import BOTH, focus_for_side
+from ..physics.disparity import estimate_disparity
+from ..errors import InputError
+from ..physics.kernels import ButterworthParams, both_radii, front_radii, kernel_disparity, kernel_pyramid
+from .deconvolution import deconvolve_layers, default_tv_weight
+from .stage1 import LatentSolver, default_latent_reg
+from ..models.defocus_net import DefocusNet
+from .config import FitConfig, FitResult, ProgressCallback, StageReport
+from .stage2 import fit_defocus_map, load_gd_state
+
+
+LUMINANCE = (0.2126, 0.7152, 0.0722)
+"""Rec. 709 weights of linear RGB: the channel an RGB fit runs on."""
+
+
+def fit_inputs(left: Tensor, right: Tensor, config: "FitConfig") -> tuple[Tensor, Tensor, Tensor]:
+    """The checked inputs of a fit: ``(left, right, views)``, the pair (C, H, W) as float32 on
+    ``config.device`` and the fit channel's views (2, H, W) [left, right]
+    (:func:`fit_channel`).  Raises InputError for shapes that differ or are not (C, H, W), and
+    for ``cuda`` without CUDA."""
+    if left.shape != right.shape or left.dim() != 3:
+        raise InputError(f"left {tuple(left.shape)} and right {tuple(right.shape)} must both be (C, H, W)")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but CUDA is not available")
+    left = left.to(device=device, dtype=torch.float32)
+    right = right.to(device=device, dtype=torch.float32)
+    return left, right, torch.stack([fit_channel(left, config.channel), fit_channel(right, config.channel)])
+
+
+def fit_scene(
+    left: Tensor,
+    right: Tensor,
+    config: FitConfig = FitConfig(),
+    *,
+    gd_init: dict[str, Tensor] | None = None,
+    progress: ProgressCallback | None = None,
+) -> FitResult:
+    """Fit one DP capture.
+
+    Args:
+        left, right: (C, H, W) in [0, 1] (C = 1 or 3; with 3 the fit runs on the luminance and
+            the fitted defocus map and kernels are applied to every channel).
+        config: settings; data-derived fields (``None``) are filled in the result's config.
+        gd_init: G_D weights to start from (warm start); shapes must match.
+        progress: optional callback ``(stage, step, total, loss)``.
+    """
+    left, right, views = fit_inputs(left, right, config)  # views (2, H, W)
+    device = views.device
+    report = progress or (lambda *args: None)
+    stages: list[StageReport] = []
+
+    # Blur range from the DP disparity (physics, not a constant).
+    t0 = time.perf_counter()
+    est = estimate_disparity(views[0], views[1])
+    focus, radii = layer_radii(config, est.low, est.high, est.side)
+    config = dataclasses.replace(config, focus=focus, max_radius=float(radii.abs().max()), layers=int(radii.numel()))
+    if gd_init is not None:  # fail before the long stages, not after
+        load_gd_state(DefocusNet(int(radii.numel()), config.gd_width), gd_init)
+    kernels = kernel_pyramid(radii, config.kernel_model, config.butterworth, device=device)
+    lam = config.latent_reg if config.latent_reg is not None else default_latent_reg(views)
+    config = dataclasses.replace(config, latent_reg=lam)
+
+    # Stage 1: closed-form latent map on the fit channel.
+    solver = LatentSolver(views, kernels, lam)
+    latent = solver.solve()  # (L, H, W)
+    report("stage 1", 1, 1, None)
+    stages.append(StageReport("stage 1 latent map", time.perf_counter() - t0, 1, None))
+
+    # Stage 2: G_D.
+    t0 = time.perf_counter()
+    net, alphas, weights, losses = fit_defocus_map(views, latent, kernels, radii, config, gd_init=gd_init, progress=report)
+    stages.append(StageReport("stage 2 defocus map", time.perf_counter() - t0, config.stage2_iterations, losses[-1] if losses else None, thin_curve(losses)))
+
+    patch_kernels = None
+    if config.stage3_iterations > 0:
+        from .stage3 import fit_patch_kernels
+
+        t0 = time.perf_counter()
+        patch_kernels, latent, losses = fit_patch_kernels(views, latent, weights, kernels, radii, config, progress=report)
+        stages.append(StageReport("stage 3 kernels", time.perf_counter() - t0, config.stage3_iterations, losses[-1] if losses else None, thin_curve(losses)))
+
+    # Every channel: its own latent map with the fitted kernels, then the final TV deconvolution
+    # of its composite with the fitted weights (edgedp.fit.deconvolution).
+    t0 = time.perf_counter()
+    deconv = config.deconvolution
+    if deconv.tv_weight is None:
+        deconv = dataclasses.replace(deconv, tv_weight=default_tv_weight(views, lam))
+        config = dataclasses.replace(config, deconvolution=deconv)
+    channels = left.shape[0]
+    steps = deconv.iterations * channels
+
+    def channel_result(c: int) -> Tensor:
+        if channels == 1:  # the fit channel itself: Stage 1's solver and latent map (or Stage 3's)
+            channel_views, channel_latent = views, latent
+        else:
+            channel_views, channel_latent = torch.stack([left[c], right[c]]), None
+        if channels == 1 and patch_kernels is None:
+            channel_solver = solver
+        else:
+            channel_solver = _layer_solver(channel_views, kernels, patch_kernels, lam)
+        if channel_latent is None:
+            channel_latent = channel_solver.solve()
+        tick = lambda step, total: report("deconvolution", c * deconv.iterations + step, steps, None)  # noqa: E731
+        return deconvolve_layers(channel_solver, channel_latent, weights, lam, float(deconv.tv_weight), deconv, progress=tick)
+
+    latents = torch.stack([channel_result(c) for c in range(channels)])
+    allinfocus = (latents * weights[None]).sum(1)
+    if deconv.iterations > 0:
+        stages.append(StageReport("stage 4 deconvolution", time.perf_counter() - t0, deconv.iterations, None))
+    defocus = (weights * radii[:, None, None].to(weights)).sum(0)
+    return FitResult(
+        allinfocus=allinfocus.cpu(),
+        defocus=defocus.cpu(),
+        weights=weights.cpu(),
+        alphas=alphas.cpu(),
+        latent=latents.cpu(),
+        radii=radii.cpu().float(),
+        kernels=kernels.cpu(),
+        patch_kernels=None if patch_kernels is None else patch_kernels.cpu(),
+        gd_state={k: v.detach().cpu() for k, v in net.state_dict().items()},
+        gd_config=net.config() | {"input_scale": config.gd_scale},
+        focus=focus,
+        config=config,
+        stages=stages,
+        disparity={"low": est.low, "median": est.median, "high": est.high, "side": est.side},
+    )
+
+
+def fit_channel(image: Tensor, channel: str | int = "luminance") -> Tensor:
+    """The channel a fit runs on: (C, H, W) -> (H, W): the luminance of linear RGB (or channel 0
+    of a single-channel image), or the given channel index.
+
+    Example:
+        >>> rgb = torch.ones(3, 4, 5)
+        >>> round(float(fit_channel(rgb)[0, 0]), 4), float(fit_channel(rgb * torch.arange(3.)[:, None, None], 1)[0, 0])
+        (1.0, 1.0)
+    """
+    if channel != "luminance":
+        index = int(channel)
+        if not 0 <= index < image.shape[0]:
+            raise InputError(f"channel {index} does not exist in a {image.shape[0]}-channel image")
+        return image[index]
+    if image.shape[0] == 3:
+        w = torch.tensor(LUMINANCE, dtype=image.dtype, device=image.device)
+        return (image * w[:, None, None]).sum(0)
+    return image[0]
+
+
+def disparity_per_radius(model: str, params: ButterworthParams) -> float:
+    """DP disparity (px) per px of blur radius of the layer kernels (0.645 for the default
+    Butterworth model, 0.5 for the disk): maps a measured disparity to a blur radius.
+
+    Example:
+        >>> round(disparity_per_radius('butterworth', ButterworthParams()), 3), round(disparity_per_radius('disk', ButterworthParams()), 3)
+        (0.645, 0.5)
+    """
+    radius = 16.0
+    pair = kernel_pyramid([radius], model, params, dtype=torch.float64)[:, 0]
+    return float(kernel_disparity(pair)) / radius
+
+
+def layer_radii(config: FitConfig, low: float, high: float, side: str) -> tuple[str, Tensor]:
+    """Decide the focus side and the layers' signed radii (L,) from the disparity range.
+
+    ``auto``: :func:`edgedp.conventions.focus_for_side`: ``both`` when the disparity has both
+    signs or only negative ones (content in front of the focal plane), else ``behind``.  R = max |disparity| / disparity_per_radius, rounded up,
+    clamped to [2, 40] px (8 px when the disparity is unknown, e.g. a textureless image);
+    ``config.radius_scale`` multiplies the radius per px of disparity.
+
+    Example:
+        >>> focus, radii = layer_radii(FitConfig(), -1.0, 3.2, 'behind')
+        >>> focus, radii.tolist()
+        ('behind', [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+        >>> layer_radii(FitConfig(max_radius=2.0), 0.0, 0.0, 'in_front')[1].tolist()
+        [-2.0, -1.0, 0.0, 1.0, 2.0]
+    """
+    focus = config.focus
+    if focus == "auto":
+        focus = focus_for_side(side)
+    if config.max_radius is not None:
+        radius = float(config.max_radius)
+    else:
+        extent = max(abs(low), abs(high)) if focus == BOTH else high
+        if not math.isfinite(extent):
+            radius = 8.0
+        else:
+            nominal = extent / disparity_per_radius(config.kernel_model, config.butterworth)
+            radius = float(min(max(math.ceil(nominal * config.radius_scale), 2), 40))
+    if focus == BOTH:
+        total = config.layers if config.layers is not None else 2 * int(math.ceil(radius)) + 1
+        radii = both_radii(radius, max((total - 1) // 2, 1))
+    else:
+        count = config.layers if config.layers is not None else int(math.ceil(radius)) + 1
+        radii = front_radii(radius, max(count, 2))
+    return focus, radii
+
+
+def _layer_solver(views: Tensor, kernels: Tensor, patch_kernels: Tensor | None, lam: float):
+    """Stage 1 of ``views`` with the uniform kernels or, after Stage 3, the patch kernels."""
+    if patch_kernels is None:
+        return LatentSolver(views, kernels, lam)
+    from .stage3 import PatchLatentSolver
+
+    return PatchLatentSolver(views, patch_kernels, lam)
+
+
+def thin_curve(values: list[float], keep: int = 200) -> list[float]:
+    """At most ``keep`` + 1 evenly spaced values of a loss curve (and its last), for reports."""
+    if len(values) <= keep:
+        return list(values)
+    step = len(values) / keep
+    return [values[int(i * step)] for i in range(keep)] + [values[-1]]
