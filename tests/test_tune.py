@@ -169,3 +169,37 @@ def test_view_gain_recovers_a_simulated_vignetting():
     none = estimate_view_gain(plain, block=8)
     assert none is None or float((view_gain_map(none, h, w) - 1).abs().mean()) < 0.01
     assert estimate_view_gain([v[:, :20, :20] for v in views], block=8) is None  # too few blocks
+
+
+def test_tune_from_captures_is_the_library_half_of_edgedp_tune(tmp_path):
+    """The run the CLI command calls: refusals before any work, the profile written with the
+    read options it was tuned with, warnings handed over once."""
+    import dataclasses as dc
+
+    from edgedp.errors import InputError, OutputError
+    from edgedp.fit import presets
+    from edgedp.formats.profile import load_profile
+    from edgedp.io.images import ReadOptions
+    from edgedp.run.tuning import check_profile_target, tune_from_captures
+
+    existing = tmp_path / "p.profile"
+    existing.write_text("mine")
+    with pytest.raises(OutputError, match="exists"):
+        check_profile_target(existing, overwrite=False)
+    with pytest.raises(OutputError, match="not writable"):
+        check_profile_target(tmp_path / "no" / "p.profile", overwrite=True)
+    config = dc.replace(presets()["fast"], stage2_iterations=3)
+    with pytest.raises(InputError, match="--rounds 0"):  # before the (missing) captures are looked at
+        tune_from_captures([str(tmp_path / "nothing")], tmp_path / "q.profile", config, ReadOptions(), rounds=0)
+    assert existing.read_text() == "mine"
+
+    folder = tmp_path / "caps"
+    folder.mkdir()
+    _write_captures(folder)
+    seen: list[list[str]] = []
+    out = tmp_path / "sim.profile"
+    run = tune_from_captures([str(folder)], out, config, ReadOptions(white_level=65535.0), name="sim", warn=seen.append)
+    assert len(run.pairs) == 2 and out.is_file() and len(seen) == 2
+    profile = load_profile(out)
+    assert profile.device == "sim" and profile.white_level == 65535.0 and len(profile.captures) == 2
+    assert run.profile.layers == profile.layers

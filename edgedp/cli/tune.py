@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import InputError, OutputError
 from ..fit.options import MIN_FIT_SIZE, camera_read_options, fit_config_from_options
 from .app import app, user_errors
 from .options import (
@@ -70,50 +69,19 @@ def tune(
 
       edgedp tune captures/ -o PHONE.profile --camera pixel4
     """
-    import dataclasses
-
-    from ..io.discovery import find_captures
-    from ..io.images import read_dp_pair
-    from ..formats.profile import save_profile
-    from ..fit.tune import tune_device
-
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out} exists (use --overwrite)")
-    import os
-
-    # Refuse before minutes of tuning, not after them.
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise OutputError(f"cannot write the profile {out}: folder {folder} does not exist or is not writable")
-    focus_option(focus)  # one warning line for an old name (FitConfig maps it)
-    if rounds < 1:
-        raise InputError(f"--rounds {rounds}: must be >= 1")
     from edgedp_runtime.memory import memory_budget
 
+    from ..run.tuning import check_profile_target, tune_from_captures
+
+    check_profile_target(out, overwrite)  # before reading anything
+    focus_option(focus)  # one warning line for an old name (FitConfig maps it)
     budget = memory_budget(parse_max_memory(max_memory))
     config = fit_config_from_options(preset.value, iterations=iterations, focus=focus.value if focus is not None else None)
-    config = dataclasses.replace(config, stage3_iterations=0)
     options = camera_read_options(camera, black_level, white_level, flat_field, crop, transfer, min_size=MIN_FIT_SIZE)
-    found, notes = find_captures(captures)
-    echo_warnings(notes)
-    pairs = [(c.left, c.right) for c in found]
-    data, messages = [], []
-    for left, right in pairs:
-        pair = read_dp_pair(left, right, options)
-        messages.extend(pair.info.warnings)
-        data.append((pair.left, pair.right))
-    echo_warnings(messages)  # a condition shared by several captures (8-bit input) once
-    memory: dict = {}
     with FitProgress() as progress:
-        profile, scores = tune_device(data, config, device_name=name, paths=[f"{l},{r}" for l, r in pairs],
-                                      search=search, rounds=rounds, progress=progress, budget=budget, plan_report=memory)
-    profile = dataclasses.replace(
-        profile,
-        black_level=options.black_level,
-        white_level=options.white_level,
-        flat_field=None if options.flat_field is None else tuple(str(p) for p in options.flat_field),
-    )
-    save_profile(profile, out, overwrite=overwrite)
+        run = tune_from_captures(captures, out, config, options, name=name, search=search, rounds=rounds, budget=budget,
+                                 overwrite=overwrite, progress=progress, warn=echo_warnings)
+    profile, scores, pairs = run.profile, run.scores, run.pairs
     typer.echo(f"{'capture':<40} {'size':>11} {'disparity px':>15} {'G_D s':>7} {'loss':>9}")
     for (left_path, _), c in zip(pairs, profile.captures):
         typer.echo(f"{left_path.name[-40:]:<40} {c.height:>5}x{c.width:<5} {c.disparity_low:+6.2f}..{c.disparity_high:+6.2f} "
@@ -132,5 +100,5 @@ def tune(
         typer.echo(f"gain     right view x {float(g.min()):.3f} .. {float(g.max()):.3f} over the frame "
                    f"(centre {profile.asymmetry:.3f}; measured after the flat field given, if any)")
     typer.echo(f"layers   {profile.layers} ({profile.focus}), radius {min(profile.radii):+.1f} .. {max(profile.radii):+.1f} px")
-    typer.echo(f"memory   {memory_line(memory)}")
+    typer.echo(f"memory   {memory_line(run.memory)}")
     typer.echo(f"wrote    {out}")
