@@ -68,6 +68,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+# One definition of the FFT grid sizes for the library and the device's numpy instant path (the
+# runtime needs no torch; edgedp may import it, not the reverse), so their padded grids agree.
+from edgedp_runtime.instant import fast_size
+
 __all__ = [
     "CPU_CHUNK_BYTES",
     "KernelSpectrum",
@@ -97,25 +101,6 @@ DEVICE_CHUNK_BYTES = 2**31
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
-
-
-def fast_size(n: int, *, even: bool = False) -> int:
-    """Smallest ``m >= n`` whose prime factors are all in {2, 3, 5, 7} (and even if asked).
-
-    Example:
-        >>> fast_size(37), fast_size(101), fast_size(101, even=True)
-        (40, 105, 108)
-    """
-    m = max(int(n), 1)
-    while True:
-        if not (even and m % 2):
-            r = m
-            for f in (2, 3, 5, 7):
-                while r % f == 0:
-                    r //= f
-            if r == 1:
-                return m
-        m += 1
 
 
 def _fft_shape(h: int, w: int, kernel_size: int) -> tuple[int, int]:

@@ -116,8 +116,14 @@ class InstantConfig:
 
 # --- Stage 1 in numpy ---------------------------------------------------------------------------
 def fast_size(n: int, *, even: bool = False) -> int:
-    """Smallest ``m >= n`` whose prime factors are all in {2, 3, 5, 7} (and even if asked);
-    edgedp.physics.blur.fast_size, so the padded grid is the library's."""
+    """Smallest ``m >= n`` whose prime factors are all in {2, 3, 5, 7} (and even if asked): the
+    FFT grid sizes of the library's Stage 1 and blur too (``edgedp.physics.blur`` imports it), so
+    the numpy and torch padded grids agree.
+
+    Example:
+        >>> fast_size(37), fast_size(101), fast_size(101, even=True)
+        (40, 105, 108)
+    """
     m = max(int(n), 1)
     while True:
         if not (even and m % 2):
