@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "tilted_kernel_pair",
     "ButterworthParams",
     "KernelModel",
     "dp_kernel_pair",
@@ -194,20 +195,83 @@ def _splat_matrix(size: int, positions: Tensor) -> Tensor:
     return (1.0 - (centres[:, None] - positions[None, :]).abs()).clamp(min=0.0)
 
 
-def _left_kernel(radius: float, model: str, params: ButterworthParams, size: int, device, dtype) -> Tensor:
-    """Left kernel for ``radius > 0`` (mass on the left), (size, size), normalised."""
+def _half_aperture_kernels(
+    radius: float, model: str, params: ButterworthParams, size: int, device, dtype, tilt: tuple[float, float] = (0.0, 0.0)
+) -> Tensor:
+    """``(2, size, size)`` [left, right] kernels for ``radius > 0``, each normalised.
+
+    The full-aperture PSF ``S`` (disk x radial profile x the pupil tilt ``1 + tx u_x + ty u_y``,
+    clipped at 0) is split between the views by the horizontal linear ramp: left ``S (1 - u_x) / 2``
+    (1 at the disk's left edge, 0 at its right edge), right ``S (1 + u_x) / 2``.  Without tilt the
+    right kernel is the left one rotated by 180 degrees."""
     n = max(_MIN_SAMPLES_PER_RADIUS, math.ceil(4.0 * radius))
     u = torch.arange(-n, n + 1, device=device, dtype=dtype) / n  # normalised coordinate, [-1, 1]
     uy, ux = u[:, None], u[None, :]
     ur = torch.sqrt(uy * uy + ux * ux)
     # Disk coverage of each sample's cell (1/n wide), anti-aliased over one cell at the edge.
     coverage = ((1.0 - ur) * n + 0.5).clamp(0.0, 1.0)
-    # Linear ramp: 1 at the left edge of the disk (u_x = -1), 0 at the right edge (u_x = +1).
-    ramp = (1.0 - ux) / 2.0
-    weights = coverage * _radial_profile_on(ur, radius, model, params) * ramp
+    full = coverage * _radial_profile_on(ur, radius, model, params)
+    if tilt != (0.0, 0.0):
+        full = full * (1.0 + float(tilt[0]) * ux + float(tilt[1]) * uy).clamp(min=0.0)
     splat = _splat_matrix(size, u * radius)  # same for rows and columns
-    kernel = splat @ weights @ splat.T
-    return kernel / kernel.sum()
+    pair = torch.stack([splat @ (full * (1.0 - ux) / 2.0) @ splat.T, splat @ (full * (1.0 + ux) / 2.0) @ splat.T])
+    return pair / pair.sum(dim=(-2, -1), keepdim=True)
+
+
+def _left_kernel(radius: float, model: str, params: ButterworthParams, size: int, device, dtype) -> Tensor:
+    """Left kernel for ``radius > 0`` (mass on the left), (size, size), normalised."""
+    return _half_aperture_kernels(radius, model, params, size, device, dtype)[0]
+
+
+def tilted_kernel_pair(
+    radius: float,
+    tilt_x: float,
+    tilt_y: float = 0.0,
+    model: KernelModel = "butterworth",
+    params: ButterworthParams = ButterworthParams(),
+    *,
+    size: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """An asymmetric DP pair behind the focal plane: :func:`dp_kernel_pair` with a pupil tilt.
+
+    Off the optical axis the full-aperture PSF is not uniform: light through the side of the
+    aperture nearer the axis arrives brighter (Pixel 4 calibration: the left/right horizontal
+    spread ratio runs from 1.16 at the frame's left edge to 0.85 at its right edge).  The model
+    multiplies the full-aperture PSF by ``1 + tilt_x u_x + tilt_y u_y`` (``u`` the position in
+    the disk normalised to [-1, 1], x to the right, y down; clipped at 0) before the linear ramp
+    splits it between the views, so the right kernel is no longer the left one rotated: the pair
+    is not mirror-symmetric.  ``tilt_x = tilt_y = 0`` is :func:`dp_kernel_pair` exactly.  The
+    tilt moves the pair's common centroid; :func:`edgedp.physics.kernel_field.recentre_pair`
+    puts it back before a pair is used as a layer kernel.
+
+    Args:
+        radius: blur radius in px, ``> 0`` (orientation ``behind``: the left kernel's mass on
+            the left; rotate each kernel by 180 degrees for ``in_front``).
+        tilt_x, tilt_y: pupil tilt, in ``(-1, 1)``.
+        model, params, size, device, dtype: as :func:`dp_kernel_pair`.
+
+    Returns:
+        ``(2, K, K)`` [left, right], each non-negative and summing to 1.
+
+    Example:
+        >>> pair = tilted_kernel_pair(5.0, 0.5)
+        >>> bool(torch.allclose(tilted_kernel_pair(5.0, 0.0), dp_kernel_pair(5.0), atol=1e-6))
+        True
+        >>> bool(torch.allclose(pair[1], mirror_kernel(pair[0]), atol=1e-3))  # no longer mirrored
+        False
+    """
+    if model not in _MODELS:
+        raise ValueError(f"unknown kernel model {model!r}; expected one of {_MODELS}")
+    radius = float(radius)
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius must be finite and > 0, got {radius}")
+    if not (abs(tilt_x) < 1 and abs(tilt_y) < 1):
+        raise ValueError(f"tilt must lie in (-1, 1), got ({tilt_x}, {tilt_y})")
+    k = _check_size(size, radius)
+    work = _work_dtype(dtype)
+    return _half_aperture_kernels(radius, model, params, k, device, work, (float(tilt_x), float(tilt_y))).to(dtype)
 
 
 def dp_kernel_pair(
