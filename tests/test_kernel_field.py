@@ -1,0 +1,173 @@
+"""The kernel field (edgedp.physics.kernel_field) and its reader (edgedp.io.kernel_grid)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgedp.errors import InputError
+from edgedp.io import load_kernel_grid
+from edgedp.physics import (
+    KernelField,
+    field_layer_kernels,
+    kernel_centroid,
+    kernel_disparity,
+    mirror_kernel,
+    recentre_pair,
+    spread_ratio,
+    uniform_field,
+)
+from edgedp.physics.kernels import dp_kernel_pair
+
+
+def analytic_pair(radius: float, split: float, stretch: float, size: int, *, supersample: int = 8) -> torch.Tensor:
+    """An asymmetric behind pair (2, size, size) float64: a disk of ``radius`` px cut by the
+    vertical line ``x = split`` px; the left kernel is the part left of it stretched horizontally by
+    ``stretch``, the right one the part right of it stretched by ``1 / stretch``.  Pixel-integrated
+    by ``supersample``^2 samples per pixel."""
+    n = size * supersample
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / supersample - size / 2
+    y, x = u[:, None], u[None, :]
+    out = []
+    for scale, keep in ((stretch, lambda xs: xs < split), (1 / stretch, lambda xs: xs > split)):
+        xs = x / scale
+        inside = ((xs * xs + y * y) <= radius * radius) & keep(xs)
+        k = inside.double().reshape(size, supersample, size, supersample).sum((1, 3))
+        out.append(k / k.sum())
+    return torch.stack(out)
+
+
+def analytic_field(grid: tuple[int, int], radius: float, size: int) -> KernelField:
+    """Per cell an :func:`analytic_pair` whose split line moves from -0.35 R to +0.35 R across the
+    columns and whose stretch runs from 1.25 to 0.8 across them (rows: a smaller radius lower)."""
+    pr, pc = grid
+    pairs = torch.empty(pr, pc, 2, size, size, dtype=torch.float64)
+    for i in range(pr):
+        for j in range(pc):
+            t = j / max(pc - 1, 1)
+            rad = radius * (1.0 - 0.15 * i / max(pr - 1, 1))
+            pairs[i, j] = analytic_pair(rad, (-0.35 + 0.7 * t) * rad, 1.25 - 0.45 * t, size)
+    return KernelField(recentre_pair(pairs), "analytic")
+
+
+def shifted(kernels: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    return torch.roll(kernels, shifts=(dy, dx), dims=(-2, -1))
+
+
+def test_recentre_puts_centroid_at_centre_keeps_disparity_and_is_idempotent():
+    field = analytic_field((2, 3), 5.0, 17)
+    raw = torch.stack([shifted(field.pairs[0, 0], 2, -3), shifted(field.pairs[1, 2], -1, 2)])  # (2, 2, K, K)
+    raw = raw * torch.tensor([3.0, 0.5], dtype=torch.float64)[:, None, None, None]  # unnormalized
+    raw[0] = torch.roll(raw[0], 0)  # integer shifts first; a sub-pixel one next:
+    raw[1] = 0.7 * raw[1] + 0.3 * shifted(raw[1], 0, 1)
+    before = kernel_centroid(raw.mean(1) / raw.mean(1).sum((-1, -2), keepdim=True))
+    assert float(before.abs().max()) > 1.0
+    out = recentre_pair(raw)
+    centre = kernel_centroid(out.mean(1))
+    assert float(centre.abs().max()) < 1e-3
+    assert torch.allclose(out.sum((-1, -2)), torch.ones(2, 2, dtype=torch.float64))
+    # Disparity (a difference of centroids) is what the shift must not change.
+    norm = raw / raw.sum((-1, -2), keepdim=True)
+    assert torch.allclose(kernel_disparity(out.movedim(1, 0)), kernel_disparity(norm.movedim(1, 0)), atol=1e-9)
+    again = recentre_pair(out)
+    assert float((again - out).abs().max()) < 1e-6
+    assert out.dtype == torch.float64
+
+
+def test_uniform_field_symmetrized_mean_pair_and_spread_ratio():
+    pair = dp_kernel_pair(4.0, "butterworth", dtype=torch.float64)
+    field = uniform_field(pair, (2, 3))
+    assert field.grid == (2, 3) and field.size == 9 and field.source == "butterworth"
+    assert torch.allclose(field.disparity, torch.full((2, 3), float(kernel_disparity(pair)), dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(field.symmetrized().pairs, field.pairs, atol=1e-12)  # already mirror-symmetric
+    assert torch.allclose(spread_ratio(field), torch.ones(2, 3, dtype=torch.float64), atol=1e-9)
+
+    asym = analytic_field((2, 3), 5.0, 17)
+    sym = asym.symmetrized()
+    assert torch.allclose(sym.pairs[:, :, 1], mirror_kernel(sym.pairs[:, :, 0]))
+    left_direct = (asym.pairs[:, :, 0] + asym.pairs[:, :, 1].flip(-1, -2)) / 2
+    assert torch.allclose(sym.pairs[:, :, 0], left_direct)
+    assert torch.allclose(asym.mean_pair(), asym.pairs.mean((0, 1)))
+    # Direct reference of the spread ratio: horizontal std from the column marginals in numpy.
+    p = asym.pairs.numpy()
+    xs = np.arange(17) - 8
+
+    def hstd(k):
+        col = k.sum(0) / k.sum()
+        m = (col * xs).sum()
+        return np.sqrt((col * (xs - m) ** 2).sum())
+
+    expected = np.array([[hstd(p[i, j, 0]) / hstd(p[i, j, 1]) for j in range(3)] for i in range(2)])
+    assert np.allclose(spread_ratio(asym).numpy(), expected, atol=1e-9)
+    ratio = spread_ratio(asym)
+    assert float(ratio[0, 0]) < 0.85 and float(ratio[0, 2]) > 1.2  # the field varies as built
+
+
+def test_field_layer_kernels_disparity_per_layer_delta_and_in_front_rotation():
+    field = analytic_field((2, 3), 5.0, 17).to(dtype=torch.float32)
+    radii = torch.tensor([-6.0, -3.0, 0.0, 1.5, 3.0, 6.0])
+    pk = field_layer_kernels(field, radii, 0.6, 21)
+    assert tuple(pk.shape) == (2, 3, 2, 6, 21, 21) and pk.dtype == torch.float32
+    assert torch.allclose(pk.sum((-1, -2)), torch.ones(2, 3, 2, 6), atol=1e-5)
+    assert float(pk.min()) >= 0
+    disparity = kernel_disparity(pk.movedim(2, 0))  # (Pr, Pc, L)
+    want = (0.6 * radii).expand(2, 3, 6)
+    assert float((disparity - want).abs().max()) < 2e-3
+    # In focus: a delta; in front: each view's kernel is its behind kernel rotated by 180 degrees,
+    # which for an asymmetric pair is not the left/right swap.
+    assert float(pk[:, :, :, 2, 10, 10].min()) == 1.0
+    assert torch.allclose(pk[:, :, :, 0], mirror_kernel(pk[:, :, :, 5]))
+    assert torch.allclose(pk[:, :, :, 1], mirror_kernel(pk[:, :, :, 4]))
+    assert float((pk[:, :, :, 0] - pk[:, :, :, 5].flip(2)).abs().max()) > 1e-3
+    # Resizing about the centre keeps every layer centred (what recentring is for).
+    assert float(kernel_centroid(pk[:, :, :, [0, 1, 3, 4, 5]].mean(2)).abs().max()) < 2e-3
+    # Size None (the smallest holding 98 % of every kernel) gives the asked disparities too.
+    free = field_layer_kernels(field, radii, 0.6)
+    assert free.shape[-1] % 2 == 1 and float((pk.sum((-1, -2)) - 1).abs().max()) < 1e-5
+    assert float((kernel_disparity(free.movedim(2, 0)) - want).abs().max()) < 2e-3
+
+
+def _save(folder, name, array):
+    path = folder / name
+    np.save(path, array)
+    return path
+
+
+def test_load_kernel_grid_accepts_both_layouts_and_recentres(tmp_path):
+    field = analytic_field((2, 3), 4.0, 15)
+    left = np.stack([np.roll(k, (1, -2), (0, 1)) for k in field.pairs[:, :, 0].reshape(6, 15, 15).numpy()])
+    right = np.stack([np.roll(k, (1, -2), (0, 1)) for k in field.pairs[:, :, 1].reshape(6, 15, 15).numpy()])
+    left[0, 0, 0] = -1e-7  # rounding: clipped
+    flat = load_kernel_grid(_save(tmp_path, "l.npy", left), _save(tmp_path, "r.npy", right), (2, 3))
+    grid = load_kernel_grid(_save(tmp_path, "l4.npy", left.reshape(2, 3, 15, 15)), _save(tmp_path, "r4.npy", right.reshape(2, 3, 15, 15)), (2, 3))
+    assert flat.pairs.dtype == torch.float32 and flat.grid == (2, 3) and flat.source == "calibration"
+    assert torch.allclose(flat.pairs, grid.pairs)
+    assert float(kernel_centroid(flat.pairs.mean(2)).abs().max()) < 1e-3
+    assert torch.allclose(flat.pairs.double(), field.pairs, atol=1e-5)
+
+
+def test_load_kernel_grid_errors(tmp_path):
+    pair = dp_kernel_pair(3.0).numpy()
+    good_l, good_r = np.stack([pair[0]] * 6), np.stack([pair[1]] * 6)
+    gl, gr = _save(tmp_path, "gl.npy", good_l), _save(tmp_path, "gr.npy", good_r)
+    cases = {
+        "no such file": (tmp_path / "missing.npy", gr, (2, 3)),
+        "cannot read": (_save(tmp_path, "junk.txt", good_l).with_suffix(".txt"), gr, (2, 3)),
+        "differ in shape": (gl, _save(tmp_path, "r8.npy", np.stack([pair[1]] * 8)), (2, 3)) ,
+        "needs 8": (gl, gr, (2, 4)),
+        "odd size": (_save(tmp_path, "even_l.npy", np.ones((6, 6, 6))), _save(tmp_path, "even_r.npy", np.ones((6, 6, 6))), (2, 3)),
+        "NaN": (_save(tmp_path, "nan.npy", np.where(good_l > 0.05, np.nan, good_l)), gr, (2, 3)),
+        "negative": (_save(tmp_path, "neg.npy", good_l - 0.01), gr, (2, 3)),
+        "no mass": (_save(tmp_path, "zero.npy", np.concatenate([good_l[:5], np.zeros((1, 7, 7))])), gr, (2, 3)),
+        "swapped": (gr, gl, (2, 3)),
+    }
+    (tmp_path / "junk.txt").write_bytes(b"not numpy")
+    cases["cannot read"] = (tmp_path / "junk.txt", gr, (2, 3))
+    for what, (lp, rp, grid) in cases.items():
+        with pytest.raises(InputError) as info:
+            load_kernel_grid(lp, rp, grid)
+        text = str(info.value)
+        assert "\n" not in text, what
+        key = {"odd size": "odd size", "needs 8": "needs 8", "swapped": "swapped"}.get(what, what)
+        assert key in text, (what, text)
