@@ -244,7 +244,7 @@ def field_disparity_per_radius(config: FitConfig) -> float:
 
     Example:
         >>> round(field_disparity_per_radius(FitConfig(radius_scale=2.0)), 4)
-        0.3224
+        0.3223
     """
     return disparity_per_radius(config.kernel_model, config.butterworth) / float(config.radius_scale)
 
@@ -260,7 +260,7 @@ def field_kernels(field: KernelField, radii: Tensor, config: FitConfig, size: in
         >>> from edgedp.physics.kernels import dp_kernel_pair
         >>> pk = field_kernels(uniform_field(dp_kernel_pair(4.0), (2, 2)), front_radii(3, 4), FitConfig(), 7)
         >>> tuple(pk.shape)
-        (2, 2, 2, 4, 7, 7)
+        (2, 2, 2, 4, 11, 11)
     """
     pk = field_layer_kernels(field, radii, field_disparity_per_radius(config))
     extra = (int(size) - pk.shape[-1]) // 2
