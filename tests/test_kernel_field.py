@@ -240,3 +240,72 @@ def test_fit_with_a_field_refuses_stage3_and_tiling(field_scene):
     with pytest.raises(InputError, match="--max-memory"):
         fit_within_budget(views[0:1], views[1:2], FitConfig(max_radius=4.0, stage2_iterations=1), TilingConfig(tile=48),
                           kernel_field=field)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+def _write_pair(folder, views):
+    import cv2
+
+    paths = []
+    for name, view in zip(("left", "right"), views):
+        path = folder / f"{name}.png"
+        cv2.imwrite(str(path), (view.clamp(0, 1).numpy() * 65535).round().astype(np.uint16))
+        paths.append(path)
+    return paths
+
+
+def _write_field(folder, field: KernelField, layout: str = "flat"):
+    pairs = field.pairs.numpy()
+    pr, pc, _, k, _ = pairs.shape
+    out = []
+    for v, name in ((0, "kl.npy"), (1, "kr.npy")):
+        a = pairs[:, :, v]
+        out.append(_save(folder, name, a.reshape(pr * pc, k, k) if layout == "flat" else a))
+    return out
+
+
+def test_cli_fit_with_kernels_says_so_and_records_the_field(tmp_path, field_scene, one_thread):
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgedp.cli import app
+
+    left, right = _write_pair(tmp_path, field_scene["views"])
+    kl, kr = _write_field(tmp_path, field_scene["field"], "grid")
+    result = CliRunner().invoke(app, ["fit", str(left), str(right), "-o", str(tmp_path / "out"), "--preset", "fast",
+                                      "--iterations", "10,0", "--max-radius", "4", "--patches", "2x3",
+                                      "--kernels", str(kl), str(kr)])
+    assert result.exit_code == 0, result.output
+    assert "kernels  field 2x3 from calibration (recentred)" in result.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["kernel_field"]["grid"] == [2, 3] and report["kernel_field"]["from"] == "--kernels"
+    assert report["settings"]["kernels"] == [str(kl), str(kr)]
+    scene = json.loads((tmp_path / "out" / "scene" / "scene.json").read_text())
+    assert scene["kernel_field"]["source"] == "calibration"
+    assert scene["arrays"]["patch_kernels"]["shape"][:3] == [2, 3, 2]
+
+
+def test_cli_kernels_errors_are_one_line(tmp_path, field_scene):
+    from typer.testing import CliRunner
+
+    from edgedp.cli import app
+
+    left, right = _write_pair(tmp_path, field_scene["views"])
+    kl, kr = _write_field(tmp_path, field_scene["field"])
+    cases = [
+        (["--patches", "2x4", "--kernels", kl, kr], "needs 8"),
+        (["--kernels", kl, kr], "6x8"),  # the default grid does not match 6 kernels
+        (["--patches", "2x3", "--kernels", tmp_path / "nope.npy", kr], "no such file"),
+        (["--patches", "2x3", "--kernels", kr, kl], "swapped"),
+        (["--patches", "2x3", "--iterations", "5,5", "--kernels", kl, kr], "--iterations N,0"),
+    ]
+    for extra, word in cases:
+        for command in ("fit", "batch"):
+            args = ([command, left, right] if command == "fit" else [command, f"{left},{right}"]) + \
+                ["-o", tmp_path / f"out_{command}"] + extra
+            result = CliRunner().invoke(app, [str(a) for a in args])
+            assert result.exit_code == 2, (command, extra, result.output)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: ") and word in lines[0], (command, word, result.stderr)
