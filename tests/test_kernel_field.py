@@ -309,3 +309,43 @@ def test_cli_kernels_errors_are_one_line(tmp_path, field_scene):
             assert result.exit_code == 2, (command, extra, result.output)
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("error: ") and word in lines[0], (command, word, result.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# device profile
+def test_profile_round_trip_with_a_field_and_which_field_a_fit_uses(tmp_path, field_scene):
+    import zipfile
+
+    from edgedp.fit import FitConfig
+    from edgedp.formats.profile import DeviceProfile, load_profile, save_profile
+    from edgedp.physics import ButterworthParams
+    from edgedp.run.capture import CaptureOptions, capture_kernel_field
+
+    field = field_scene["field"]
+    base = DeviceProfile("phone", 97, 131, "butterworth", ButterworthParams(), 1.0, 5, 0.25, 2,
+                         {"w": torch.ones(2, 3)})
+    with_field = DeviceProfile(**{**base.__dict__, "kernel_field": field})
+    save_profile(with_field, tmp_path / "f.profile")
+    save_profile(base, tmp_path / "plain.profile")
+    loaded = load_profile(tmp_path / "f.profile")
+    assert loaded.kernel_field is not None and loaded.kernel_field.source == "analytic"
+    assert torch.equal(loaded.kernel_field.pairs, field.pairs) and loaded.kernel_field.pairs.dtype == torch.float32
+    assert "kernel_field/pairs.npy" in zipfile.ZipFile(tmp_path / "f.profile").namelist()
+    assert load_profile(tmp_path / "plain.profile").kernel_field is None  # no field: today's behaviour
+
+    config = FitConfig(patches=(2, 3))
+    assert capture_kernel_field(CaptureOptions(), config, loaded) is loaded.kernel_field
+    assert capture_kernel_field(CaptureOptions(), config, load_profile(tmp_path / "plain.profile")) is None
+    kl, kr = _write_field(tmp_path, field.symmetrized())
+    given = capture_kernel_field(CaptureOptions(kernels=(kl, kr)), config, loaded)  # an explicit --kernels wins
+    assert given.source == "calibration" and torch.allclose(given.pairs, field.symmetrized().pairs, atol=1e-5)
+
+    # A damaged member is one line.
+    import numpy as _np
+
+    arrays = dict(_np.load(tmp_path / "f.profile"))
+    arrays["kernel_field/pairs"] = arrays["kernel_field/pairs"][:, :, :, :4]
+    with open(tmp_path / "bad.profile", "wb") as fh:
+        _np.savez(fh, **arrays)
+    with pytest.raises(InputError, match="kernel field"):
+        load_profile(tmp_path / "bad.profile")
