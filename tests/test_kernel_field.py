@@ -285,6 +285,12 @@ def test_cli_fit_with_kernels_says_so_and_records_the_field(tmp_path, field_scen
     scene = json.loads((tmp_path / "out" / "scene" / "scene.json").read_text())
     assert scene["kernel_field"]["source"] == "calibration"
     assert scene["arrays"]["patch_kernels"]["shape"][:3] == [2, 3, 2]
+    # The bundle exports with the field's per-cell kernels and passes its own numerical verification.
+    exported = CliRunner().invoke(app, ["export", str(tmp_path / "out"), "-o", str(tmp_path / "onnx")])
+    assert exported.exit_code == 0, exported.output
+    side = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    assert side["kernel_model"].endswith("+patches")
+    assert side["verification"]["render"]["passed"] and side["verification"]["refocus"]["passed"], side["verification"]
 
 
 def test_cli_kernels_errors_are_one_line(tmp_path, field_scene):

@@ -252,7 +252,7 @@ def kernels_line(field_entry: dict | None, from_profile: bool, model: str) -> st
         return f"{model} (parametric, mirror-symmetric)"
     pr, pc = field_entry["grid"]
     where = "profile's field" if from_profile else "field"
-    return f"{where} {pr}x{pc} from {field_entry['source']} (recentred), K {field_entry['size']}"
+    return f"{where} {pr}x{pc} from {field_entry['source']} (recentred)"
 
 
 def fit_capture(
