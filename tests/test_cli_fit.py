@@ -55,8 +55,8 @@ class FakeFit:
     def __init__(self) -> None:
         self.calls: list[dict] = []
 
-    def __call__(self, left, right, config=FitConfig(), *, gd_init=None, progress=None) -> FitResult:
-        self.calls.append({"left": left, "right": right, "config": config, "gd_init": gd_init})
+    def __call__(self, left, right, config=FitConfig(), *, kernel_field=None, gd_init=None, progress=None) -> FitResult:
+        self.calls.append({"left": left, "right": right, "config": config, "gd_init": gd_init, "kernel_field": kernel_field})
         net = torch.nn.Conv2d(2, self.LAYERS, 3)
         if gd_init is not None:
             for key, value in net.state_dict().items():

@@ -42,10 +42,12 @@ def fit(
       edgedp fit left.png right.png -o out --focus both --max-kernel 35 --iterations 500,100 --warm-start other/scene
 
       edgedp fit camera_left.jpg camera_right.jpg -o out --transfer srgb
+
+      edgedp fit left.png right.png -o out --kernels blur_kernels_left.npy blur_kernels_right.npy --patches 6x8
     """
     import dataclasses
 
-    from ..run.capture import FIT_OUTPUTS, fit_capture, transfer_line
+    from ..run.capture import FIT_OUTPUTS, fit_capture, kernels_line, transfer_line
 
     options = dataclasses.replace(options, overwrite=overwrite)
     with FitProgress() as progress:
@@ -66,6 +68,8 @@ def fit(
         f"layers   {radii.numel()}, blur radius {float(radii.min()):+.1f} .. {float(radii.max()):+.1f} px, "
         f"kernels {result.kernels.shape[-1]}x{result.kernels.shape[-1]}"
     )
+    field = report.get("kernel_field")
+    typer.echo(f"kernels  {kernels_line(field, field is not None and field.get('from') == 'profile', result.config.kernel_model)}")
     typer.echo(f"memory   {memory_line(report.get('memory'))}")
     typer.echo(
         f"wrote    {out}: {', '.join(n + ('/' if n == 'scene' else '') for n in FIT_OUTPUTS)} "

@@ -112,7 +112,8 @@ MaxRadiusOpt = Annotated[
     Optional[float],
     typer.Option(help="Largest blur radius in px. Default: from the DP disparity of the pair.", show_default=False),
 ]
-PatchesOpt = Annotated[Optional[str], typer.Option(help="Stage 3 kernel grid RxC (default 6x8).", show_default=False)]
+PatchesOpt = Annotated[Optional[str], typer.Option(help="Stage 3 kernel grid RxC, also the grid of --kernels (default 6x8).",
+                                                   show_default=False)]
 FitFocusOpt = Annotated[
     Optional[FitFocusChoice],
     typer.Option(help="auto (decide from the DP disparity; default), behind (blur behind the focal plane only, r > 0) or "
@@ -159,6 +160,18 @@ def parse_max_memory(text: str | float | None) -> float | None:
     return float(text)
 
 
+KernelsOpt = Annotated[
+    Optional[tuple[Path, Path]],
+    typer.Option(
+        "--kernels",
+        help="A kernel field instead of the parametric kernels: LEFT.npy RIGHT.npy, each (P, K, K) with P = rows x cols "
+        "of --patches (row-major over the frame) or (rows, cols, K, K), K odd, behind the focal plane (the left "
+        "kernel's mass on the left); each pair is recentred on reading. Not with stage 3 (--iterations N,0).",
+        show_default=False,
+    ),
+]
+
+
 ProfileOpt = Annotated[
     Optional[Path],
     typer.Option(
@@ -190,6 +203,7 @@ def _fit_options(
     channel: ChannelOpt = "luminance",
     profile: ProfileOpt = None,
     max_memory: MaxMemoryOpt = None,
+    kernels: KernelsOpt = None,
 ) -> None:
     """The options of one fit, declared once: :func:`with_fit_options` gives them to `edgedp fit`
     and `edgedp batch` (each field of :class:`edgedp.run.capture.CaptureOptions` but ``overwrite``)."""
@@ -213,8 +227,9 @@ def with_fit_options(command: F) -> F:
         values = {name: kwargs.pop(name) for name in names}
         values["focus"] = focus_option(values["focus"])
         values = {k: (v.value if isinstance(v, Enum) else v) for k, v in values.items()}
-        if values["flat_field"] is not None and any(p is None for p in values["flat_field"]):
-            values["flat_field"] = None
+        for pair_option in ("flat_field", "kernels"):
+            if values[pair_option] is not None and any(p is None for p in values[pair_option]):
+                values[pair_option] = None
         values["max_memory"] = parse_max_memory(values["max_memory"])
         return command(**kwargs, options=CaptureOptions(**values))
 

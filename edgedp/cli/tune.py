@@ -15,7 +15,9 @@ from .options import (
     CropOpt,
     FitFocusChoice,
     FlatFieldOpt,
+    KernelsOpt,
     MaxMemoryOpt,
+    PatchesOpt,
     PresetChoice,
     TransferOpt,
     WhiteLevelOpt,
@@ -52,6 +54,8 @@ def tune(
                           "captures it is not identifiable from DP pairs alone, see README).")
     ] = False,
     max_memory: MaxMemoryOpt = None,
+    kernels: KernelsOpt = None,
+    patches: PatchesOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing profile.")] = False,
 ) -> None:
     """Tune a device profile from several DP captures of one phone (no calibration target).
@@ -68,6 +72,11 @@ def tune(
       edgedp tune a_left.png,a_right.png b_left.png,b_right.png -o PHONE.profile --name pixel4
 
       edgedp tune captures/ -o PHONE.profile --camera pixel4
+
+      edgedp tune captures/ -o PHONE.profile --kernels blur_kernels_left.npy blur_kernels_right.npy
+
+    With --kernels the profile also stores that kernel field (grid from --patches) and `edgedp fit
+    --profile` fits with it; the G_D fits of tune itself use the parametric kernels.
     """
     from edgedp_runtime.memory import memory_budget
 
@@ -76,11 +85,17 @@ def tune(
     check_profile_target(out, overwrite)  # before reading anything
     focus_option(focus)  # one warning line for an old name (FitConfig maps it)
     budget = memory_budget(parse_max_memory(max_memory))
-    config = fit_config_from_options(preset.value, iterations=iterations, focus=focus.value if focus is not None else None)
+    config = fit_config_from_options(preset.value, iterations=iterations, focus=focus.value if focus is not None else None,
+                                     patches=patches)
+    kernel_field = None
+    if kernels is not None and all(p is not None for p in kernels):
+        from ..io.kernel_grid import load_kernel_grid
+
+        kernel_field = load_kernel_grid(kernels[0], kernels[1], config.patches)
     options = camera_read_options(camera, black_level, white_level, flat_field, crop, transfer, min_size=MIN_FIT_SIZE)
     with FitProgress() as progress:
         run = tune_from_captures(captures, out, config, options, name=name, search=search, rounds=rounds, budget=budget,
-                                 overwrite=overwrite, progress=progress, warn=echo_warnings)
+                                 overwrite=overwrite, progress=progress, warn=echo_warnings, kernel_field=kernel_field)
     profile, scores, pairs = run.profile, run.scores, run.pairs
     typer.echo(f"{'capture':<40} {'size':>11} {'disparity px':>15} {'G_D s':>7} {'loss':>9}")
     for (left_path, _), c in zip(pairs, profile.captures):
@@ -99,6 +114,9 @@ def tune(
         g = view_gain_map(profile.view_gain, profile.height, profile.width)
         typer.echo(f"gain     right view x {float(g.min()):.3f} .. {float(g.max()):.3f} over the frame "
                    f"(centre {profile.asymmetry:.3f}; measured after the flat field given, if any)")
+    if profile.kernel_field is not None:
+        pr, pc = profile.kernel_field.grid
+        typer.echo(f"field    {pr}x{pc} from {profile.kernel_field.source} (recentred), K {profile.kernel_field.size}: stored")
     typer.echo(f"layers   {profile.layers} ({profile.focus}), radius {min(profile.radii):+.1f} .. {max(profile.radii):+.1f} px")
     typer.echo(f"memory   {memory_line(run.memory)}")
     typer.echo(f"wrote    {out}")

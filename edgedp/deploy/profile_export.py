@@ -179,13 +179,18 @@ def export_profile(
     into the sidecar's ``verification.gd`` (``passed``: max abs error <= ``atol``).
 
     Raises:
-        InputError: unreadable profile, or radii / G_D weights that do not fit its layers.
+        InputError: unreadable profile, or radii / G_D weights that do not fit its layers, or a
+            profile with a kernel field (not carried by the instant export yet).
         OutputError: a file of the export exists and ``overwrite`` is False; ``out`` is a file or
             not writable; onnx / onnxruntime missing.
     """
     from .onnx_gd import export_gd_onnx, verify_gd_onnx
 
     profile, path, where = load_profile_source(profile)
+    if profile.kernel_field is not None:
+        # Not silently the parametric kernels: the instant runtime's patchwise twin is issue 16's open step.
+        raise InputError(f"{where}: holds a kernel field, which the instant export does not carry yet "
+                         "(its runtime solves Stage 1 with uniform kernels only); export a profile tuned without --kernels")
     bundle = _adapter(profile, where)
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -11,7 +11,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "config": ("STAGE2_BLOCK", "ProgressCallback", "FitConfig", "StageReport", "FitResult",),
     "stage1": ("gradient_spectrum", "estimate_noise_sigma", "default_latent_reg", "centred_kernel_spectrum", "gradient_operator_spectra", "LatentSolver", "solve_latent_map",),
     "stage2": ("fit_defocus_map", "train_defocus_net", "gd_alphas", "FUSE_WEIGHT_FLOOR", "fuse_with_likelihood", "alphas_from_weights", "stage2_quadratic_form", "input_gradient_magnitude", "layer_posterior", "box_error", "posterior_temperature", "rerender_error", "load_gd_state",),
-    "pipeline": ("LUMINANCE", "fit_inputs", "fit_scene", "fit_channel", "disparity_per_radius", "layer_radii", "thin_curve",),
+    "pipeline": ("LUMINANCE", "fit_inputs", "fit_scene", "fit_channel", "disparity_per_radius", "layer_radii", "thin_curve", "field_disparity_per_radius", "field_kernels", "field_summary",),
     "stage3": ("KernelFitSettings", "fit_patch_kernels", "patch_layer_kernels", "PatchLatentSolver", "solve_latent_map_patchwise", "warm_start",),
     "deconvolution": ("DeconvolutionConfig", "FiniteDifference", "default_tv_weight", "deconvolve_layers", "shrink_gradient", "used_layers",),
     "tiling": ("RegionSolver", "Tile", "TilingConfig", "TilePlan", "fit_within_budget", "plan_fit", "stage2_bytes", "tile_bytes", "tile_grid", "frame_gradient_scale", "periodic_index", "tiled_quadratic_form", "whole_frame_bytes",),

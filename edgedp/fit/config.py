@@ -129,7 +129,8 @@ class FitResult:
             deconvolution, so that ``allinfocus == (latent * weights).sum(1)``.
         radii: (L,) signed blur radius of each layer (px).
         kernels: (2, L, K, K) parametric kernels [left, right].
-        patch_kernels: (Pr, Pc, 2, L, K, K) stage 3 kernels, or None.
+        patch_kernels: (Pr, Pc, 2, L, K, K) stage 3 kernels, or a kernel field's layer kernels
+            (``kernels`` then their mean over the cells), or None.
         gd_state: G_D's state dict; gd_config: how to rebuild G_D (:func:`networks.build_gd`).
         focus: ``behind`` or ``both`` (what ``auto`` decided; :mod:`edgedp.conventions`).
         config: the FitConfig used (with data-derived fields filled in).
@@ -139,6 +140,8 @@ class FitResult:
             G_D scale; None for a plain :func:`fit_scene`).  A tiled fit too large for its
             budget keeps ``latent``, ``weights`` and ``alphas`` on disk, as float16
             :class:`edgedp.fit.tiling.DiskArray` (``numpy.asarray`` reads one).
+        kernel_field: the kernel field the fit used (:func:`edgedp.fit.pipeline.field_summary`:
+            source, grid, size, ...), None for the parametric kernels.
     """
 
     allinfocus: Tensor
@@ -156,3 +159,4 @@ class FitResult:
     stages: list[StageReport]
     disparity: dict
     tiling: dict | None = None
+    kernel_field: dict | None = None

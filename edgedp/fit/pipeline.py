@@ -22,6 +22,7 @@ from ..conventions import BOTH, focus_for_side
 from ..physics.disparity import estimate_disparity
 from ..errors import InputError
 from ..physics.kernels import ButterworthParams, both_radii, front_radii, kernel_disparity, kernel_pyramid
+from ..physics.kernel_field import KernelField, field_layer_kernels, spread_ratio
 from .deconvolution import deconvolve_layers, default_tv_weight
 from .stage1 import LatentSolver, default_latent_reg
 from ..models.defocus_net import DefocusNet
@@ -53,6 +54,7 @@ def fit_scene(
     right: Tensor,
     config: FitConfig = FitConfig(),
     *,
+    kernel_field: KernelField | None = None,
     gd_init: dict[str, Tensor] | None = None,
     progress: ProgressCallback | None = None,
 ) -> FitResult:
@@ -62,9 +64,18 @@ def fit_scene(
         left, right: (C, H, W) in [0, 1] (C = 1 or 3; with 3 the fit runs on the luminance and
             the fitted defocus map and kernels are applied to every channel).
         config: settings; data-derived fields (``None``) are filled in the result's config.
+        kernel_field: a spatially varying DP kernel field (:class:`edgedp.physics.kernel_field.KernelField`)
+            instead of the parametric kernels: every stage then uses its per-cell layer kernels
+            (:func:`field_kernels`; Stage 1 and the deconvolution :class:`~edgedp.fit.stage3.PatchLatentSolver`,
+            Stage 2 the patchwise blur), ``patch_kernels`` of the result are those, ``kernels``
+            their mean over the cells and ``config.patches`` the field's grid.  Stage 3 is not
+            combined with a field (``stage3_iterations > 0`` is a one-line InputError).
         gd_init: G_D weights to start from (warm start); shapes must match.
         progress: optional callback ``(stage, step, total, loss)``.
     """
+    if kernel_field is not None and config.stage3_iterations > 0:
+        raise InputError("a kernel field (--kernels) replaces stage 3's learned kernels: run it with 0 stage 3 "
+                         "iterations (--iterations N,0), or stage 3 without --kernels")
     left, right, views = fit_inputs(left, right, config)  # views (2, H, W)
     device = views.device
     report = progress or (lambda *args: None)
@@ -80,19 +91,25 @@ def fit_scene(
     kernels = kernel_pyramid(radii, config.kernel_model, config.butterworth, device=device)
     lam = config.latent_reg if config.latent_reg is not None else default_latent_reg(views)
     config = dataclasses.replace(config, latent_reg=lam)
+    cell_kernels = None
+    if kernel_field is not None:
+        cell_kernels = field_kernels(kernel_field, radii, config, int(kernels.shape[-1])).to(views)
+        kernels = cell_kernels.mean(dim=(0, 1))
+        config = dataclasses.replace(config, patches=kernel_field.grid)
 
     # Stage 1: closed-form latent map on the fit channel.
-    solver = LatentSolver(views, kernels, lam)
+    solver = _layer_solver(views, kernels, cell_kernels, lam)
     latent = solver.solve()  # (L, H, W)
     report("stage 1", 1, 1, None)
     stages.append(StageReport("stage 1 latent map", time.perf_counter() - t0, 1, None))
 
     # Stage 2: G_D.
     t0 = time.perf_counter()
-    net, alphas, weights, losses = fit_defocus_map(views, latent, kernels, radii, config, gd_init=gd_init, progress=report)
+    stage2_kernels = kernels if cell_kernels is None else cell_kernels
+    net, alphas, weights, losses = fit_defocus_map(views, latent, stage2_kernels, radii, config, gd_init=gd_init, progress=report)
     stages.append(StageReport("stage 2 defocus map", time.perf_counter() - t0, config.stage2_iterations, losses[-1] if losses else None, thin_curve(losses)))
 
-    patch_kernels = None
+    patch_kernels = cell_kernels
     if config.stage3_iterations > 0:
         from .stage3 import fit_patch_kernels
 
@@ -115,7 +132,7 @@ def fit_scene(
             channel_views, channel_latent = views, latent
         else:
             channel_views, channel_latent = torch.stack([left[c], right[c]]), None
-        if channels == 1 and patch_kernels is None:
+        if channels == 1 and (patch_kernels is None or kernel_field is not None):  # Stage 1's kernels still
             channel_solver = solver
         else:
             channel_solver = _layer_solver(channel_views, kernels, patch_kernels, lam)
@@ -144,6 +161,7 @@ def fit_scene(
         config=config,
         stages=stages,
         disparity={"low": est.low, "median": est.median, "high": est.high, "side": est.side},
+        kernel_field=None if kernel_field is None else field_summary(kernel_field, config),
     )
 
 
@@ -216,8 +234,59 @@ def layer_radii(config: FitConfig, low: float, high: float, side: str) -> tuple[
     return focus, radii
 
 
+def field_disparity_per_radius(config: FitConfig) -> float:
+    """DP disparity (px) per px of layer radius that a kernel field's layers are given in a fit:
+    ``disparity_per_radius(model) / radius_scale``.  :func:`layer_radii` maps a measured disparity
+    ``d`` to the radius ``d / disparity_per_radius * radius_scale``, so dividing here makes the
+    field's layer of that radius explain exactly ``d``: the layers span the measured disparity
+    whatever ``radius_scale`` (which for the parametric model also widens its kernels; a field
+    brings its own width per disparity).
+
+    Example:
+        >>> round(field_disparity_per_radius(FitConfig(radius_scale=2.0)), 4)
+        0.3223
+    """
+    return disparity_per_radius(config.kernel_model, config.butterworth) / float(config.radius_scale)
+
+
+def field_kernels(field: KernelField, radii: Tensor, config: FitConfig, size: int) -> Tensor:
+    """The per-cell layer kernels ``(Pr, Pc, 2, L, K, K)`` a fit uses for ``field``:
+    :func:`edgedp.physics.kernel_field.field_layer_kernels` at :func:`field_disparity_per_radius`,
+    zero-padded to at least ``size`` (the parametric pyramid's K), larger when the field's kernels
+    need it (their size per disparity is their own).
+
+    Example:
+        >>> from edgedp.physics.kernel_field import uniform_field
+        >>> from edgedp.physics.kernels import dp_kernel_pair
+        >>> pk = field_kernels(uniform_field(dp_kernel_pair(4.0), (2, 2)), front_radii(3, 4), FitConfig(), 7)
+        >>> tuple(pk.shape)
+        (2, 2, 2, 4, 11, 11)
+    """
+    pk = field_layer_kernels(field, radii, field_disparity_per_radius(config))
+    extra = (int(size) - pk.shape[-1]) // 2
+    if extra > 0:
+        pk = torch.nn.functional.pad(pk, (extra, extra, extra, extra))
+    return pk.contiguous()
+
+
+def field_summary(field: KernelField, config: FitConfig) -> dict:
+    """What report.json and the bundle record of a fit's kernel field: source, grid, size of the
+    stored pairs, the disparity per px of radius its layers were given, and the range of the cells'
+    disparities and spread ratios."""
+    disparity = field.disparity
+    ratio = spread_ratio(field)
+    return {
+        "source": field.source,
+        "grid": list(field.grid),
+        "size": field.size,
+        "disparity_per_radius": field_disparity_per_radius(config),
+        "cell_disparity_px": [float(disparity.min()), float(disparity.max())],
+        "spread_ratio": [float(ratio.min()), float(ratio.max())],
+    }
+
+
 def _layer_solver(views: Tensor, kernels: Tensor, patch_kernels: Tensor | None, lam: float):
-    """Stage 1 of ``views`` with the uniform kernels or, after Stage 3, the patch kernels."""
+    """Stage 1 of ``views`` with the uniform kernels or the patch kernels (Stage 3's, a field's)."""
     if patch_kernels is None:
         return LatentSolver(views, kernels, lam)
     from .stage3 import PatchLatentSolver

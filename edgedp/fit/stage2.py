@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..models.defocus_net import DefocusNet, alphas_from_logits, gd_input, upsample_logits
-from ..physics.blur import blur_stack_fft, over_weights
+from ..physics.blur import blur_stack_fft, blur_stack_patchwise, over_weights
 from .config import FitConfig, ProgressCallback
 
 
@@ -47,10 +47,17 @@ def fit_defocus_map(
     (the optimization) and :func:`gd_alphas` + :func:`fuse_with_likelihood` (the weights);
     :mod:`edgedp.fit.tiling` runs the same steps tile by tile.
 
+    ``kernels``: uniform ``(2, L, K, K)``, or per cell ``(Pr, Pc, 2, L, K, K)`` (a kernel
+    field; the fixed blurred stack, and with it the likelihood fusion, then comes from
+    :func:`edgedp.physics.blur.blur_stack_patchwise`).
+
     Returns (G_D, alphas (L, H, W), weights (L, H, W), losses per iteration).
     """
     block = config.stage2_block
-    blurred = blur_stack_fft(latent[None], kernels)[0]  # (2, L, H, W): fixed while G_D learns
+    if kernels.dim() == 6:  # per-cell kernels (a kernel field)
+        blurred = blur_stack_patchwise(latent[None], kernels)[0]
+    else:
+        blurred = blur_stack_fft(latent[None], kernels)[0]  # (2, L, H, W): fixed while G_D learns
     form = None
     if config.stage2_iterations > 0:  # a warm start with 0 steps only needs G_D's forward pass and the fusion
         form = stage2_quadratic_form(views, latent, blurred, block, config.smooth_weight)

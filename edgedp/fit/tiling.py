@@ -83,6 +83,7 @@ from .stage2 import (
 )
 from .pipeline import fit_inputs, layer_radii, thin_curve
 from ..physics.kernels import kernel_pyramid
+from ..physics.kernel_field import KernelField
 from .stage1 import LatentSolver, default_latent_reg
 from ..models.defocus_net import DefocusNet, alphas_from_logits, gd_input, upsample_logits_region
 from ..physics.blur import blur_stack_fft, fast_size, over_weights
@@ -581,6 +582,7 @@ def fit_within_budget(
     tiling: TilingConfig = TilingConfig(),
     *,
     budget: MemoryBudget | None = None,
+    kernel_field: KernelField | None = None,
     gd_init: dict[str, Tensor] | None = None,
     progress: ProgressCallback | None = None,
     warn: Callable[[str], None] | None = None,
@@ -594,6 +596,9 @@ def fit_within_budget(
         tiling: budget (unless ``budget`` is given), forced tile size, margin, store.
         budget: the memory budget (:func:`edgedp_runtime.memory.memory_budget`); None: from
             ``tiling.max_memory`` or the default.
+        kernel_field: a kernel field for :func:`~edgedp.fit.pipeline.fit_scene`; a fit that
+            would be tiled refuses one (one-line InputError naming ``--max-memory``): its
+            per-tile cells are not implemented.
         gd_init: G_D weights to start from (warm start).
         progress: ``(stage, step, total, loss)``; a tiled fit adds the stage ``tiles`` (every
             tile of the three passes).
@@ -619,9 +624,12 @@ def fit_within_budget(
     if not plan.tiled:
         del views, kernels
         # through the module, so that what replaces edgedp.fit.pipeline.fit_scene (tests) is what runs
-        result = fit_module.fit_scene(left, right, requested, gd_init=gd_init, progress=progress)
+        result = fit_module.fit_scene(left, right, requested, kernel_field=kernel_field, gd_init=gd_init, progress=progress)
         result.tiling = plan.report()
         return result
+    if kernel_field is not None:
+        raise InputError(f"a kernel field (--kernels) needs the whole {h}x{w} frame in memory and this fit would be tiled: "
+                         f"--max-memory above {plan.estimate_whole_frame / GIB / 0.8:.1f} GiB runs it")
 
     if gd_init is not None:  # fail before the long stages, not after
         load_gd_state(DefocusNet(layers, config.gd_width), gd_init)

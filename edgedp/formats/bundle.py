@@ -340,6 +340,7 @@ def save_bundle(
         "config": json_ready(result.config),
         "stages": json_ready(result.stages),
         "disparity": json_ready(result.disparity),
+        "kernel_field": json_ready(getattr(result, "kernel_field", None)),
         "input": json_ready(input_info or {}),
     }
     write_json(json_path, meta, overwrite=overwrite)

@@ -15,6 +15,9 @@ key                    shape / dtype               meaning
 ``format_version``     () int32                    :data:`FORMAT_VERSION`
 ``meta``               () unicode                  the JSON document below
 ``gd/<param name>``    as in G_D                   G_D's state dict (floats as float32)
+``kernel_field/pairs`` (Pr, Pc, 2, K, K) float32   optional: a kernel field
+                                                   (:class:`edgedp.physics.kernel_field.KernelField`,
+                                                   behind pairs [left, right] per cell, recentred)
 =====================  ==========================  ===============================================
 
 ``meta`` (JSON): ``format``, ``format_version``, ``created`` (ISO 8601 UTC), ``versions``
@@ -22,7 +25,8 @@ key                    shape / dtype               meaning
 ``white_level``, ``flat_field`` paths or null), ``kernel`` (``model``, ``butterworth`` fields,
 ``radius_scale``: multiplier of the blur radius per px of *measured* disparity (edgedp.physics.disparity's
 extent) relative to the model's nominal ``1 / disparity_per_radius``, ``asymmetry``: the right
-view's gain at the frame centre or null), ``view_gain`` (``model``: :data:`VIEW_GAIN_MODEL`,
+view's gain at the frame centre or null; ``field``: ``{grid: [Pr, Pc], source, size: K}`` when the
+profile holds a kernel field, else absent), ``view_gain`` (``model``: :data:`VIEW_GAIN_MODEL`,
 ``coefficients``: 10 floats; or null: the right view's gain over the frame measured by tune,
 relative to the ``input.flat_field`` it was read with),
 ``gd`` (``layers``, ``width``, ``input_scale``, ``focus``, ``radii``), ``sensor``
@@ -106,6 +110,7 @@ class DeviceProfile:
     flat_field: tuple[str, str] | None = None
     captures: tuple[CaptureInfo, ...] = ()
     created: str = ""
+    kernel_field: Any = None  # edgedp.physics.kernel_field.KernelField or None
 
     def __post_init__(self) -> None:
         # Profiles from before edgedp.conventions say "front" for "behind".
@@ -203,6 +208,8 @@ def _meta(p: DeviceProfile) -> dict[str, Any]:
             "butterworth": dataclasses.asdict(p.butterworth),
             "radius_scale": p.radius_scale,
             "asymmetry": p.asymmetry,
+            **({} if p.kernel_field is None else {"field": {"grid": list(p.kernel_field.grid), "source": p.kernel_field.source,
+                                                            "size": p.kernel_field.size}}),
         },
         "view_gain": view_gain_entry(p.view_gain),
         "gd": {
@@ -232,6 +239,8 @@ def save_profile(profile: DeviceProfile, path: Path | str, *, overwrite: bool = 
     for name, value in profile.gd_state.items():
         a = value.detach().cpu().numpy()
         arrays[f"gd/{name}"] = a.astype(np.float32) if a.dtype.kind == "f" else a
+    if profile.kernel_field is not None:
+        arrays[FIELD_MEMBER] = profile.kernel_field.pairs.detach().cpu().numpy().astype(np.float32)
     try:
         with open(path, "wb") as fh:  # file handle: numpy must not append ".npz"
             np.savez(fh, **arrays)
@@ -272,6 +281,7 @@ def load_profile(path: Path | str) -> DeviceProfile:
                 raise _bad(path, f"format_version {version} is not supported (this edgedp reads {FORMAT_VERSION})")
             meta = json.loads(scalar("meta"))
             state = {k[3:]: torch.from_numpy(np.array(npz[k])) for k in files if k.startswith("gd/")}
+            field_pairs = np.array(npz[FIELD_MEMBER]) if FIELD_MEMBER in files else None
     except InputError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
@@ -300,9 +310,31 @@ def load_profile(path: Path | str) -> DeviceProfile:
             flat_field=None if i.get("flat_field") is None else tuple(i["flat_field"]),
             captures=tuple(CaptureInfo(**c) for c in meta.get("captures", [])),
             created=str(meta.get("created", "")),
+            kernel_field=_read_field(field_pairs, k.get("field"), path),
         )
+    except InputError:
+        raise
     except (KeyError, TypeError, ValueError) as err:
         raise _bad(path, f"metadata is incomplete or invalid ({err.__class__.__name__}: {err})") from None
+
+
+FIELD_MEMBER = "kernel_field/pairs"
+"""The profile member holding an optional kernel field's pairs (Pr, Pc, 2, K, K) float32."""
+
+
+def _read_field(pairs: np.ndarray | None, entry: Any, path: Path):
+    """The profile's :class:`~edgedp.physics.kernel_field.KernelField` (None: the profile has none)."""
+    if pairs is None and entry is None:
+        return None
+    from ..physics.kernel_field import KernelField
+
+    if pairs is None or not isinstance(entry, dict):
+        raise _bad(path, f"kernel field is incomplete ({FIELD_MEMBER} and meta kernel.field must come together)")
+    grid = tuple(int(g) for g in entry.get("grid", ()))
+    if pairs.ndim != 5 or pairs.shape[:3] != grid + (2,) or pairs.shape[-1] != pairs.shape[-2] or pairs.shape[-1] % 2 != 1 \
+            or not np.isfinite(pairs).all():
+        raise _bad(path, f"kernel field {FIELD_MEMBER} has shape {pairs.shape}, expected (Pr, Pc, 2, K, K) for grid {grid}, odd K, finite")
+    return KernelField(torch.from_numpy(pairs.astype(np.float32)), str(entry.get("source", "profile")))
 
 
 VIEW_GAIN_MODEL = "exp-poly3"

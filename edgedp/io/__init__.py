@@ -1,6 +1,6 @@
 """Input and output at the file boundary: image files, sensor normalization and sizes (``images``), the
 pairing and discovery of captures (``discovery``), atomic writers and JSON (``writers``), colour
-transfers (``transfer``), camera presets (``cameras``) and float16 on-disk arrays (``diskarray``)."""
+transfers (``transfer``), camera presets (``cameras``) float16 on-disk arrays (``diskarray``) and grids of DP kernel pairs (``kernel_grid``)."""
 
 from .. import lazy_exports
 
@@ -11,4 +11,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "transfer": ("LINEAR", "SRGB", "AUTO", "TRANSFERS", "ENCODED_KNEE", "LINEAR_KNEE", "SLOPE", "OFFSET", "GAMMA", "Array", "srgb_to_linear", "linear_to_srgb", "check_transfer",),
     "cameras": ("CameraPreset", "CAMERAS", "camera_preset", "apply_camera", "preset_dict",),
     "diskarray": ("DiskArray", "scratch_folder",),
+    "kernel_grid": ("NEGATIVE_TOLERANCE", "load_kernel_grid",),
 })

@@ -56,6 +56,9 @@ class CaptureOptions:
         max_memory: the memory budget in GiB (``--max-memory``); None: what the machine has free,
             capped (:func:`edgedp_runtime.memory.default_budget`).  A frame whose whole-frame fit
             would not fit is fitted tile by tile (:func:`edgedp.fit.tiling.fit_within_budget`).
+        kernels: ``--kernels LEFT.npy RIGHT.npy``: a kernel field over the ``patches`` grid
+            (:func:`edgedp.io.kernel_grid.load_kernel_grid`) instead of the parametric kernels;
+            None: the profile's field if it has one, else the parametric kernels.
         overwrite: replace existing outputs.
     """
 
@@ -79,6 +82,7 @@ class CaptureOptions:
     transfer: str | None = None
     camera: str | None = None
     max_memory: float | None = None
+    kernels: tuple[Path, Path] | None = None
     overwrite: bool = False
 
     def settings(self) -> dict[str, Any]:
@@ -219,7 +223,36 @@ def capture_config(options: CaptureOptions):
         chosen.update(device_profile.fill_input(chosen["black_level"], chosen["white_level"], chosen["flat_field"]))
     read = read_options(chosen["black_level"], chosen["white_level"], chosen["flat_field"], options.crop,
                         transfer=chosen["transfer"])
+    if options.kernels is not None:  # read now: a bad file is refused before any image is read
+        capture_kernel_field(options, config, device_profile)
     return config, device_profile, read
+
+
+def capture_kernel_field(options: CaptureOptions, config, device_profile=None):
+    """The kernel field a fit of ``options`` uses: ``--kernels`` (read over ``config.patches``,
+    source ``calibration``), else the profile's field, else None (the parametric kernels).
+    A field with stage 3 iterations is a one-line InputError (the fit would refuse it later)."""
+    field = None
+    if options.kernels is not None:
+        from ..io.kernel_grid import load_kernel_grid
+
+        field = load_kernel_grid(options.kernels[0], options.kernels[1], tuple(config.patches))
+    elif device_profile is not None:
+        field = device_profile.kernel_field
+    if field is not None and config.stage3_iterations > 0:
+        raise InputError("a kernel field (--kernels or the profile's) replaces stage 3's learned kernels: "
+                         "give --iterations N,0 or leave the field out")
+    return field
+
+
+def kernels_line(field_entry: dict | None, from_profile: bool, model: str) -> str:
+    """``field 6x8 from calibration (recentred)`` or ``butterworth (parametric, mirror-symmetric)``:
+    which kernels a fit used, from :func:`edgedp.fit.pipeline.field_summary`'s entry."""
+    if field_entry is None:
+        return f"{model} (parametric, mirror-symmetric)"
+    pr, pc = field_entry["grid"]
+    where = "profile's field" if from_profile else "field"
+    return f"{where} {pr}x{pc} from {field_entry['source']} (recentred)"
 
 
 def fit_capture(
@@ -270,6 +303,7 @@ def fit_capture(
     left, right, out = Path(left), Path(right), Path(out)
     overwrite = options.overwrite
     config, device_profile, read = capture_config(options)
+    kernel_field = capture_kernel_field(options, config, device_profile)
     budget = capture_budget(options)
     flat_field = read.flat_field
 
@@ -320,7 +354,7 @@ def fit_capture(
 
     try:
         result = fit_within_budget(pair.left, pair.right, config, TilingConfig(), budget=budget, gd_init=gd_init,
-                                   progress=progress, warn=note)
+                                   kernel_field=kernel_field, progress=progress, warn=note)
     except InputError as err:
         raise (_warm_start_message(err, options.warm_start) if options.warm_start is not None else err) from None
     fit_seconds = time.perf_counter() - t_fit
@@ -367,6 +401,7 @@ def fit_capture(
             "transfer": options.transfer,
             "camera": options.camera,
             "max_memory": options.max_memory,
+            "kernels": [str(p) for p in options.kernels] if options.kernels is not None else None,
             "overwrite": overwrite,
             "torch_threads": torch.get_num_threads(),
         },
@@ -375,6 +410,8 @@ def fit_capture(
         "focus": {"requested": config.focus, "decided": result.focus},
         "layers": {"count": int(radii.numel()), "radii_px": radii.tolist(), "kernel_size": int(result.kernels.shape[-1])},
         "disparity": result.disparity,
+        "kernel_field": None if result.kernel_field is None else {
+            **result.kernel_field, "from": "--kernels" if options.kernels is not None else "profile"},
         "stages": result.stages,
         "seconds": {"read": read_seconds, "fit": fit_seconds, "write": write_seconds, "total": total_seconds},
         "peak_rss_bytes": peak,

@@ -62,13 +62,16 @@ def tune_from_captures(
     overwrite: bool = False,
     progress: Callable | None = None,
     warn: Callable[[list[str]], None] | None = None,
+    kernel_field=None,
 ) -> TuneRun:
     """Tune and write the profile ``out`` from ``captures`` (specs as for ``edgedp batch``).
 
     ``config``: the FitConfig of the G_D fits (stage 3 is turned off); ``read_options``: the
     :class:`edgedp.io.images.ReadOptions` every capture is read with (stored in the profile);
     ``warn(messages)`` is called with the discovery's and then the reading's warnings as they
-    arise (each condition once).  Errors are one-line InputError / OutputError.
+    arise (each condition once).  Errors are one-line InputError / OutputError.  ``kernel_field``
+    (:class:`edgedp.physics.kernel_field.KernelField`): stored in the profile as given (the G_D fits
+    here still use the parametric kernels).
     """
     from ..fit.tune import tune_device
     from ..formats.profile import save_profile
@@ -99,6 +102,7 @@ def tune_from_captures(
         black_level=read_options.black_level,
         white_level=read_options.white_level,
         flat_field=None if read_options.flat_field is None else tuple(str(p) for p in read_options.flat_field),
+        kernel_field=kernel_field,
     )
     save_profile(profile, out, overwrite=overwrite)
     return TuneRun(profile=profile, scores=list(scores), pairs=pairs, memory=memory, warnings=notes + messages)
