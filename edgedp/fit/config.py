@@ -14,6 +14,7 @@ from torch import Tensor
 from ..conventions import fit_focus
 from ..physics.kernels import ButterworthParams
 from .deconvolution import DeconvolutionConfig
+from .kernel_estimation import FieldEstimationConfig
 
 
 STAGE2_BLOCK = 4
@@ -66,6 +67,12 @@ class FitConfig:
         fuse_window: window (px) of the per-pixel likelihood fused with G_D's weights after
             stage 2 (:func:`fuse_with_likelihood`); 0 keeps G_D's weights as they are.
         patches: (rows, cols) of the stage 3 kernel grid (thesis: 6 x 8).
+        kernel_estimation: the capture's own asymmetric kernel field, estimated from its DP pair
+            (:mod:`edgedp.fit.kernel_estimation`: a pupil tilt per cell, chosen by the latent-free
+            cross-convolution residual) and used by every stage instead of the mirror-symmetric
+            parametric pair; ``None`` keeps the parametric pair.  Not estimated when a field is
+            given (``--kernels``, a profile's), with Stage 3 (which learns its own kernels), or in
+            a tiled fit (a ``warning:`` line says so).
         deconvolution: the final TV deconvolution of the all-in-focus image
             (:mod:`edgedp.fit.deconvolution`; ``iterations=0`` keeps Stage 1's composite); its
             ``tv_weight`` is filled in from the data.
@@ -95,6 +102,7 @@ class FitConfig:
     prior_window: int = 15
     fuse_window: int = 15
     patches: tuple[int, int] = (6, 8)
+    kernel_estimation: FieldEstimationConfig | None = field(default_factory=FieldEstimationConfig)
     deconvolution: DeconvolutionConfig = field(default_factory=DeconvolutionConfig)
     seed: int = 0
     device: str = "cpu"

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..physics.blur import fast_size
-from ..physics.kernels import ButterworthParams, kernel_centroid, kernel_disparity, mirror_kernel, resize_kernel, tilted_kernel_pair
+from ..physics.kernel_field import KernelField, field_layer_kernels, recentre_pair
+from ..physics.kernels import ButterworthParams, tilted_kernel_pair
 from .stage1 import centred_kernel_spectrum
 
 
@@ -55,6 +56,10 @@ class FieldEstimationConfig:
         neighbour_weight: weight of each of a cell's 8 neighbours' evidence added to its own
             (0: cells alone).  A smooth pupil tilt makes neighbours informative; textureless cells
             then follow their neighbours instead of noise.
+        scale: the evidence is computed on the views down-scaled by this factor (box average),
+            with the layer radii divided by it and every ``scale``-th layer (the largest kept):
+            ``scale**3`` times fewer operations.  The tilt is a shape across the whole disk, so it
+            survives the down-scaling where the blur is large, which is where it matters.
     """
 
     grid: tuple[int, int] = (6, 8)
@@ -62,6 +67,7 @@ class FieldEstimationConfig:
     tilts_y: tuple[float, ...] = (-0.4, 0.0, 0.4)
     window: int = 15
     neighbour_weight: float = 0.5
+    scale: int = 2
 
     def __post_init__(self) -> None:
         if len(self.grid) != 2 or min(self.grid) < 1:
@@ -71,8 +77,8 @@ class FieldEstimationConfig:
                 raise ValueError(f"tilts must lie in (-1, 1), got {t}")
         if not self.tilts_x or not self.tilts_y:
             raise ValueError("tilts_x and tilts_y need at least one value each")
-        if self.window < 1 or self.neighbour_weight < 0:
-            raise ValueError("window must be >= 1 and neighbour_weight >= 0")
+        if self.window < 1 or self.neighbour_weight < 0 or self.scale < 1:
+            raise ValueError("window and scale must be >= 1 and neighbour_weight >= 0")
 
     @property
     def candidates(self) -> list[tuple[float, float]]:
@@ -129,67 +135,16 @@ class FieldEstimate:
 
     Attributes:
         tilts: (Pr, Pc, 2) chosen (tilt_x, tilt_y) per cell.
-        pairs: (Pr, Pc, 2, K, K) [left, right] behind-orientation pairs at ``radius``, recentred
-            (the mean of the two kernels' centroids at the centre pixel), each summing to 1.
+        field: the :class:`KernelField` of those tilts (source ``estimated``): behind-orientation
+            pairs at ``radius``, recentred.
         radius: px, the radius the pairs are drawn at (the fit's largest |r|).
         evidence: the per-candidate evidence the choice came from.
     """
 
     tilts: Tensor
-    pairs: Tensor
+    field: KernelField
     radius: float
     evidence: FieldEvidence
-
-
-def shift_kernels(kernels: Tensor, dy: Tensor, dx: Tensor) -> Tensor:
-    """Shift ``(N, K, K)`` kernels by ``(dy[n], dx[n])`` px (content moves by +d; bilinear,
-    zeros shifted in), keeping their mass where it stays inside the window."""
-    n, k, _ = kernels.shape
-    theta = torch.zeros(n, 2, 3, dtype=kernels.dtype, device=kernels.device)
-    theta[:, 0, 0] = 1
-    theta[:, 1, 1] = 1
-    theta[:, 0, 2] = -dx.to(kernels) * 2 / k
-    theta[:, 1, 2] = -dy.to(kernels) * 2 / k
-    grid = F.affine_grid(theta, (n, 1, k, k), align_corners=False)
-    return F.grid_sample(kernels[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
-
-
-def recentre_pairs(pairs: Tensor) -> Tensor:
-    """``(2, ..., K, K)`` [left, right] pairs shifted together (sub-pixel) so that the centroid of
-    ``left + right`` sits at the centre pixel; each kernel renormalised to sum 1.
-
-    Why: a common offset of a pair is a shift of the latent image; resizing a pair whose centre is
-    off scales that offset too, so every layer's latent would be shifted by a different amount.
-
-    Example:
-        >>> pair = tilted_kernel_pair(6.0, 0.6, size=17)  # room for the shift
-        >>> kernel_centroid(pair.sum(0)).abs().max() > 0.3, kernel_centroid(recentre_pairs(pair).sum(0)).abs().max() < 0.02
-        (tensor(True), tensor(True))
-    """
-    if pairs.shape[0] != 2:
-        raise ValueError(f"pairs must be (2, ..., K, K) [left, right], got {tuple(pairs.shape)}")
-    k = pairs.shape[-1]
-    flat = pairs.reshape(2, -1, k, k)
-    c = kernel_centroid(flat[0] / flat[0].sum((-1, -2), keepdim=True) + flat[1] / flat[1].sum((-1, -2), keepdim=True))  # (N, 2)
-    out = torch.stack([shift_kernels(flat[v], -c[:, 0], -c[:, 1]) for v in range(2)])
-    out = out / out.sum((-1, -2), keepdim=True).clamp_min(torch.finfo(out.dtype).tiny)
-    return out.reshape(pairs.shape)
-
-
-def pair_layer_kernels(pairs: Tensor, radii: Tensor, disparity_per_radius: float, size: int) -> Tensor:
-    """Layer kernels of behind-orientation pairs: ``(2, ..., K0, K0)`` -> ``(2, ..., L, size, size)``.
-
-    Each pair is resized so that its DP disparity is ``disparity_per_radius * |r|`` for layer
-    radius ``r`` (the fit's layers are spaced by the parametric model's disparity per px of
-    radius); ``r = 0`` gives a delta; for ``r < 0`` (in front) each kernel is rotated by 180
-    degrees."""
-    radii = torch.as_tensor(radii, dtype=torch.float64).reshape(-1)
-    native = kernel_disparity(pairs.double())  # (...)
-    target = radii.abs() * float(disparity_per_radius)  # (L,)
-    scale = (target / native[..., None].clamp_min(1e-9)).clamp_min(0)  # (..., L)
-    out = resize_kernel(pairs.double().unsqueeze(-3), scale, size)  # (2, ..., L, s, s)
-    front = (radii < 0).to(out.device)[:, None, None]
-    return torch.where(front, mirror_kernel(out), out).to(pairs.dtype)
 
 
 def cell_sums(x: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -231,6 +186,24 @@ def cross_convolution_evidence(views: Tensor, layer_pairs: Tensor, grid: tuple[i
     return both[0], both[1]
 
 
+def working_scale(views: Tensor, radii: Tensor, scale: int) -> tuple[Tensor, Tensor]:
+    """The ``(2, H, W)`` views box-averaged by ``scale`` and the radii for them: divided by
+    ``scale``, every ``scale``-th layer counted from the largest |r| on each side (so the largest
+    layers, where the tilt shows, are kept)."""
+    if scale == 1:
+        return views, radii
+    h, w = views.shape[-2:]
+    small = F.avg_pool2d(views[None, :, : h - h % scale, : w - w % scale], scale)[0]
+    order = torch.argsort(radii)
+    keep = set()
+    for side in (radii > 0, radii < 0):
+        idx = [int(i) for i in order if side[i]]
+        keep.update(idx[::-1][::scale])
+    keep.update(int(i) for i in torch.nonzero(radii == 0).flatten())
+    chosen = sorted(keep, key=lambda i: float(radii[i]))
+    return small, radii[chosen] / scale
+
+
 def pair_size(radius: float) -> int:
     """Kernel size of a field's pairs at ``radius`` px: ``2 ceil(radius) + 5``, two px more on
     each side than the disk needs, so recentring (a tilt moves the centroid by up to ~0.15 r)
@@ -252,15 +225,17 @@ def field_evidence(
     ``(2, H, W)`` views [left, right] for the fit's layer ``radii`` (L,) (module docstring).
     ``progress(step, total)`` is called after each candidate."""
     radii = torch.as_tensor(radii, dtype=torch.float64).reshape(-1)
-    big = float(radii.abs().max())
-    if big <= 0:
+    if float(radii.abs().max()) <= 0:
         raise ValueError("a kernel field needs a layer with blur (max |radius| > 0)")
+    views, radii = working_scale(views, radii, config.scale)
+    big = float(radii.abs().max())
     size = pair_size(big)
     cands = config.candidates
     residual, energy = [], []
+    layer_size = 2 * math.ceil(big - 1e-6) + 1  # the fit's kernel size
     for step, (tx, ty) in enumerate(cands, 1):
-        pair = recentre_pairs(tilted_kernel_pair(big, tx, ty, model, params, size=size, dtype=torch.float64))
-        layers = pair_layer_kernels(pair, radii, disparity_per_radius, size)
+        pair = recentre_pair(tilted_kernel_pair(big, tx, ty, model, params, size=size, dtype=torch.float64))
+        layers = field_layer_kernels(KernelField(pair[None, None]), radii, disparity_per_radius, layer_size)[0, 0]
         e, n = cross_convolution_evidence(views, layers.to(views.dtype), config.grid, config.window)
         residual.append(e)
         energy.append(n)
@@ -269,11 +244,11 @@ def field_evidence(
     return FieldEvidence(torch.tensor(cands, dtype=torch.float64), torch.stack(residual).double().cpu(), torch.stack(energy).double().cpu())
 
 
-def field_pairs(
+def tilted_field(
     tilts: Tensor, radius: float, *, model: str = "butterworth", params: ButterworthParams = ButterworthParams(), dtype=torch.float32
-) -> Tensor:
-    """``(Pr, Pc, 2)`` tilts -> ``(Pr, Pc, 2, K, K)`` recentred behind-orientation pairs at
-    ``radius`` px (``K = 2 ceil(radius) + 5``: :func:`pair_size`)."""
+) -> KernelField:
+    """``(Pr, Pc, 2)`` tilts -> the :class:`KernelField` of recentred behind-orientation pairs at
+    ``radius`` px (``(Pr, Pc, 2, K, K)``, ``K = 2 ceil(radius) + 5``: :func:`pair_size`)."""
     size = pair_size(radius)
     cache: dict[tuple[float, float], Tensor] = {}
     pr, pc, _ = tilts.shape
@@ -281,9 +256,9 @@ def field_pairs(
     for t in tilts.reshape(-1, 2).tolist():
         key = (round(t[0], 6), round(t[1], 6))
         if key not in cache:
-            cache[key] = recentre_pairs(tilted_kernel_pair(radius, key[0], key[1], model, params, size=size, dtype=torch.float64))
+            cache[key] = recentre_pair(tilted_kernel_pair(radius, key[0], key[1], model, params, size=size, dtype=torch.float64))
         out.append(cache[key])
-    return torch.stack(out).reshape(pr, pc, 2, size, size).to(dtype)
+    return KernelField(torch.stack(out).reshape(pr, pc, 2, size, size).to(dtype), "estimated")
 
 
 def estimate_kernel_field(
@@ -312,15 +287,16 @@ def estimate_kernel_field(
         progress: ``progress(step, total)`` per candidate.
 
     Returns:
-        :class:`FieldEstimate` (tilts, recentred pairs at the largest |radius|, evidence).
+        :class:`FieldEstimate` (tilts, the field of recentred pairs at the largest |radius|, evidence).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 61, 83, generator=g), 3, 1, 1)[0, 0]
-        >>> pair = recentre_pairs(tilted_kernel_pair(3.0, 0.6))
-        >>> views = torch.stack([torch.nn.functional.conv2d(x[None, None], pair[v].flip(-1, -2)[None, None], padding=3)[0, 0] for v in range(2)])
+        >>> from edgedp.physics.kernels import kernel_disparity
+        >>> pair = recentre_pair(tilted_kernel_pair(3.0, 0.6, size=11))
+        >>> views = torch.stack([torch.nn.functional.conv2d(x[None, None], pair[v].flip(-1, -2)[None, None], padding=5)[0, 0] for v in range(2)])
         >>> from edgedp.physics import front_radii
-        >>> cfg = FieldEstimationConfig(grid=(1, 1), tilts_x=(-0.6, 0.0, 0.6), tilts_y=(0.0,))
+        >>> cfg = FieldEstimationConfig(grid=(1, 1), tilts_x=(-0.6, 0.0, 0.6), tilts_y=(0.0,), scale=1)
         >>> est = estimate_kernel_field(views, front_radii(3, 4), float(kernel_disparity(pair)) / 3, cfg)
         >>> est.tilts[0, 0].tolist()
         [0.6, 0.0]
@@ -332,5 +308,5 @@ def estimate_kernel_field(
         chosen = chosen.combined(prior.normalised(), prior_weight)
     tilts = chosen.choose(config.neighbour_weight)
     radius = float(radii.abs().max())
-    pairs = field_pairs(tilts, radius, model=model, params=params, dtype=views.dtype)
-    return FieldEstimate(tilts=tilts, pairs=pairs, radius=radius, evidence=evidence)
+    field = tilted_field(tilts, radius, model=model, params=params, dtype=views.dtype)
+    return FieldEstimate(tilts=tilts, field=field, radius=radius, evidence=evidence)

@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..physics.kernels import ButterworthParams, both_radii, front_radii, kernel_disparity, kernel_pyramid
 from ..physics.kernel_field import KernelField, field_layer_kernels, spread_ratio
 from .deconvolution import deconvolve_layers, default_tv_weight
+from .kernel_estimation import estimate_kernel_field
 from .stage1 import LatentSolver, default_latent_reg
 from ..models.defocus_net import DefocusNet
 from .config import FitConfig, FitResult, ProgressCallback, StageReport
@@ -92,6 +93,14 @@ def fit_scene(
     lam = config.latent_reg if config.latent_reg is not None else default_latent_reg(views)
     config = dataclasses.replace(config, latent_reg=lam)
     cell_kernels = None
+    if kernel_field is None and estimates_field(config, radii):
+        t1 = time.perf_counter()
+        tick = lambda step, total: report("kernel field", step, total, None)  # noqa: E731
+        kernel_field = estimate_kernel_field(
+            views, radii, field_disparity_per_radius(config), config.kernel_estimation,
+            model=config.kernel_model, params=config.butterworth, progress=tick,
+        ).field
+        stages.append(StageReport("kernel field estimation", time.perf_counter() - t1, len(config.kernel_estimation.candidates), None))
     if kernel_field is not None:
         cell_kernels = field_kernels(kernel_field, radii, config, int(kernels.shape[-1])).to(views)
         kernels = cell_kernels.mean(dim=(0, 1))
@@ -232,6 +241,12 @@ def layer_radii(config: FitConfig, low: float, high: float, side: str) -> tuple[
         count = config.layers if config.layers is not None else int(math.ceil(radius)) + 1
         radii = front_radii(radius, max(count, 2))
     return focus, radii
+
+
+def estimates_field(config: FitConfig, radii: Tensor) -> bool:
+    """Whether a fit estimates its kernel field (:attr:`FitConfig.kernel_estimation`): asked
+    for, no Stage 3 (which learns its own kernels) and some layer with blur."""
+    return config.kernel_estimation is not None and config.stage3_iterations == 0 and float(radii.abs().max()) > 0
 
 
 def field_disparity_per_radius(config: FitConfig) -> float:

@@ -633,6 +633,12 @@ def fit_within_budget(
 
     if gd_init is not None:  # fail before the long stages, not after
         load_gd_state(DefocusNet(layers, config.gd_width), gd_init)
+    if config.kernel_estimation is not None and config.stage3_iterations == 0:
+        message = (f"the kernel field is not estimated in a tiled fit of {h}x{w}: parametric kernels "
+                   f"(--max-memory above {plan.estimate_whole_frame / GIB / 0.8:.1f} GiB estimates it)")
+        plan.notes.append(message)
+        if warn is not None:
+            warn(message)
     if config.stage3_iterations > 0:
         message = (f"stage 3 (learned kernels) needs the whole {h}x{w} frame in memory: skipped in this tiled fit "
                    f"(--max-memory above {plan.estimate_whole_frame / GIB / 0.8:.1f} GiB runs it)")

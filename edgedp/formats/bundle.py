@@ -91,6 +91,7 @@ from .. import __version__
 from ..conventions import fit_focus
 from ..errors import InputError, OutputError
 from ..fit.deconvolution import DeconvolutionConfig
+from ..fit.kernel_estimation import FieldEstimationConfig
 from ..fit.config import FitConfig, FitResult, StageReport
 from ..fit.stage2 import alphas_from_weights
 from ..io.diskarray import DiskArray
@@ -240,6 +241,13 @@ def fit_config_from_dict(data: dict) -> FitConfig:
         if isinstance(kwargs.get(key), dict):
             known = {f.name for f in dataclasses.fields(kind)}
             kwargs[key] = kind(**{k: v for k, v in kwargs[key].items() if k in known})
+    if isinstance(kwargs.get("kernel_estimation"), dict):
+        known = {f.name for f in dataclasses.fields(FieldEstimationConfig)}
+        kwargs["kernel_estimation"] = FieldEstimationConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs["kernel_estimation"].items() if k in known}
+        )
+    elif "kernel_estimation" not in kwargs and "patches" in kwargs:
+        kwargs["kernel_estimation"] = None  # a bundle from before the estimation: it did not estimate
     if isinstance(kwargs.get("patches"), list):
         kwargs["patches"] = tuple(int(p) for p in kwargs["patches"])
     return FitConfig(**kwargs)

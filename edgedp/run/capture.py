@@ -251,6 +251,8 @@ def kernels_line(field_entry: dict | None, from_profile: bool, model: str) -> st
     if field_entry is None:
         return f"{model} (parametric, mirror-symmetric)"
     pr, pc = field_entry["grid"]
+    if field_entry["source"] == "estimated":
+        return f"field {pr}x{pc} estimated from this DP pair (pupil tilt per cell)"
     where = "profile's field" if from_profile else "field"
     return f"{where} {pr}x{pc} from {field_entry['source']} (recentred)"
 
@@ -411,7 +413,8 @@ def fit_capture(
         "layers": {"count": int(radii.numel()), "radii_px": radii.tolist(), "kernel_size": int(result.kernels.shape[-1])},
         "disparity": result.disparity,
         "kernel_field": None if result.kernel_field is None else {
-            **result.kernel_field, "from": "--kernels" if options.kernels is not None else "profile"},
+            **result.kernel_field,
+            "from": "--kernels" if options.kernels is not None else "estimated" if result.kernel_field.get("source") == "estimated" else "profile"},
         "stages": result.stages,
         "seconds": {"read": read_seconds, "fit": fit_seconds, "write": write_seconds, "total": total_seconds},
         "peak_rss_bytes": peak,
