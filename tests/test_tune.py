@@ -12,6 +12,7 @@ ground truth is used only to check, never by tune.
 """
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -87,6 +88,9 @@ def test_profile_round_trip_and_warm_start(tmp_path):
     path = save_profile(profile, tmp_path / "PHONE.profile")
     loaded = load_profile(path)
     assert all(torch.equal(loaded.gd_state[k], profile.gd_state[k]) for k in profile.gd_state)
+    for key in ("candidates", "residual", "energy"):  # the pooled kernel-field evidence, exactly
+        assert torch.equal(getattr(loaded.field_evidence, key), getattr(profile.field_evidence, key))
+    assert torch.equal(loaded.kernel_field.pairs, profile.kernel_field.pairs) and loaded.kernel_field.source == "tuned"
     cfg = dataclasses.replace(FAST, focus=loaded.focus, max_radius=max(abs(r) for r in loaded.radii),
                               layers=loaded.layers, butterworth=loaded.butterworth, gd_width=loaded.gd_width)
     left, right = _captures(size=(65, 81), radius=5.0, seeds=(7,))[0]
@@ -126,6 +130,11 @@ def test_cli_tune_then_fit(tmp_path):
     assert "wrote" in res.stdout and "c1_left.png" in res.stdout and "kernel" in res.stdout
     prof = load_profile(out)
     assert prof.device == "sim" and len(prof.captures) == 2 and (prof.height, prof.width) == (65, 81)
+    # The device's kernel field: pooled over the captures, stored with its evidence (the prior).
+    assert prof.kernel_field is not None and prof.kernel_field.source == "tuned" and prof.kernel_field.grid == (6, 8)
+    ev = prof.field_evidence
+    assert ev is not None and ev.residual.shape == (15, 6, 8) and ev.energy.shape == (15, 6, 8)
+    assert abs(float(ev.energy.sum()) / 15 - 2.0) < 1e-6  # two captures, each normalised to 1
     # refuses to overwrite; pair syntax works
     pair = f"{tmp_path / 'c1_left.png'},{tmp_path / 'c1_right.png'}"
     res = CliRunner().invoke(app, ["tune", pair, "-o", str(out), "--iterations", "3"])
@@ -133,6 +142,10 @@ def test_cli_tune_then_fit(tmp_path):
     res = CliRunner().invoke(app, ["fit", str(tmp_path / "c2_left.png"), str(tmp_path / "c2_right.png"), "-o",
                                    str(tmp_path / "fit"), "--profile", str(out), "--iterations", "2,0"])
     assert res.exit_code == 0, res.output
+    # The capture's own field is estimated with the profile's evidence as its prior.
+    assert "estimated from this DP pair (pupil tilt per cell, the profile's as prior)" in res.stdout
+    report = json.loads((tmp_path / "fit" / "report.json").read_text())
+    assert report["kernel_field"]["source"] == "estimated" and report["kernel_field"]["prior"] == "profile"
 
 
 def test_cli_tune_bad_capture(tmp_path):

@@ -69,7 +69,7 @@ def fit(
         f"kernels {result.kernels.shape[-1]}x{result.kernels.shape[-1]}"
     )
     field = report.get("kernel_field")
-    typer.echo(f"kernels  {kernels_line(field, field is not None and field.get('from') == 'profile', result.config.kernel_model)}")
+    typer.echo(f"kernels  {kernels_line(field, field is not None and 'profile' in (field.get('from'), field.get('prior')), result.config.kernel_model)}")
     typer.echo(f"memory   {memory_line(report.get('memory'))}")
     typer.echo(
         f"wrote    {out}: {', '.join(n + ('/' if n == 'scene' else '') for n in FIT_OUTPUTS)} "

@@ -245,7 +245,8 @@ def field_evidence(
 
 
 def tilted_field(
-    tilts: Tensor, radius: float, *, model: str = "butterworth", params: ButterworthParams = ButterworthParams(), dtype=torch.float32
+    tilts: Tensor, radius: float, *, model: str = "butterworth", params: ButterworthParams = ButterworthParams(),
+    dtype=torch.float32, source: str = "estimated",
 ) -> KernelField:
     """``(Pr, Pc, 2)`` tilts -> the :class:`KernelField` of recentred behind-orientation pairs at
     ``radius`` px (``(Pr, Pc, 2, K, K)``, ``K = 2 ceil(radius) + 5``: :func:`pair_size`)."""
@@ -258,7 +259,7 @@ def tilted_field(
         if key not in cache:
             cache[key] = recentre_pair(tilted_kernel_pair(radius, key[0], key[1], model, params, size=size, dtype=torch.float64))
         out.append(cache[key])
-    return KernelField(torch.stack(out).reshape(pr, pc, 2, size, size).to(dtype), "estimated")
+    return KernelField(torch.stack(out).reshape(pr, pc, 2, size, size).to(dtype), source)
 
 
 def estimate_kernel_field(

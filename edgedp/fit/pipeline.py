@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..physics.kernels import ButterworthParams, both_radii, front_radii, kernel_disparity, kernel_pyramid
 from ..physics.kernel_field import KernelField, field_layer_kernels, spread_ratio
 from .deconvolution import deconvolve_layers, default_tv_weight
-from .kernel_estimation import estimate_kernel_field
+from .kernel_estimation import FieldEvidence, estimate_kernel_field
 from .stage1 import LatentSolver, default_latent_reg
 from ..models.defocus_net import DefocusNet
 from .config import FitConfig, FitResult, ProgressCallback, StageReport
@@ -56,6 +56,7 @@ def fit_scene(
     config: FitConfig = FitConfig(),
     *,
     kernel_field: KernelField | None = None,
+    field_prior: FieldEvidence | None = None,
     gd_init: dict[str, Tensor] | None = None,
     progress: ProgressCallback | None = None,
 ) -> FitResult:
@@ -71,6 +72,9 @@ def fit_scene(
             Stage 2 the patchwise blur), ``patch_kernels`` of the result are those, ``kernels``
             their mean over the cells and ``config.patches`` the field's grid.  Stage 3 is not
             combined with a field (``stage3_iterations > 0`` is a one-line InputError).
+        field_prior: kernel-field evidence pooled over other captures of the device (a profile's,
+            :class:`edgedp.fit.kernel_estimation.FieldEvidence`), added to this capture's own when
+            the field is estimated (``config.kernel_estimation``).
         gd_init: G_D weights to start from (warm start); shapes must match.
         progress: optional callback ``(stage, step, total, loss)``.
     """
@@ -98,7 +102,7 @@ def fit_scene(
         tick = lambda step, total: report("kernel field", step, total, None)  # noqa: E731
         kernel_field = estimate_kernel_field(
             views, radii, field_disparity_per_radius(config), config.kernel_estimation,
-            model=config.kernel_model, params=config.butterworth, progress=tick,
+            model=config.kernel_model, params=config.butterworth, prior=field_prior, progress=tick,
         ).field
         stages.append(StageReport("kernel field estimation", time.perf_counter() - t1, len(config.kernel_estimation.candidates), None))
     if kernel_field is not None:

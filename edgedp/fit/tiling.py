@@ -583,6 +583,7 @@ def fit_within_budget(
     *,
     budget: MemoryBudget | None = None,
     kernel_field: KernelField | None = None,
+    field_prior=None,
     gd_init: dict[str, Tensor] | None = None,
     progress: ProgressCallback | None = None,
     warn: Callable[[str], None] | None = None,
@@ -596,6 +597,7 @@ def fit_within_budget(
         tiling: budget (unless ``budget`` is given), forced tile size, margin, store.
         budget: the memory budget (:func:`edgedp_runtime.memory.memory_budget`); None: from
             ``tiling.max_memory`` or the default.
+        field_prior: a profile's kernel-field evidence for :func:`~edgedp.fit.pipeline.fit_scene`.
         kernel_field: a kernel field for :func:`~edgedp.fit.pipeline.fit_scene`; a fit that
             would be tiled refuses one (one-line InputError naming ``--max-memory``): its
             per-tile cells are not implemented.
@@ -624,7 +626,8 @@ def fit_within_budget(
     if not plan.tiled:
         del views, kernels
         # through the module, so that what replaces edgedp.fit.pipeline.fit_scene (tests) is what runs
-        result = fit_module.fit_scene(left, right, requested, kernel_field=kernel_field, gd_init=gd_init, progress=progress)
+        result = fit_module.fit_scene(left, right, requested, kernel_field=kernel_field, field_prior=field_prior,
+                                      gd_init=gd_init, progress=progress)
         result.tiling = plan.report()
         return result
     if kernel_field is not None:

@@ -44,6 +44,7 @@ from .config import STAGE2_BLOCK, FitConfig
 from .pipeline import disparity_per_radius, fit_channel, layer_radii
 from .stage2 import fit_defocus_map, train_defocus_net
 from ..physics.kernels import ButterworthParams, both_radii, front_radii, kernel_pyramid
+from .kernel_estimation import field_evidence, tilted_field
 from .stage1 import default_latent_reg, solve_latent_map
 from ..physics.blur import blur_stack_fft
 from ..formats.profile import CaptureInfo, DeviceProfile
@@ -374,6 +375,16 @@ def tune_device(
     if plan_report is not None:
         plan_report.update(plan.report())
 
+    evidence = None
+    if cfg.kernel_estimation is not None:
+        # The device's kernel field: each capture's cross-convolution evidence (normalised, so each
+        # capture weighs the same), pooled; a capture with little texture in a cell then follows
+        # the device (edgedp.fit.kernel_estimation).
+        for n, cap in enumerate(caps):
+            tick = lambda i, t, n=n: report(f"tune kernel field {n + 1}/{len(caps)}", i, t, None)  # noqa: E731
+            ev = field_evidence(cap.views, radii, dpr, cfg.kernel_estimation, model=cfg.kernel_model, params=params, progress=tick)
+            evidence = ev.normalised() if evidence is None else evidence.combined(ev.normalised())
+
     state: dict[str, Tensor] | None = None
     infos: list[CaptureInfo] = []
     for r in range(max(1, rounds)):
@@ -410,5 +421,9 @@ def tune_device(
         captures=tuple(infos),
         view_gain=gain,
         asymmetry=None if gain is None else float(math.exp(gain[0])),
+        kernel_field=None if evidence is None else tilted_field(
+            evidence.choose(cfg.kernel_estimation.neighbour_weight), float(radii.abs().max()),
+            model=cfg.kernel_model, params=params, source="tuned"),
+        field_evidence=evidence,
     )
     return profile, scores

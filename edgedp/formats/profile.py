@@ -15,6 +15,8 @@ key                    shape / dtype               meaning
 ``format_version``     () int32                    :data:`FORMAT_VERSION`
 ``meta``               () unicode                  the JSON document below
 ``gd/<param name>``    as in G_D                   G_D's state dict (floats as float32)
+``kernel_field/evidence_*``  (C, 2), (C, Pr, Pc)    optional: the kernel-field evidence ``edgedp tune``
+                                                   pooled over its captures (:data:`EVIDENCE_MEMBERS`)
 ``kernel_field/pairs`` (Pr, Pc, 2, K, K) float32   optional: a kernel field
                                                    (:class:`edgedp.physics.kernel_field.KernelField`,
                                                    behind pairs [left, right] per cell, recentred)
@@ -111,6 +113,7 @@ class DeviceProfile:
     captures: tuple[CaptureInfo, ...] = ()
     created: str = ""
     kernel_field: Any = None  # edgedp.physics.kernel_field.KernelField or None
+    field_evidence: Any = None  # edgedp.fit.kernel_estimation.FieldEvidence pooled over the captures, or None
 
     def __post_init__(self) -> None:
         # Profiles from before edgedp.conventions say "front" for "behind".
@@ -241,6 +244,9 @@ def save_profile(profile: DeviceProfile, path: Path | str, *, overwrite: bool = 
         arrays[f"gd/{name}"] = a.astype(np.float32) if a.dtype.kind == "f" else a
     if profile.kernel_field is not None:
         arrays[FIELD_MEMBER] = profile.kernel_field.pairs.detach().cpu().numpy().astype(np.float32)
+    if profile.field_evidence is not None:
+        for key, name in EVIDENCE_MEMBERS.items():
+            arrays[name] = getattr(profile.field_evidence, key).detach().cpu().numpy().astype(np.float64)
     try:
         with open(path, "wb") as fh:  # file handle: numpy must not append ".npz"
             np.savez(fh, **arrays)
@@ -282,6 +288,7 @@ def load_profile(path: Path | str) -> DeviceProfile:
             meta = json.loads(scalar("meta"))
             state = {k[3:]: torch.from_numpy(np.array(npz[k])) for k in files if k.startswith("gd/")}
             field_pairs = np.array(npz[FIELD_MEMBER]) if FIELD_MEMBER in files else None
+            evidence = {key: np.array(npz[name]) for key, name in EVIDENCE_MEMBERS.items() if name in files}
     except InputError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
@@ -311,6 +318,7 @@ def load_profile(path: Path | str) -> DeviceProfile:
             captures=tuple(CaptureInfo(**c) for c in meta.get("captures", [])),
             created=str(meta.get("created", "")),
             kernel_field=_read_field(field_pairs, k.get("field"), path),
+            field_evidence=_read_evidence(evidence, path),
         )
     except InputError:
         raise
@@ -320,6 +328,31 @@ def load_profile(path: Path | str) -> DeviceProfile:
 
 FIELD_MEMBER = "kernel_field/pairs"
 """The profile member holding an optional kernel field's pairs (Pr, Pc, 2, K, K) float32."""
+
+
+EVIDENCE_MEMBERS = {
+    "candidates": "kernel_field/evidence_candidates",
+    "residual": "kernel_field/evidence_residual",
+    "energy": "kernel_field/evidence_energy",
+}
+"""Optional members: the kernel-field evidence ``edgedp tune`` pooled over its captures
+(:class:`edgedp.fit.kernel_estimation.FieldEvidence`: candidates (C, 2), residual and energy
+(C, Pr, Pc), float64), the per-phone prior of each capture's own estimate."""
+
+
+def _read_evidence(arrays: dict[str, np.ndarray], path: Path):
+    """The profile's pooled :class:`~edgedp.fit.kernel_estimation.FieldEvidence` (None: none)."""
+    if not arrays:
+        return None
+    from ..fit.kernel_estimation import FieldEvidence
+
+    if set(arrays) != set(EVIDENCE_MEMBERS):
+        raise _bad(path, "kernel field evidence is incomplete (" + ", ".join(EVIDENCE_MEMBERS.values()) + " come together)")
+    cands, res, energy = arrays["candidates"], arrays["residual"], arrays["energy"]
+    if cands.ndim != 2 or cands.shape[1] != 2 or res.ndim != 3 or res.shape != energy.shape or res.shape[0] != cands.shape[0] \
+            or not all(np.isfinite(a).all() for a in (cands, res, energy)):
+        raise _bad(path, f"kernel field evidence has shapes {cands.shape}, {res.shape}, {energy.shape}: expected (C, 2), (C, Pr, Pc) twice, finite")
+    return FieldEvidence(*(torch.from_numpy(a.astype(np.float64)) for a in (cands, res, energy)))
 
 
 def _read_field(pairs: np.ndarray | None, entry: Any, path: Path):

@@ -230,19 +230,29 @@ def capture_config(options: CaptureOptions):
 
 def capture_kernel_field(options: CaptureOptions, config, device_profile=None):
     """The kernel field a fit of ``options`` uses: ``--kernels`` (read over ``config.patches``,
-    source ``calibration``), else the profile's field, else None (the parametric kernels).
+    source ``calibration``), else a profile's given field (``tune --kernels``), else None (the
+    capture's own estimate, with a tuned profile's evidence as its prior: :func:`capture_field_prior`;
+    or the parametric kernels).
     A field with stage 3 iterations is a one-line InputError (the fit would refuse it later)."""
     field = None
     if options.kernels is not None:
         from ..io.kernel_grid import load_kernel_grid
 
         field = load_kernel_grid(options.kernels[0], options.kernels[1], tuple(config.patches))
-    elif device_profile is not None:
-        field = device_profile.kernel_field
+    elif device_profile is not None and device_profile.field_evidence is None:
+        field = device_profile.kernel_field  # a given field (tune --kernels); a tuned one is a prior instead
     if field is not None and config.stage3_iterations > 0:
         raise InputError("a kernel field (--kernels or the profile's) replaces stage 3's learned kernels: "
                          "give --iterations N,0 or leave the field out")
     return field
+
+
+def capture_field_prior(options: CaptureOptions, device_profile=None):
+    """The kernel-field evidence a fit's estimate starts from: a tuned profile's pooled evidence,
+    unless ``--kernels`` gives the field (None otherwise)."""
+    if options.kernels is not None or device_profile is None:
+        return None
+    return device_profile.field_evidence
 
 
 def kernels_line(field_entry: dict | None, from_profile: bool, model: str) -> str:
@@ -252,7 +262,7 @@ def kernels_line(field_entry: dict | None, from_profile: bool, model: str) -> st
         return f"{model} (parametric, mirror-symmetric)"
     pr, pc = field_entry["grid"]
     if field_entry["source"] == "estimated":
-        return f"field {pr}x{pc} estimated from this DP pair (pupil tilt per cell)"
+        return f"field {pr}x{pc} estimated from this DP pair (pupil tilt per cell" + (", the profile's as prior)" if from_profile else ")")
     where = "profile's field" if from_profile else "field"
     return f"{where} {pr}x{pc} from {field_entry['source']} (recentred)"
 
@@ -356,7 +366,8 @@ def fit_capture(
 
     try:
         result = fit_within_budget(pair.left, pair.right, config, TilingConfig(), budget=budget, gd_init=gd_init,
-                                   kernel_field=kernel_field, progress=progress, warn=note)
+                                   kernel_field=kernel_field, field_prior=capture_field_prior(options, device_profile),
+                                   progress=progress, warn=note)
     except InputError as err:
         raise (_warm_start_message(err, options.warm_start) if options.warm_start is not None else err) from None
     fit_seconds = time.perf_counter() - t_fit
@@ -414,7 +425,8 @@ def fit_capture(
         "disparity": result.disparity,
         "kernel_field": None if result.kernel_field is None else {
             **result.kernel_field,
-            "from": "--kernels" if options.kernels is not None else "estimated" if result.kernel_field.get("source") == "estimated" else "profile"},
+            "from": "--kernels" if options.kernels is not None else "estimated" if result.kernel_field.get("source") == "estimated" else "profile",
+            "prior": "profile" if capture_field_prior(options, device_profile) is not None else None},
         "stages": result.stages,
         "seconds": {"read": read_seconds, "fit": fit_seconds, "write": write_seconds, "total": total_seconds},
         "peak_rss_bytes": peak,

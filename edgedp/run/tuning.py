@@ -70,8 +70,8 @@ def tune_from_captures(
     :class:`edgedp.io.images.ReadOptions` every capture is read with (stored in the profile);
     ``warn(messages)`` is called with the discovery's and then the reading's warnings as they
     arise (each condition once).  Errors are one-line InputError / OutputError.  ``kernel_field``
-    (:class:`edgedp.physics.kernel_field.KernelField`): stored in the profile as given (the G_D fits
-    here still use the parametric kernels).
+    (:class:`edgedp.physics.kernel_field.KernelField`): stored in the profile as given, instead of
+    the field tune estimates from the captures (the G_D fits here use the parametric kernels).
     """
     from ..fit.tune import tune_device
     from ..formats.profile import save_profile
@@ -102,7 +102,8 @@ def tune_from_captures(
         black_level=read_options.black_level,
         white_level=read_options.white_level,
         flat_field=None if read_options.flat_field is None else tuple(str(p) for p in read_options.flat_field),
-        kernel_field=kernel_field,
     )
+    if kernel_field is not None:  # given (--kernels): stored as it is, instead of the tuned field and its evidence
+        profile = dataclasses.replace(profile, kernel_field=kernel_field, field_evidence=None)
     save_profile(profile, out, overwrite=overwrite)
     return TuneRun(profile=profile, scores=list(scores), pairs=pairs, memory=memory, warnings=notes + messages)
