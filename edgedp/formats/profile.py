@@ -220,6 +220,8 @@ def _meta(p: DeviceProfile) -> dict[str, Any]:
 def save_profile(profile: DeviceProfile, path: Path | str, *, overwrite: bool = False) -> Path:
     """Write ``profile`` to ``path`` (one file, see the module docstring).  Returns the path."""
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"profile {path} is a folder (give a file name, e.g. {path / 'phone.profile'})")
     if path.exists() and not overwrite:
         raise OutputError(f"profile {path} exists (use overwrite / --force)")
     if path.parent and not path.parent.is_dir():
@@ -232,11 +234,16 @@ def save_profile(profile: DeviceProfile, path: Path | str, *, overwrite: bool = 
     for name, value in profile.gd_state.items():
         a = value.detach().cpu().numpy()
         arrays[f"gd/{name}"] = a.astype(np.float32) if a.dtype.kind == "f" else a
+    from ..io.atomic import atomic_file, recover_output
+
+    recover_output(path)  # temporary files of a killed earlier write
+    # All or nothing (issue 17): a kill or a full disk while writing leaves the old profile as it
+    # was, never a truncated one; a file handle, so numpy does not append ".npz".
     try:
-        with open(path, "wb") as fh:  # file handle: numpy must not append ".npz"
+        with atomic_file(path) as fh:
             np.savez(fh, **arrays)
     except OSError as err:
-        raise OutputError(f"profile {path}: cannot write ({err.strerror or err})") from None
+        raise OutputError(f"profile {path}: cannot write ({err.strerror or err}); the old file, if any, is unchanged") from None
     return path
 
 
