@@ -60,7 +60,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
+from edgedp_runtime.quiet import import_cv2
+
+cv2 = import_cv2()  # OpenCV without its own log lines on corrupt files (edgedp_runtime.quiet)
 import numpy as np
 import torch
 from torch import Tensor

@@ -91,9 +91,9 @@ def _cv2():
     if os.environ.get("EDGEDP_NO_CV2"):
         return None
     try:
-        import cv2  # noqa: PLC0415
+        from .quiet import import_cv2  # noqa: PLC0415  (no OpenCV log lines before our error line)
 
-        return cv2
+        return import_cv2()
     except Exception:  # noqa: BLE001 - any broken OpenCV install falls back to the built-in codec
         return None
 

@@ -576,7 +576,9 @@ class _OrtCpu:
 
     def __init__(self, path: Path, threads: int | None) -> None:
         try:
-            import onnxruntime as ort  # noqa: PLC0415
+            from .quiet import import_onnxruntime  # noqa: PLC0415
+
+            ort = import_onnxruntime()
         except ImportError as err:
             raise RunnerError(f"onnxruntime is not installed ({err}); pip install onnxruntime")
         options = ort.SessionOptions()
@@ -586,10 +588,9 @@ class _OrtCpu:
         # Without the arena ORT hands G_D's full-size intermediates back after the call instead
         # of keeping ~0.5 GB (1008x1344, 18 layers) while the numpy part runs; same speed.
         options.enable_cpu_mem_arena = False
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
-            raise RunnerError(f"{path}: onnxruntime cannot load it: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+        from .quiet import ort_load  # noqa: PLC0415
+
+        self.session = ort_load(ort, str(path), options, ["CPUExecutionProvider"], RunnerError, str(path))
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feeds: dict) -> dict:
