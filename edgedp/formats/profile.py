@@ -181,7 +181,10 @@ class DeviceProfile:
 
         if self.view_gain is None or not view_gain_applies(flat_field, self.flat_field):
             return None
-        return view_gain_map(self.view_gain, int(height), int(width))
+        check_compatible(self, height=int(height), width=int(width))
+        gain = view_gain_map(self.view_gain, self.height, self.width)
+        y0, x0 = (self.height - int(height)) // 2, (self.width - int(width)) // 2  # a centred crop (sensor_crop)
+        return gain[y0:y0 + int(height), x0:x0 + int(width)].contiguous()
 
 
 def _meta(p: DeviceProfile) -> dict[str, Any]:
@@ -354,12 +357,15 @@ def view_gain_map(coefficients: Sequence[float], height: int, width: int, *, dev
 
 
 def check_compatible(profile: DeviceProfile, *, height: int, width: int, layers: int | None = None) -> None:
-    """Raise a one-line InputError when a capture does not match the profile's sensor size or
-    (when given) layer count."""
-    if (height, width) != (profile.height, profile.width):
-        raise InputError(
-            f"profile '{profile.device}' was tuned on {profile.height}x{profile.width} captures, "
-            f"this capture is {height}x{width} (another sensor?)"
-        )
+    """Raise a one-line InputError when a capture is not the profile's sensor size or a centred
+    crop of it (:func:`edgedp_runtime.instant.sensor_crop`, the rule the instant path applies
+    too) or (when given) does not match its layer count."""
+    from edgedp_runtime.errors import RunnerError
+    from edgedp_runtime.instant import sensor_crop
+
+    try:
+        sensor_crop((profile.height, profile.width), (height, width), profile.device)
+    except RunnerError as err:
+        raise InputError(str(err)) from None
     if layers is not None and layers != profile.layers:
         raise InputError(f"profile '{profile.device}' has a {profile.layers}-layer G_D, this fit uses {layers} layers")
