@@ -21,8 +21,10 @@ point (``EDGEDP_TEST_PAUSE_AT``, edgedp_runtime.atomic.pause_point), two process
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -63,17 +65,19 @@ def run(cmd: list[str], *, fsize: int | None = None, timeout: float = 300, **env
 
 
 def assert_one_error_line(proc, needle: str, code: int = 2) -> None:
-    """Exit ``code``, stderr exactly one line ``error: ...`` holding ``needle`` (no traceback, no
-    third-party log line)."""
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    """Exit ``code``, stderr ending in one line ``error: ...`` holding ``needle``, and besides the
+    progress lines of the work done before (``stage 2: 3/5 it``), nothing: no traceback, no
+    third-party log line."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not re.search(r": \d+/\d+ it\b", ln)]
     assert proc.returncode == code, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert needle in lines[0], lines[0]
 
 
-def kill_at(cmd: list[str], point: str, timeout: float = 300) -> None:
-    """Run ``cmd`` until it reaches the pause ``point`` (it prints ``EDGEDP_PAUSED point``), then
-    SIGKILL it; fails if it ends without reaching it."""
+@contextlib.contextmanager
+def paused(cmd: list[str], point: str, timeout: float = 300):
+    """Run ``cmd`` until it reaches the pause ``point`` (it prints ``EDGEDP_PAUSED point``; fails
+    if it ends without), yield while it sleeps there, then SIGKILL it."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env=_env(**{PAUSE_ENV: point}))
     seen = []
@@ -86,11 +90,17 @@ def kill_at(cmd: list[str], point: str, timeout: float = 300) -> None:
             assert time.monotonic() < deadline, "timed out"
         else:
             raise AssertionError(f"{point} never reached: {''.join(seen[-5:])}")
-        os.kill(proc.pid, signal.SIGKILL)
+        yield proc
     finally:
-        proc.kill()
+        os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
+
+
+def kill_at(cmd: list[str], point: str, timeout: float = 300) -> None:
+    """SIGKILL ``cmd`` at the pause ``point``."""
+    with paused(cmd, point, timeout):
+        pass
 
 
 def leftovers(folder: Path, name: str) -> list[str]:
@@ -523,20 +533,11 @@ def test_second_batch_is_refused_while_the_first_runs(made, tmp_path):
     out = tmp_path / "OUT"
     capture = f"{made['left']},{made['right']}"
     batch = EDGEDP + ["batch", capture, "-o", str(out), "--preset", "fast", "--iterations", "2"]
-    first = subprocess.Popen(batch, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                             env=_env(**{PAUSE_ENV: "staging-done"}))
-    try:
-        for line in first.stderr:
-            if line.strip() == "EDGEDP_PAUSED staging-done":
-                break
+    with paused(batch, "staging-done"):
         staging = [p for p in out.iterdir() if p.name.startswith(".edgedp-partial-")]
         assert len(staging) == 1
         second = run(batch + ["--resume"])
         assert_one_error_line(second, "in use by a running edgedp batch")
         assert staging[0].is_dir()  # the first's live staging folder is intact
-    finally:
-        first.kill()
-        first.wait()
-        first.stderr.close()
     third = run(batch + ["--resume"])  # the dead batch's lock is taken over
     assert third.returncode == 0, third.stderr
