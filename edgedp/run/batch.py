@@ -481,8 +481,7 @@ def _ray_results(config: BatchConfig, tasks: list[CaptureTask], out: Path) -> It
 
     ray = ray_module()
     started_here = False
-    if not ray.is_initialized():
-        check_ray_address(config.address, config.connect_timeout)
+    if not ray.is_initialized():  # run_batch checked the address within --connect-timeout
         try:
             ray.init(address=config.address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
