@@ -21,6 +21,12 @@ from typing import Callable
 
 __version__ = "0.1.0"
 
+# Before any module imports OpenCV: no "[ERROR:0@...]" lines of its own before edgedp's one
+# error line on a corrupt file (edgedp_runtime.quiet; a level the user set is kept).
+import os as _os
+
+_os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+
 # Flat module paths before the subpackages -> where each module lives now.
 MOVED_MODULES = {
     "edgedp.kernels": "edgedp.physics.kernels",

@@ -98,7 +98,9 @@ def test_png16_rgb_channel_order(tmp_path):
     assert bits == 16 and array.shape == (H, W, 3)
     assert array[..., 0].min() == 65535 and array[..., 1].max() == 0
     assert (array[..., 2] == 16384).all()
-    pair = read_dp_pair(path, path)
+    other = tmp_path / "red_copy.png"  # the same file as both views is refused (test_faults)
+    other.write_bytes(path.read_bytes())
+    pair = read_dp_pair(path, other)
     assert pair.left.shape == (3, H, W) and pair.info.kind == "rgb" and pair.info.channels == 3
     assert pair.left[0].min().item() == 1.0 and pair.left[1].max().item() == 0.0
     assert pair.left[2, 0, 0].item() == pytest.approx(16384 / 65535)

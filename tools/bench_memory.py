@@ -102,7 +102,7 @@ def run_fit(left: Path, right: Path, out: Path, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1,4,16,30", help="comma-separated megapixels")
+    parser.add_argument("--sizes", default="0.1,1,4,16,30", help="comma-separated megapixels (0.1: the smallest frames, where the fixed base dominates)")
     parser.add_argument("--max-memory", type=float, default=4.0, help="the fits' --max-memory (GiB)")
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--iterations", default=None, help="the fits' --iterations (default: the preset's)")

@@ -37,6 +37,10 @@ def batch(
         typer.Option(help="Ray cluster address (e.g. ray://head:10001 or head:6379). Default: RAY_ADDRESS, a cluster "
                           "started with `ray start` on this machine, else a local Ray instance.", show_default=False),
     ] = None,
+    connect_timeout: Annotated[
+        float,
+        typer.Option(help="Ray: seconds to wait for the cluster at --address before giving up with one error line."),
+    ] = 30.0,
     resume: Annotated[bool, typer.Option(help="Skip captures whose outputs in OUT are complete; append to the manifest.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Fit every capture again and replace its outputs; start a new manifest.")] = False,
     *,
@@ -51,7 +55,9 @@ def batch(
     batch leaves no half-written outputs; run it again with --resume to fit only what is missing.
     --jobs N fits N captures at a time with cores // N torch threads each; --backend ray runs
     the captures as Ray tasks (num_cpus = threads per task, num_gpus = 1 with --device cuda) on
-    the cluster at --address, with the same results and manifest.
+    the cluster at --address, with the same results and manifest (a cluster that does not answer
+    within --connect-timeout seconds is one error line). One batch at a time per OUT: a second
+    batch into an OUT that a running batch holds is refused.
 
     Examples:
 
@@ -73,7 +79,7 @@ def batch(
     captures, notes = find_captures(inputs)
     echo_warnings(notes)
     config = BatchConfig(out=out, options=options, jobs=jobs, threads=threads, backend=backend.strip().lower(),
-                         address=address, resume=resume, overwrite=overwrite)
+                         address=address, connect_timeout=connect_timeout, resume=resume, overwrite=overwrite)
     progress = BatchProgress(len(captures))
     try:
         with progress:

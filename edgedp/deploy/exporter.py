@@ -8,10 +8,13 @@
    any work), values are range-checked (opset 13-17, finite non-negative tolerances, ...);
 3. for engines, TensorRT and a CUDA GPU must be there (:func:`edgedp.deploy.tensorrt.check_engine_support`),
    again before anything is written;
-4. everything is written into a staging folder beside OUT (``.OUT.XXXX.partial``): the ONNX
-   graphs (:func:`edgedp.deploy.onnx_export.export_scene` / :func:`edgedp.deploy.profile_export.export_profile`),
+4. everything is written into a staging folder beside OUT (``.OUT.<pid>-<hex>.partial``,
+   :func:`edgedp.io.atomic.folder_writer`): the ONNX graphs
+   (:func:`edgedp.deploy.onnx_export.export_scene` / :func:`edgedp.deploy.profile_export.export_profile`),
    their verification, for ``--half`` an FP16 verification of its own, the engines; only when all
-   of it succeeded are the files moved into OUT (the sidecar last).  A failure leaves OUT as it was.
+   of it succeeded is the staging folder swapped in for OUT by two renames (the user's other
+   files in OUT carried over as hard links).  A failure or a kill leaves OUT as it was; a kill
+   between the renames is undone by the next writer or reader of OUT.
 
 The formats table is :func:`export_formats` (like ultralytics' ``export_formats()``): name, the
 ``--format`` argument, the file suffix, whether engines are built, and the options it takes.
@@ -20,9 +23,6 @@ The formats table is :func:`export_formats` (like ultralytics' ``export_formats(
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 from edgedp_runtime import schema
 
 from ..errors import EdgedpError, InputError, OutputError
+from ..io.atomic import folder_writer, recover_output
 from ..io.writers import write_json
 
 __all__ = [
@@ -211,17 +212,11 @@ def _stale(source: ExportSource, produced: set[str]) -> list[str]:
     return sorted(every - produced)
 
 
-def _commit(staging: Path, out: Path, overwrite: bool, source: ExportSource) -> None:
-    produced = {p.name for p in staging.iterdir()}
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for name in _stale(source, produced):
-            (out / name).unlink(missing_ok=True)
-    # the sidecar last: a crash half-way leaves no export.json naming missing files
-    for name in sorted(produced - {schema.SIDECAR_NAME}) + [schema.SIDECAR_NAME]:
-        os.replace(staging / name, out / name)
-
-
+def _dropped(source: ExportSource, produced: set[str], overwrite: bool) -> set[str]:
+    """Entries of the old OUT the swap does not carry over: the export files this export
+    replaces and (with ``overwrite``) the stale ones of other formats (engines of the replaced
+    graphs), so no engine outlives its graph; the user's own files stay."""
+    return set(produced) | (set(_stale(source, produced)) if overwrite else set())
 def run_export(
     source_path: Path | str,
     out: Path | str,
@@ -258,60 +253,58 @@ def run_export(
         from .tensorrt import check_engine_support  # noqa: PLC0415
 
         check_engine_support()
+    recover_output(out)  # an export killed between its two renames: the old OUT is back first
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {out} exists and is not a folder")
     existing = [out / name for name in _targets(source, spec) if (out / name).exists()]
     if existing and not overwrite:
         raise OutputError(f"{existing[0]} exists (use --overwrite to replace it)")
-    parent = out.resolve().parent
+    # All or nothing (issue 17): everything goes into a staging folder that is swapped in for OUT
+    # by two renames once complete, so a reader (or a kill) sees the old export or the new one.
+    drop: set[str] = set()
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    except OSError as err:
-        raise OutputError(f"cannot write into {parent} ({err.strerror or err})") from None
-    try:
-        log(f"export   {kind} {source_path} -> {out} (--format {spec.argument}, opset {options.opset})")
-        if kind == "scene":
-            config = ExportConfig(opset=options.opset, atol=options.atol, rtol=options.rtol)
-            side = export_scene(loaded, staging, config, overwrite=True, dynamic=options.dynamic, verify=options.verify)
-        else:
-            side = export_profile(
-                source_path, staging, opset=options.opset, dynamic=options.dynamic, verify=options.verify,
-                overwrite=True, atol=options.atol,
-            )
-        if spec.engines:
-            if options.half and options.verify:
-                log("verify   FP16 emulation of every graph (ONNX Runtime, CPU)")
-                tol = FP16_TOLERANCE
+        with folder_writer(out, keep=lambda name: name not in drop) as staging:
+            try:
+                log(f"export   {kind} {source_path} -> {out} (--format {spec.argument}, opset {options.opset})")
                 if kind == "scene":
-                    fp16 = verify_export(staging, loaded, atol=tol["atol"], rtol=tol["rtol"], fp16=True)
+                    config = ExportConfig(opset=options.opset, atol=options.atol, rtol=options.rtol)
+                    side = export_scene(loaded, staging, config, overwrite=True, dynamic=options.dynamic, verify=options.verify)
                 else:
-                    fp16 = verify_profile_export(staging, loaded, atol=tol["atol"], rtol=tol["rtol"], fp16=True)
-                side["verification_fp16"] = {"method": FP16_METHOD, **fp16}
-            from .tensorrt import build_engine  # noqa: PLC0415
+                    side = export_profile(
+                        source_path, staging, opset=options.opset, dynamic=options.dynamic, verify=options.verify,
+                        overwrite=True, atol=options.atol,
+                    )
+                if spec.engines:
+                    if options.half and options.verify:
+                        log("verify   FP16 emulation of every graph (ONNX Runtime, CPU)")
+                        tol = FP16_TOLERANCE
+                        if kind == "scene":
+                            fp16 = verify_export(staging, loaded, atol=tol["atol"], rtol=tol["rtol"], fp16=True)
+                        else:
+                            fp16 = verify_profile_export(staging, loaded, atol=tol["atol"], rtol=tol["rtol"], fp16=True)
+                        side["verification_fp16"] = {"method": FP16_METHOD, **fp16}
+                    from .tensorrt import build_engine  # noqa: PLC0415
 
-            pinned_total, version = 0, "?"
-            for name, entry in side["graphs"].items():
-                engine = schema.GRAPHS[name].engine_file
-                log(f"engine   building {engine} ({'FP16' if options.half else 'FP32'}) ...")
-                info = build_engine(
-                    staging / entry["file"], staging / engine, half=options.half, workspace_mib=options.workspace,
-                    dynamic_shapes=gd_engine_profile(side) if name == "gd" else None,
-                    fp32_layers=entry.get(schema.FP32_NODES_KEY, ()),
-                )
-                entry["engine"] = engine
-                pinned_total += len(info["fp32_layers"])
-                version = info["tensorrt"]
-            side["engine"] = {"half": options.half, "workspace_mib": options.workspace, "tensorrt": version,
-                              "fp32_layers": pinned_total}
-        write_json(staging / schema.SIDECAR_NAME, side, overwrite=True)
-        _commit(staging, out, overwrite, source)
+                    pinned_total, version = 0, "?"
+                    for name, entry in side["graphs"].items():
+                        engine = schema.GRAPHS[name].engine_file
+                        log(f"engine   building {engine} ({'FP16' if options.half else 'FP32'}) ...")
+                        info = build_engine(
+                            staging / entry["file"], staging / engine, half=options.half, workspace_mib=options.workspace,
+                            dynamic_shapes=gd_engine_profile(side) if name == "gd" else None,
+                            fp32_layers=entry.get(schema.FP32_NODES_KEY, ()),
+                        )
+                        entry["engine"] = engine
+                        pinned_total += len(info["fp32_layers"])
+                        version = info["tensorrt"]
+                    side["engine"] = {"half": options.half, "workspace_mib": options.workspace, "tensorrt": version,
+                                      "fp32_layers": pinned_total}
+                write_json(staging / schema.SIDECAR_NAME, side, overwrite=True)
+                drop.update(_dropped(source, {p.name for p in staging.iterdir()}, overwrite))
+            except EdgedpError as err:  # name OUT, not the staging folder that is about to go
+                raise type(err)(str(err).replace(str(staging), str(out))) from None
     except OSError as err:
         raise OutputError(f"cannot write the export into {out} ({err.strerror or err})") from None
-    except EdgedpError as err:  # name OUT, not the staging folder that is about to go
-        raise type(err)(str(err).replace(str(staging), str(out))) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return side
 
 

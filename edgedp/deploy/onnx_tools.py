@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgedp_runtime import schema
+from edgedp_runtime.quiet import ort_load
 
 from .. import __version__
 from ..errors import EdgedpError, InputError, OutputError
@@ -89,7 +90,10 @@ def load_model(source) -> Any:
     path = Path(source)
     if not path.is_file():
         raise InputError(f"{path}: no such ONNX file")
-    return onnx.load(str(path), load_external_data=False)
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and friends: one line, not a traceback
+        raise InputError(" ".join(f"{path}: not a readable ONNX graph ({type(err).__name__}: {err})".split())[:300]) from None
 
 
 def iter_nodes(graph) -> Iterator[Any]:
@@ -430,7 +434,9 @@ def float_nodes(source, prefix: str) -> list[str]:
 def ort_session(source, *, threads: int | None = None, fp16: bool = False):
     """An ONNX Runtime CPU session of a model or file; ``fp16``: of its :func:`emulate_fp16` copy."""
     try:
-        import onnxruntime as ort  # noqa: PLC0415
+        from edgedp_runtime.quiet import import_onnxruntime  # noqa: PLC0415
+
+        ort = import_onnxruntime()
     except ImportError:
         raise OutputError(
             "onnxruntime is missing: pip install 'edgedp[export]' (CPU) or 'edgedp[gpu]' (onnxruntime-gpu; not both)"
@@ -447,12 +453,13 @@ def ort_session(source, *, threads: int | None = None, fp16: bool = False):
                 path = Path(folder) / "fp16.onnx"
                 save_graph(emulated, path)
                 # ORT reads (or maps) the data at session creation; an unlinked mapped file stays valid
-                return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                return ort_load(ort, str(path), opts, ["CPUExecutionProvider"], InputError, str(source))
         model = emulated.SerializeToString()
     else:
         # a path: ORT finds an external data file beside the graph
         model = str(source) if not hasattr(source, "SerializeToString") else source.SerializeToString()
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    # a file ORT cannot load (garbage, truncated) is one InputError line naming it, not a traceback
+    return ort_load(ort, model, opts, ["CPUExecutionProvider"], InputError, str(source) if isinstance(model, str) else "graph")
 
 
 def compare(got, ref, atol: float, rtol: float | None = None) -> dict[str, Any]:

@@ -250,8 +250,13 @@ class RegionSolver:
 # memory model (bytes), measured with tools/bench_memory.py --calibrate
 
 
-#: Resident set of the Python process with torch and edgedp imported, before any image (bytes).
-BASE_BYTES = 400 * 2**20
+#: The fixed part of a fit's peak (bytes): the Python process with torch and edgedp imported
+#: (measured 239 MiB) plus what any fit adds whatever the frame (thread pools, FFT plans, the
+#: allocator's arenas, G_D).  Measured (issue 17, ``tools/bench_memory.py --sizes 0.1`` and a
+#: 97x129 fit with 11 layers, 21x21 kernels): peak 385 MiB at 97x129, of which the per-pixel terms
+#: below are 15 MiB; 430 MiB at 274x366 (model: 452-468).  It was 400 MiB, which with the plan's
+#: FILL left nothing of the documented minimum budget (0.5 GiB x 0.8 = 410 MiB) for the frame.
+BASE_BYTES = 370 * 2**20
 #: Bytes per pixel and layer of the whole-frame fit's peak (Stage 1 spectra, the blurred stack,
 #: Stage 2's features, the fusion's and the deconvolution's (L, H, W) temporaries), float32.
 #: Measured (1.6 MP synthetic, 6 and 11 layers): 548 and 757 B/px in all; the model gives 599

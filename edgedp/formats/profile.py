@@ -189,7 +189,10 @@ class DeviceProfile:
 
         if self.view_gain is None or not view_gain_applies(flat_field, self.flat_field):
             return None
-        return view_gain_map(self.view_gain, int(height), int(width))
+        check_compatible(self, height=int(height), width=int(width))
+        gain = view_gain_map(self.view_gain, self.height, self.width)
+        y0, x0 = (self.height - int(height)) // 2, (self.width - int(width)) // 2  # a centred crop (sensor_crop)
+        return gain[y0:y0 + int(height), x0:x0 + int(width)].contiguous()
 
 
 def _meta(p: DeviceProfile) -> dict[str, Any]:
@@ -230,6 +233,8 @@ def _meta(p: DeviceProfile) -> dict[str, Any]:
 def save_profile(profile: DeviceProfile, path: Path | str, *, overwrite: bool = False) -> Path:
     """Write ``profile`` to ``path`` (one file, see the module docstring).  Returns the path."""
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"profile {path} is a folder (give a file name, e.g. {path / 'phone.profile'})")
     if path.exists() and not overwrite:
         raise OutputError(f"profile {path} exists (use overwrite / --force)")
     if path.parent and not path.parent.is_dir():
@@ -247,11 +252,16 @@ def save_profile(profile: DeviceProfile, path: Path | str, *, overwrite: bool = 
     if profile.field_evidence is not None:
         for key, name in EVIDENCE_MEMBERS.items():
             arrays[name] = getattr(profile.field_evidence, key).detach().cpu().numpy().astype(np.float64)
+    from ..io.atomic import atomic_file, recover_output
+
+    recover_output(path)  # temporary files of a killed earlier write
+    # All or nothing (issue 17): a kill or a full disk while writing leaves the old profile as it
+    # was, never a truncated one; a file handle, so numpy does not append ".npz".
     try:
-        with open(path, "wb") as fh:  # file handle: numpy must not append ".npz"
+        with atomic_file(path) as fh:
             np.savez(fh, **arrays)
     except OSError as err:
-        raise OutputError(f"profile {path}: cannot write ({err.strerror or err})") from None
+        raise OutputError(f"profile {path}: cannot write ({err.strerror or err}); the old file, if any, is unchanged") from None
     return path
 
 
@@ -412,12 +422,15 @@ def view_gain_map(coefficients: Sequence[float], height: int, width: int, *, dev
 
 
 def check_compatible(profile: DeviceProfile, *, height: int, width: int, layers: int | None = None) -> None:
-    """Raise a one-line InputError when a capture does not match the profile's sensor size or
-    (when given) layer count."""
-    if (height, width) != (profile.height, profile.width):
-        raise InputError(
-            f"profile '{profile.device}' was tuned on {profile.height}x{profile.width} captures, "
-            f"this capture is {height}x{width} (another sensor?)"
-        )
+    """Raise a one-line InputError when a capture is not the profile's sensor size or a centred
+    crop of it (:func:`edgedp_runtime.instant.sensor_crop`, the rule the instant path applies
+    too) or (when given) does not match its layer count."""
+    from edgedp_runtime.errors import RunnerError
+    from edgedp_runtime.instant import sensor_crop
+
+    try:
+        sensor_crop((profile.height, profile.width), (height, width), profile.device)
+    except RunnerError as err:
+        raise InputError(str(err)) from None
     if layers is not None and layers != profile.layers:
         raise InputError(f"profile '{profile.device}' has a {profile.layers}-layer G_D, this fit uses {layers} layers")

@@ -215,7 +215,13 @@ def find_captures(specs: Sequence[str | Path]) -> tuple[list[Capture], list[str]
     notes: list[str] = []
     for spec in specs:
         _expand_spec(str(spec), None, pairs, notes, depth=0)
-    unique = list(dict.fromkeys(pairs))
+    # One capture once, however it was named: `good/a/left.png` and its absolute path (or a
+    # symlink to it) are the same files, so pairs are compared by their resolved paths; the
+    # first spelling given is kept.
+    first: dict[tuple[Path, Path], tuple[Path, Path]] = {}
+    for pair in pairs:
+        first.setdefault((_resolved(pair[0]), _resolved(pair[1])), pair)
+    unique = list(first.values())
     if not unique:
         shown = ", ".join(str(s) for s in specs) or "(nothing given)"
         raise input_error(
@@ -223,6 +229,14 @@ def find_captures(specs: Sequence[str | Path]) -> tuple[list[Capture], list[str]
             "*_left/*_right (or *_L/*_R) files, DPDD or Google dual-pixel layouts, or a .txt list"
         )
     return [Capture(n, l, r) for n, (l, r) in zip(capture_names(unique), unique)], notes
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` absolute with symlinks and ``..`` resolved (as far as it exists)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
 
 
 def _expand_spec(spec: str, base: Path | None, pairs: list, notes: list[str], depth: int) -> None:

@@ -60,7 +60,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
+from edgedp_runtime.quiet import import_cv2
+
+cv2 = import_cv2()  # OpenCV without its own log lines on corrupt files (edgedp_runtime.quiet)
 import numpy as np
 import torch
 from torch import Tensor
@@ -498,6 +500,32 @@ def _view_key(path: Path, side: str) -> str | None:
     return side if path.suffix.lower() == ".npz" else None
 
 
+def check_distinct_views(left: Path | str, right: Path | str) -> None:
+    """A one-line InputError when ``left`` and ``right`` are the same file (also through another
+    path or a link), except an ``.npz`` holding both views.  Why an error and not a warning: two
+    identical views have zero DP disparity everywhere, so a fit silently says "in focus" and
+    deblurs nothing; it is always a mistake on the command line (issue 17).
+
+    Example:
+        >>> import tempfile
+        >>> view = Path(tempfile.mkdtemp()) / "a.png"; _ = view.write_bytes(b"x")
+        >>> try:
+        ...     check_distinct_views(view, view.parent / "." / "a.png")
+        ... except InputError as err:
+        ...     print(str(err).split(":")[0])
+        left and right are the same file
+    """
+    left, right = Path(left), Path(right)
+    if _view_key(left, "left") is not None and left.suffix.lower() == right.suffix.lower() == ".npz":
+        return  # one .npz holding arrays 'left' and 'right'
+    try:
+        same = os.path.samefile(left, right)
+    except OSError:
+        return  # a missing file: reading it says so
+    if same:
+        raise input_error(f"left and right are the same file: {left} and {right} (give the two views of one DP capture)")
+
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 #: TIFF tag of an embedded ICC profile (TIFF/EP, "InterColorProfile").
@@ -773,6 +801,7 @@ def read_dp_pair(
         transfer_requested=options.transfer,
         transfer_reason=reason,
     )
+    check_distinct_views(left, right)  # last: a file's own problem is named first
     return DPPair(left=_to_tensor(left_v), right=_to_tensor(right_v), info=info)
 
 

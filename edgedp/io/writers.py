@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 from torch import Tensor
 
+from .atomic import atomic_file
 from .transfer import LINEAR, SRGB, check_transfer, linear_to_srgb
 from .images import PNG_SIGNATURE, output_error
 
@@ -51,7 +52,9 @@ def to_numpy_image(image: Tensor | np.ndarray) -> np.ndarray:
 def atomic_writer(path: Path | str, *, overwrite: bool = False) -> Iterator[BinaryIO]:
     """A binary file handle whose content becomes ``path`` only when the ``with`` block ends
     without an exception: written to a temporary file beside ``path``, flushed to disk, then
-    ``os.replace``-d into place (removed on failure), so ``path`` is never half-written.
+    ``os.replace``-d into place (removed on failure), so ``path`` is never half-written
+    (:func:`edgedp_runtime.atomic.atomic_file`, the one atomic write of edgedp and the runtime;
+    a full disk or a file-size limit is a one-line OutputError and leaves the old file).
 
     Raises:
         OutputError: ``path`` is a folder, exists (without ``overwrite``), its folder is missing
@@ -65,24 +68,11 @@ def atomic_writer(path: Path | str, *, overwrite: bool = False) -> Iterator[Bina
         raise output_error(f"output {path} exists (use --overwrite)")
     if not folder.is_dir():
         raise output_error(f"output folder {folder} does not exist (for {path.name})")
-    temp = folder / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        # os.open with mode 0o666 lets the umask decide permissions, as for a plain open().
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as err:
-        raise output_error(f"cannot write to folder {folder} ({err.strerror or err})") from err
-    try:
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_file(path) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
     except OSError as err:
-        temp.unlink(missing_ok=True)
         raise output_error(f"cannot write {path} ({err.strerror or err})") from err
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def _atomic_write(path: Path | str, data: bytes, overwrite: bool) -> Path:

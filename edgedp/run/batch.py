@@ -33,8 +33,10 @@ store, so ``OUT`` only needs to exist where ``edgedp batch`` runs.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import html
 import json
+import math
 import os
 import shutil
 import socket
@@ -46,11 +48,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from edgedp_runtime.atomic import recover, swap_in
+
 from .capture import CaptureOptions, capture_config, fit_capture, outputs_complete, reset_peak_rss
 from ..errors import EdgedpError, InputError, OutputError
 from ..io.discovery import Capture
 
 MANIFEST_NAME = "manifest.jsonl"
+#: The lock of a running batch in OUT (``flock``-ed, holding its pid and host): a second batch
+#: into the same OUT is refused; the kernel releases the lock when its process dies, so the
+#: lock of a killed batch is taken over by the next.
+LOCK_NAME = ".edgedp-batch.lock"
 INDEX_NAME = "index.html"
 #: Prefix of the hidden folders a capture is written into before its rename (and of replaced
 #: outputs on their way out); only edgedp creates them, so a new batch may delete them.
@@ -71,6 +79,9 @@ class BatchConfig:
         threads: torch threads per capture (Ray: ``num_cpus`` per task); None: ``cores // jobs``.
         backend: ``local`` or ``ray``.
         address: Ray cluster address (None: ``ray.init()``'s own search, else a local instance).
+        connect_timeout: seconds to wait for the cluster at ``address`` (or ``RAY_ADDRESS``): Ray
+            itself retries for minutes, so a host:port that does not answer within it is one
+            InputError before anything is written (default 30).
         resume: skip captures whose outputs are complete; append to the manifest.
         overwrite: fit every capture again, replacing outputs; start a new manifest.
     """
@@ -81,6 +92,7 @@ class BatchConfig:
     threads: int | None = None
     backend: str = "local"
     address: str | None = None
+    connect_timeout: float = 30.0
     resume: bool = False
     overwrite: bool = False
 
@@ -238,9 +250,12 @@ def plan_batch(config: BatchConfig, captures: list[Capture]) -> Plan:
     if config.resume and config.overwrite:
         raise InputError("--resume and --overwrite exclude each other: --resume keeps complete outputs, --overwrite replaces them")
     out = prepare_output_dir(config.out)
+    # OUT is locked by this batch (BatchLock), so every staging folder in it is a dead run's
     for stale in out.iterdir():
         if stale.is_dir() and (stale.name.startswith(STAGING_PREFIX) or stale.name.startswith(REPLACED_PREFIX)):
             shutil.rmtree(stale, ignore_errors=True)
+    for capture in captures:
+        recover(out / capture.name)  # a capture's swap killed between its two renames
     existing = [c for c in captures if (out / c.name).exists()]
     if not (config.resume or config.overwrite):
         if existing:
@@ -267,14 +282,58 @@ def plan_batch(config: BatchConfig, captures: list[Capture]) -> Plan:
 def commit(out: Path, name: str, staging: Path) -> None:
     """Move a complete staging folder to ``out/name`` (replacing what is there: the batch was
     asked to overwrite, or it was an empty folder)."""
-    final = out / name
-    if final.exists():
-        aside = out / f"{REPLACED_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
-        os.rename(final, aside)
-        os.rename(staging, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(staging, final)
+    swap_in(staging, out / name)  # the one folder swap of edgedp (edgedp_runtime.atomic)
+
+
+class BatchLock:
+    """``OUT/.edgedp-batch.lock``, held (``flock``) for the whole batch, so a second batch into
+    the same OUT (even ``--resume``) is refused instead of deleting the first's live staging
+    folders.  The file holds the holder's pid and host for the message.  The kernel drops the lock
+    of a dead process, so a killed batch's lock is simply taken over; a batch that ends removes
+    the file (a locker checks that the file it locked is still the one at the path, so the
+    removal cannot let two batches in)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK_NAME
+        for _ in range(20):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise OutputError(f"cannot create the batch lock {self.path} ({err.strerror or err})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                try:
+                    holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+                except OSError:
+                    holder = []
+                os.close(fd)
+                who = f"pid {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another process"
+                raise OutputError(f"{out} is in use by a running edgedp batch ({who}): wait for it to end, or "
+                                  "choose another -o") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except OSError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed the file as we locked it: lock the new one
+        else:
+            raise OutputError(f"cannot lock {self.path}: it keeps changing")
+        self.fd = fd
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Remove the lock file, then drop the lock."""
+        if self.fd >= 0:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
 
 
 class Manifest:
@@ -282,18 +341,26 @@ class Manifest:
 
     def __init__(self, out: Path, fresh: bool) -> None:
         self.path = out / MANIFEST_NAME
-        try:
-            self.handle = open(self.path, "w" if fresh else "a", encoding="utf-8")
-        except OSError as err:
-            raise OutputError(f"cannot write {self.path} ({err.strerror or err})") from None
+        self.fresh = fresh
+        self.handle = None
+        # opened at the first record, not before: a batch that never started (Ray unreachable)
+        # leaves no manifest that would refuse the corrected command (issue 17)
+        if not os.access(out, os.W_OK):
+            raise OutputError(f"cannot write {self.path} (folder not writable)")
 
     def append(self, record: dict) -> None:
+        if self.handle is None:
+            try:
+                self.handle = open(self.path, "w" if self.fresh else "a", encoding="utf-8")
+            except OSError as err:
+                raise OutputError(f"cannot write {self.path} ({err.strerror or err})") from None
         self.handle.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
         self.handle.flush()
         os.fsync(self.handle.fileno())
 
     def close(self) -> None:
-        self.handle.close()
+        if self.handle is not None:
+            self.handle.close()
 
 
 def read_manifest(out: Path | str) -> dict[str, dict]:
@@ -375,12 +442,46 @@ def ray_module():
     return ray
 
 
+def ray_endpoint(address: str | None) -> tuple[str, int] | None:
+    """``(host, port)`` of a Ray address (``host:port``, ``ray://host:port``; None: ``RAY_ADDRESS``),
+    or None for ``auto`` / ``local`` / no address (Ray's own search or a local instance)."""
+    text = (address if address is not None else os.environ.get("RAY_ADDRESS", "")).strip()
+    if text.startswith("ray://"):
+        text = text[len("ray://"):]
+    if not text or text in ("auto", "local") or ":" not in text:
+        return None
+    host, _, port = text.rpartition(":")
+    try:
+        return host.strip("[]") or "127.0.0.1", int(port)
+    except ValueError:
+        return None  # malformed: ray.init's own one-line refusal
+
+
+def check_ray_address(address: str | None, timeout: float) -> None:
+    """A one-line InputError when nothing answers at the cluster address within ``timeout``
+    seconds.  Why: ``ray.init(address=...)`` retries the cluster's GCS for more than ten minutes
+    before it fails, and a batch that never ends is worse than one that says why it stopped."""
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise InputError(f"--connect-timeout {timeout}: must be a finite number of seconds > 0")
+    endpoint = ray_endpoint(address)
+    if endpoint is None:
+        return
+    where = f"--address {address}" if address is not None else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
+    try:
+        with socket.create_connection(endpoint, timeout=timeout):
+            pass
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise InputError(f"{where}: no Ray cluster answers at {endpoint[0]}:{endpoint[1]} within {timeout:g} s "
+                         f"({reason}); start it with `ray start --head` or fix the address") from None
+
+
 def _ray_results(config: BatchConfig, tasks: list[CaptureTask], out: Path) -> Iterator[tuple[dict, Path | None]]:
     import logging
 
     ray = ray_module()
     started_here = False
-    if not ray.is_initialized():
+    if not ray.is_initialized():  # run_batch checked the address within --connect-timeout
         try:
             ray.init(address=config.address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as err:
@@ -445,9 +546,25 @@ def run_batch(
     capture_config(config.options)  # every option checked once, before the first fit
     if config.backend == "ray":
         ray_module()
+    if config.backend == "ray":
+        check_ray_address(config.address, config.connect_timeout)  # before OUT is touched
     t0 = time.perf_counter()
+    if config.resume and config.overwrite:
+        raise InputError("--resume and --overwrite exclude each other: --resume keeps complete outputs, --overwrite replaces them")
+    from ..io.writers import prepare_output_dir
+
+    out = prepare_output_dir(config.out)
+    lock = BatchLock(out)
+    try:
+        return _run_locked(config, captures, out, t0, on_record)
+    finally:
+        lock.release()
+
+
+def _run_locked(config: BatchConfig, captures: list[Capture], out: Path, t0: float,
+                on_record: Callable[[dict, int, int], None] | None) -> BatchResult:
+    """:func:`run_batch` once OUT is locked."""
     plan = plan_batch(config, captures)
-    out = Path(config.out)
     threads = config.threads or threads_per_job(config.jobs)
 
     def task_for(capture: Capture) -> CaptureTask:

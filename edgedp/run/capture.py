@@ -19,6 +19,7 @@ linear input, sRGB-encoded with an ``sRGB`` chunk when the input was read as sRG
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -298,18 +299,13 @@ def fit_capture(
             before the fit starts, not after it.
     """
     import math
-    from datetime import datetime, timezone
 
-    import numpy as np
-    import torch
-
-    from ..fit import pipeline as fit_module
-    from ..formats.bundle import read_gd_state, save_bundle, versions
+    from ..formats.bundle import read_gd_state
     from ..fit.tiling import TilingConfig, fit_within_budget
     from ..fit.options import MIN_FIT_SIZE, parse_channel
-    from ..io.writers import json_ready, prepare_output_dir, write_json, write_npy, write_png8, write_png16
+    from ..io.atomic import folder_writer, recover_output
+    from ..io.writers import json_ready, prepare_output_dir
     from ..io.images import read_dp_pair
-    from ..visualize import defocus_figure, preview_image
 
     started = time.perf_counter()
     left, right, out = Path(left), Path(right), Path(out)
@@ -320,16 +316,16 @@ def fit_capture(
     flat_field = read.flat_field
 
     # Outputs first: refuse before the (long) fit, not after it.
+    if write_to is None:
+        recover_output(out)  # a fit killed between its two renames: the old OUTDIR is back first
     folder = prepare_output_dir(out if write_to is None else Path(write_to))
-    targets = {name: folder / name for name in FIT_OUTPUTS}
-    bundle_dir = targets["scene"]
     if not overwrite:
-        for name, path in targets.items():
-            existing = (bundle_dir / "scene.npz", bundle_dir / "scene.json") if name == "scene" else (path,)
+        for name in FIT_OUTPUTS:
+            path = folder / name
+            existing = (path / "scene.npz", path / "scene.json") if name == "scene" else (path,)
             for p in existing:
                 if p.exists():
                     raise OutputError(f"{out / p.relative_to(folder)} exists (use --overwrite)")
-    prepare_output_dir(bundle_dir)
 
     min_size = MIN_FIT_SIZE
     if config.max_radius is not None:
@@ -374,17 +370,49 @@ def fit_capture(
 
     t_write = time.perf_counter()
     info = input_info(pair, read, fit_channel)
+    # All or nothing (issue 17): `edgedp fit` writes every output into a staging folder beside
+    # OUTDIR and swaps it in by two renames (the user's other files in OUTDIR carried over), so a
+    # kill or a full disk leaves the old outputs complete; `edgedp batch` passes its own staging
+    # folder (write_to) and renames it itself.
+    writer = folder_writer(out, keep=lambda name: name not in FIT_OUTPUTS) if write_to is None else contextlib.nullcontext(folder)
+    staging = folder
+    try:
+        with writer as staging:
+            targets = {name: staging / name for name in FIT_OUTPUTS}
+            report = _write_outputs(result, pair, info, targets, config, options, left, right, out, started,
+                                    read_seconds, fit_seconds, t_write)
+    except OutputError as err:  # name OUTDIR, not the staging folder that is gone
+        raise OutputError(str(err).replace(str(staging), str(out))) from None
+    return CaptureFit(report=json_ready(report), result=result, requested=config,
+                      warnings=list(pair.info.warnings) + notes)
+
+
+def _write_outputs(result, pair, info, targets, config, options, left, right, out, started, read_seconds, fit_seconds,
+                   t_write) -> dict:
+    """Write every output of a fit (:data:`FIT_OUTPUTS`) into ``targets`` (a fresh folder) and
+    return report.json's content."""
+    from datetime import datetime, timezone
+
+    import numpy as np
+    import torch
+
+    from ..formats.bundle import save_bundle, versions
+    from ..io.writers import prepare_output_dir, write_json, write_npy, write_png8, write_png16
+    from ..visualize import defocus_figure, preview_image
+
+    overwrite = options.overwrite
     blurry = (pair.left + pair.right) / 2  # the protocol's input baseline
-    write_png16(targets["allinfocus.png"], result.allinfocus, overwrite=overwrite, transfer=pair.info.transfer)
-    write_npy(targets["defocus.npy"], result.defocus.detach().cpu().numpy().astype(np.float32), overwrite=overwrite)
+    write_png16(targets["allinfocus.png"], result.allinfocus, overwrite=True, transfer=pair.info.transfer)
+    write_npy(targets["defocus.npy"], result.defocus.detach().cpu().numpy().astype(np.float32), overwrite=True)
     # Colours span the layers' radii, so a colour means the same radius in every fit of that
     # range, and a `both` fit always gets the diverging map.
     span = {"vmin": float(result.radii.min()), "vmax": float(result.radii.max())}
     if not span["vmax"] > span["vmin"]:
         span = {}
-    write_png8(targets["defocus.png"], defocus_figure(result.defocus, **span), overwrite=overwrite)
-    write_png8(targets["preview.png"], preview_image(blurry, result.allinfocus, result.defocus, **span), overwrite=overwrite)
-    save_bundle(result, bundle_dir, input_info=info, overwrite=overwrite)
+    write_png8(targets["defocus.png"], defocus_figure(result.defocus, **span), overwrite=True)
+    write_png8(targets["preview.png"], preview_image(blurry, result.allinfocus, result.defocus, **span), overwrite=True)
+    prepare_output_dir(targets["scene"])
+    save_bundle(result, targets["scene"], input_info=info, overwrite=True)
     write_seconds = time.perf_counter() - t_write
 
     total_seconds = time.perf_counter() - started
@@ -435,9 +463,8 @@ def fit_capture(
         "input": info,
         "outputs": {name: name + ("/" if name == "scene" else "") for name in FIT_OUTPUTS},
     }
-    write_json(targets["report.json"], report, overwrite=overwrite)
-    return CaptureFit(report=json_ready(report), result=result, requested=config,
-                      warnings=list(pair.info.warnings) + notes)
+    write_json(targets["report.json"], report, overwrite=True)
+    return report
 
 
 def outputs_complete(folder: Path | str, left: Path | str | None = None, right: Path | str | None = None) -> bool:

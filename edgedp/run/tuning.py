@@ -39,9 +39,11 @@ class TuneRun:
 
 
 def check_profile_target(out: Path, overwrite: bool) -> None:
-    """Refuse, before minutes of tuning, a profile path that exists (without ``overwrite``) or
+    """Refuse, before minutes of tuning, a profile path that is a folder, exists (without ``overwrite``) or
     whose folder does not exist or is not writable (one-line OutputError)."""
     out = Path(out)
+    if out.is_dir():  # --overwrite replaces a profile file, never a folder
+        raise OutputError(f"{out} is a folder, not a profile file (give a file name, e.g. {out / 'phone.profile'})")
     if out.exists() and not overwrite:
         raise OutputError(f"{out} exists (use --overwrite)")
     folder = out.parent if str(out.parent) else Path(".")

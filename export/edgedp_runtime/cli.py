@@ -362,10 +362,11 @@ def cmd_predict(args, info: ExportInfo, backend) -> int:
     return 0
 
 
-def instant_inputs(args, profile_input: dict, folder: Path) -> tuple[np.ndarray, str]:
+def instant_inputs(args, profile_input: dict, folder: Path, sensor: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
     """Read, normalize, flat-field correct and crop the pair of ``instant``; returns views
     (2, H, W) float32 and a one-line description of the settings used.  Flags win over the
-    profile's input settings (``export.json`` ``profile.input``)."""
+    profile's input settings (``export.json`` ``profile.input``).  ``sensor``: the profile's
+    (H, W); the views must be it or a centred crop of it (:func:`instant.sensor_crop`)."""
     black = args.black_level if args.black_level is not None else profile_input.get("black_level")
     black = float(black) if black is not None else 0.0
     white = args.white_level if args.white_level is not None else profile_input.get("white_level")
@@ -415,8 +416,10 @@ def instant_inputs(args, profile_input: dict, folder: Path) -> tuple[np.ndarray,
     view_gain = profile_input.get("view_gain")
     same_flat = instant.view_gain_applies(frames, profile_input.get("flat_field"), from_profile=origin == "profile")
     gain_note = ""
+    if sensor is not None and (views.shape[1] > sensor[0] or views.shape[2] > sensor[1]):
+        view_gain = None  # another sensor: cmd_instant refuses it (instant.sensor_crop) after the budget check
     if view_gain and same_flat:
-        views[1] *= instant.view_gain_map(view_gain.get("coefficients", []), views.shape[1], views.shape[2])
+        views[1] *= instant.view_gain_map(view_gain.get("coefficients", []), views.shape[1], views.shape[2], sensor)
         gain_note = ", profile view gain"
     text = (
         f"black {black:g}, white {'2**bits-1' if white is None else format(white, 'g')}, flat field "
@@ -437,18 +440,20 @@ def cmd_instant(args, info: ExportInfo, backend) -> int:
         targets["allinfocus.npy"] = out / "allinfocus.npy"
     for t in targets.values():
         check_writable(t, args.overwrite)
-    views, settings = instant_inputs(args, inst.inputs, info.folder)
+    sensor = (info.height, info.width) if info.height and info.width else None
+    device = str((info.data.get("profile") or {}).get("device") or info.scene_id)
+    views, settings = instant_inputs(args, inst.inputs, info.folder, sensor)
     try:
         budget = memory_budget(args.max_memory)
     except ValueError as err:
         raise RunnerError(str(err)) from None
     instant.check_budget(views.shape[1], views.shape[2], int(inst.radii.size), budget)
+    if sensor is not None:  # the rule edgedp fit --profile applies too
+        instant.sensor_crop(sensor, views.shape[1:], device)
     print(f"input: {settings}")
     if (info.height, info.width) != views.shape[1:]:
-        print(
-            f"note: the profile was tuned on {info.height}x{info.width} captures, this one is "
-            f"{views.shape[1]}x{views.shape[2]} (fine for a crop of the same sensor)", file=sys.stderr,
-        )
+        print(f"note: the profile was tuned on {info.height}x{info.width} captures; this {views.shape[1]}x"
+              f"{views.shape[2]} one is taken as their centred crop (view gain cut there)")
     t1 = time.perf_counter()
     graph = info.graph("gd")
     multiple = graph.multiple_of

@@ -91,9 +91,9 @@ def _cv2():
     if os.environ.get("EDGEDP_NO_CV2"):
         return None
     try:
-        import cv2  # noqa: PLC0415
+        from .quiet import import_cv2  # noqa: PLC0415  (no OpenCV log lines before our error line)
 
-        return cv2
+        return import_cv2()
     except Exception:  # noqa: BLE001 - any broken OpenCV install falls back to the built-in codec
         return None
 
@@ -261,12 +261,12 @@ def check_writable(path: str | Path, overwrite: bool) -> Path:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """All or nothing (:func:`edgedp_runtime.atomic.atomic_write_bytes`, edgedp's writer too)."""
+    from .atomic import atomic_write_bytes  # noqa: PLC0415
+
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise RunnerError(f"{path}: cannot write: {err.strerror or err}")
 
 

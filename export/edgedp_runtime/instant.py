@@ -74,6 +74,7 @@ __all__ = [
     "run_instant",
     "solve_latent",
     "view_gain_applies",
+    "sensor_crop",
     "view_gain_map",
 ]
 
@@ -368,15 +369,38 @@ def flat_field_gain(white_left: np.ndarray, white_right: np.ndarray, black: floa
 VIEW_GAIN_MODEL = "exp-poly3"  # edgedp.formats.profile.VIEW_GAIN_MODEL
 
 
-def view_gain_map(coefficients, height: int, width: int) -> np.ndarray:
+def sensor_crop(sensor: tuple[int, int], frame: tuple[int, int], device: str = "?") -> tuple[int, int]:
+    """Where a ``frame`` (H, W) lies on a profile's ``sensor`` (H, W): the offsets ``((H0 - H) // 2,
+    (W0 - W) // 2)`` of a centred crop, what ``--crop`` cuts.  The one rule of ``edgedp fit
+    --profile`` and ``edgedp-runtime instant`` (issue 17): a capture of the sensor's size or a
+    centred crop of it is accepted (G_D is convolutional; the view gain is the sensor's gain cut
+    at the same place, :func:`view_gain_map`'s ``sensor``), a frame larger than the sensor in
+    either dimension is another sensor: one-line :class:`RunnerError`.
+
+    >>> sensor_crop((1008, 1344), (1008, 1344)), sensor_crop((1008, 1344), (600, 800))
+    ((0, 0), (204, 272))
+    """
+    (h0, w0), (h, w) = (int(sensor[0]), int(sensor[1])), (int(frame[0]), int(frame[1]))
+    if h > h0 or w > w0:
+        raise RunnerError(
+            f"profile '{device}' was tuned on {h0}x{w0} captures, this capture is {h}x{w}: larger than that "
+            "sensor (another sensor?); a capture must be the sensor's size or a centred crop of it (--crop)"
+        )
+    return (h0 - h) // 2, (w0 - w) // 2
+
+
+def view_gain_map(coefficients, height: int, width: int, sensor: tuple[int, int] | None = None) -> np.ndarray:
     """The right view's gain (H, W) float32 of edgedp.formats.profile.view_gain_map: ``exp(sum_k c_k
     u^i v^j)`` over ``i + j <= 3`` (i = 0..3, j = 0..3 - i), ``u``, ``v`` in [-1, 1] across the
-    columns / rows."""
+    columns / rows of the ``sensor`` (H0, W0; default the frame itself), cut at the centred crop
+    of ``height x width`` (:func:`sensor_crop`)."""
     c = np.asarray(coefficients, np.float64).reshape(-1)
     if c.size != 10:
         raise RunnerError(f"view_gain needs 10 coefficients ({VIEW_GAIN_MODEL}), got {c.size}")
-    u = np.linspace(-1.0, 1.0, width)[None, :]
-    v = np.linspace(-1.0, 1.0, height)[:, None]
+    h0, w0 = (height, width) if sensor is None else (int(sensor[0]), int(sensor[1]))
+    y0, x0 = sensor_crop((h0, w0), (height, width))
+    u = np.linspace(-1.0, 1.0, w0)[None, x0:x0 + width]
+    v = np.linspace(-1.0, 1.0, h0)[y0:y0 + height, None]
     terms = [(i, j) for i in range(4) for j in range(4 - i)]
     log_gain = sum(ck * (u**i) * (v**j) for ck, (i, j) in zip(c, terms))
     return np.exp(np.broadcast_to(log_gain, (height, width))).astype(np.float32)
@@ -576,7 +600,9 @@ class _OrtCpu:
 
     def __init__(self, path: Path, threads: int | None) -> None:
         try:
-            import onnxruntime as ort  # noqa: PLC0415
+            from .quiet import import_onnxruntime  # noqa: PLC0415
+
+            ort = import_onnxruntime()
         except ImportError as err:
             raise RunnerError(f"onnxruntime is not installed ({err}); pip install onnxruntime")
         options = ort.SessionOptions()
@@ -586,10 +612,9 @@ class _OrtCpu:
         # Without the arena ORT hands G_D's full-size intermediates back after the call instead
         # of keeping ~0.5 GB (1008x1344, 18 layers) while the numpy part runs; same speed.
         options.enable_cpu_mem_arena = False
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
-            raise RunnerError(f"{path}: onnxruntime cannot load it: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+        from .quiet import ort_load  # noqa: PLC0415
+
+        self.session = ort_load(ort, str(path), options, ["CPUExecutionProvider"], RunnerError, str(path))
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feeds: dict) -> dict:

@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import schema
+from .quiet import ort_load
 from .errors import RunnerError
 
 PROVIDER_NAMES = {
@@ -49,7 +50,9 @@ SHAPE_OPS = frozenset(
 
 def import_ort():
     try:
-        import onnxruntime as ort  # noqa: PLC0415
+        from .quiet import import_onnxruntime  # noqa: PLC0415
+
+        ort = import_onnxruntime()
     except ImportError as err:
         raise RunnerError(
             f"onnxruntime is not installed ({err}); pip install onnxruntime (CPU) or onnxruntime-gpu "
@@ -203,15 +206,18 @@ class OrtBackend:
             options.intra_op_num_threads = self.threads
         if self.verbose:
             options.log_severity_level = 1  # INFO: ORT's own log of node assignment
+        else:
+            # fatal only: a failed load's own lines (e.g. a profiling session's "Could not write a
+            # profile because no model was loaded") go into the one error line of ort_load
+            options.log_severity_level = 4
         profile_dir = tempfile.mkdtemp(prefix="edgedp-ort-profile-")
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(profile_dir) / graph.name)
         try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
+            session = ort_load(ort, str(path), options, providers, RunnerError, str(path))
+        except RunnerError:
             shutil.rmtree(profile_dir, ignore_errors=True)
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RunnerError(f"{path}: onnxruntime cannot load it: {first}") from None
+            raise
         print(f"session: {graph.name} with {', '.join(session.get_providers())} (requested {self.requested})")
         want = PROVIDER_NAMES[resolve_provider(self.requested, available)]
         want = want if want in available else None  # not offered: warned above already

@@ -45,10 +45,11 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import __version__
 from .errors import RunnerError
+from .atomic import recover
 
 SIDECAR_NAME = "export.json"
 FORMAT_NAME = "edgedp-export"
@@ -333,6 +334,62 @@ class ExportInfo:
         return self.graphs[name]
 
 
+#: Sidecar subtrees that are reports, not settings: a failed verification may record NaN errors.
+REPORT_KEYS = ("verification", "verification_fp16")
+#: Whole-number fields and their smallest value, at the top level and in every graph entry.
+POSITIVE_INTS = {"height": 1, "width": 1, "layers": 1, "kernel_size": 1, "opset": 1, "multiple_of": 1,
+                 "input_scale": 1, "format_version": 1}
+
+
+def _numbers(value: Any, where: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key not in REPORT_KEYS:
+                yield from _numbers(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _numbers(item, f"{where}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield where, value
+
+
+def _check_radii(radii: Any, where: str, layers: Any, kernel_size: Any, path: Path) -> None:
+    if not isinstance(radii, list) or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in radii):
+        raise RunnerError(f"{path}: field '{where}' must be a list of numbers")
+    if isinstance(layers, int) and radii and len(radii) != layers:
+        raise RunnerError(f"{path}: field '{where}' has {len(radii)} radii for {layers} layers")
+    if any(b <= a for a, b in zip(radii, radii[1:])):
+        raise RunnerError(f"{path}: field '{where}' must increase (layers ordered by signed blur radius)")
+    if isinstance(kernel_size, int) and any(abs(r) > kernel_size / 2 for r in radii):
+        raise RunnerError(f"{path}: field '{where}' holds a radius beyond the {kernel_size}x{kernel_size} kernels "
+                          f"(|r| <= {kernel_size // 2})")
+
+
+def check_sidecar(data: dict, path: Path) -> None:
+    """Every number of a sidecar finite and in range (issue 17): a NaN radius made ``refocus
+    --sweep`` write ``..._fnan_...`` files and ``edgedp verify`` pass.  One-line
+    :class:`RunnerError` naming the field; the verification reports are not checked (a failed
+    check may record NaN)."""
+    for where, value in _numbers(data, ""):
+        if not math.isfinite(value):
+            raise RunnerError(f"{path}: field '{where}' is {value!r}: every number of the sidecar must be finite")
+    entries = [("", data)] + [(f"graphs.{name}.", entry) for name, entry in (data.get("graphs") or {}).items()
+                              if isinstance(entry, dict)]
+    for prefix, entry in entries:
+        for key, least in POSITIVE_INTS.items():
+            if key in entry and entry[key] is not None:
+                value = entry[key]
+                if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                    raise RunnerError(f"{path}: field '{prefix}{key}' is {value!r}: must be a whole number >= {least}")
+        if entry.get("radii") is not None:
+            _check_radii(entry["radii"], f"{prefix}radii", entry.get("layers"), data.get("kernel_size"), path)
+    kernel_size = data.get("kernel_size")
+    if isinstance(kernel_size, int) and kernel_size % 2 == 0:
+        raise RunnerError(f"{path}: field 'kernel_size' is {kernel_size}: kernels have an odd size")
+    if isinstance(data.get("instant"), dict):
+        read_instant_settings(data["instant"])
+
+
 def _opt_int(value: Any) -> int | None:
     try:
         return int(value) if value is not None else None
@@ -341,8 +398,10 @@ def _opt_int(value: Any) -> int | None:
 
 
 def load_export(folder: str | Path) -> ExportInfo:
-    """Read and validate ``folder/export.json``; one-line :class:`RunnerError` on any problem."""
+    """Read and validate ``folder/export.json`` (:func:`check_sidecar`: every number finite and in
+    range); one-line :class:`RunnerError` on any problem."""
     folder = Path(folder)
+    recover(folder)  # an export killed between its two renames: the old complete folder is back
     if not folder.exists():
         raise RunnerError(f"{folder}: export folder not found")
     if not folder.is_dir():
@@ -378,6 +437,7 @@ def load_export(folder: str | Path) -> ExportInfo:
         if not isinstance(entry, dict):
             raise RunnerError(f"{path}: graphs.{name} must be an object")
         graphs[name] = GraphInfo(name=name, entry=entry, folder=folder)
+    check_sidecar(data, path)
     return ExportInfo(folder=folder, data=data, graphs=graphs)
 
 
