@@ -1,8 +1,8 @@
 """The kernel field (edgedp.physics.kernel_field) and its reader (edgedp.io.kernel_grid)."""
 
-import dataclasses
-
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
