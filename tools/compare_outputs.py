@@ -20,7 +20,7 @@ import numpy as np
 IGNORED_KEYS = frozenset({
     "seconds", "created", "date", "time", "elapsed", "duration", "wall_seconds", "total_seconds",
     "peak_memory", "peak_memory_bytes", "peak_rss_bytes", "peak_rss", "memory", "path", "paths",
-    "source", "scene", "out", "output", "left", "right", "flat_field", "hostname", "host",
+    "out", "output", "left", "right", "flat_field", "hostname", "host",
 })
 
 

@@ -380,7 +380,7 @@ def fit_capture(
         with writer as staging:
             targets = {name: staging / name for name in FIT_OUTPUTS}
             report = _write_outputs(result, pair, info, targets, config, options, left, right, out, started,
-                                    read_seconds, fit_seconds, t_write)
+                                    read_seconds, fit_seconds, t_write, device_profile)
     except OutputError as err:  # name OUTDIR, not the staging folder that is gone
         raise OutputError(str(err).replace(str(staging), str(out))) from None
     return CaptureFit(report=json_ready(report), result=result, requested=config,
@@ -388,7 +388,7 @@ def fit_capture(
 
 
 def _write_outputs(result, pair, info, targets, config, options, left, right, out, started, read_seconds, fit_seconds,
-                   t_write) -> dict:
+                   t_write, device_profile=None) -> dict:
     """Write every output of a fit (:data:`FIT_OUTPUTS`) into ``targets`` (a fresh folder) and
     return report.json's content."""
     from datetime import datetime, timezone
