@@ -9,14 +9,14 @@ import torch
 
 from edgedp.fit import (
     DeconvolutionConfig,
-    FiniteDifference,
     deconvolve_layers,
     default_tv_weight,
     shrink_gradient,
 )
 from edgedp.fit import PatchLatentSolver
 from edgedp.physics import dp_kernel_pair, front_radii, kernel_pyramid
-from edgedp.fit import LatentSolver, centred_kernel_spectrum, gradient_operator_spectra, gradient_spectrum, solve_latent_map
+from edgedp.fit import solve_latent_map
+from edgedp.physics import FiniteDifference, LatentSolver, centred_kernel_spectrum, gradient_operator_spectra, gradient_spectrum
 from edgedp.metrics import psnr
 from edgedp.physics import blur_stack_fft
 

@@ -396,7 +396,7 @@ def test_profile_sensor_crop_rule_is_the_same_in_fit_and_instant():
     with pytest.raises(InputError) as err:
         check_compatible(Sensor(), height=40, width=61)
     assert "centred crop" in str(err.value)
-    from edgedp.formats.profile import view_gain_map as torch_gain
+    from edgedp.physics.view_gain import view_gain_map as torch_gain
 
     profile_like = DeviceProfile.view_gain_for  # the torch side cuts the sensor's map the same way
     gain = profile_like(

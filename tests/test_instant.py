@@ -13,7 +13,8 @@ import torch
 
 from edgedp.fit import alphas_from_weights, fuse_with_likelihood, layer_posterior
 from edgedp.physics import kernel_pyramid
-from edgedp.fit import default_latent_reg, estimate_noise_sigma, solve_latent_map
+from edgedp.fit import solve_latent_map
+from edgedp.physics import default_latent_reg, estimate_noise_sigma
 from edgedp.metrics import psnr
 from edgedp.physics import blur_stack_fft, over_weights
 from edgedp.synth import SynthConfig, make_scene
@@ -46,7 +47,7 @@ def test_latent_map_matches_torch(scene):
 
 
 def test_fast_size_and_gradient_spectrum_match_torch():
-    from edgedp.fit import gradient_spectrum
+    from edgedp.physics import gradient_spectrum
     from edgedp.physics import fast_size
 
     for n in (1, 11, 37, 97, 1058, 1394):
@@ -169,9 +170,9 @@ def test_instant_predict_beats_blurry_input():
 
 def test_tv_deconvolution_matches_torch(scene):
     """The numpy half-quadratic splitting (gradient, shrinkage, TV weight, the target solve and
-    the whole deconvolution) against edgedp.fit.deconvolution / edgedp.fit.stage1.LatentSolver."""
-    from edgedp.fit import DeconvolutionConfig, FiniteDifference, deconvolve_layers, default_tv_weight, shrink_gradient
-    from edgedp.fit import LatentSolver
+    the whole deconvolution) against edgedp.fit.deconvolution / edgedp.physics.fourier.LatentSolver."""
+    from edgedp.fit import DeconvolutionConfig, deconvolve_layers, default_tv_weight, shrink_gradient
+    from edgedp.physics import FiniteDifference, LatentSolver
 
     _, views, _, kernels, lam = scene
     g = torch.Generator().manual_seed(2)
@@ -220,7 +221,7 @@ def test_config_from_sidecar():
 
 
 def test_view_gain_map_matches_torch():
-    from edgedp.formats import view_gain_map
+    from edgedp.physics import view_gain_map
 
     coefficients = (0.17, 0.01, 0.02, -0.02, 0.33, -0.02, -0.08, -0.01, -0.01, -0.23)
     ref = view_gain_map(coefficients, 37, 53).numpy()

@@ -1,4 +1,4 @@
-"""The kernel field (edgedp.physics.kernel_field) and its reader (edgedp.io.kernel_grid)."""
+"""The kernel field (edgedp.physics.kernel_field) and its reader (edgedp.formats.kernel_grid)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgedp.errors import InputError
-from edgedp.io import load_kernel_grid
+from edgedp.formats import load_kernel_grid
 from edgedp.physics import (
     KernelField,
     field_layer_kernels,

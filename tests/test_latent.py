@@ -7,7 +7,8 @@ import torch
 
 from edgedp.fit import alphas_from_weights, fuse_with_likelihood
 from edgedp.physics import front_radii, kernel_pyramid
-from edgedp.fit import default_latent_reg, estimate_noise_sigma, gradient_spectrum, solve_latent_map
+from edgedp.fit import solve_latent_map
+from edgedp.physics import default_latent_reg, estimate_noise_sigma, gradient_spectrum
 from edgedp.models import DefocusNet, alphas_from_logits, build_gd, gd_input, upsample_logits
 from edgedp.physics import blur_stack_fft, over_weights
 from edgedp.synth import dead_leaves

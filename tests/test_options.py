@@ -20,7 +20,8 @@ from edgedp.fit import (
     presets,
     warm_iterations,
 )
-from edgedp.formats import DeviceProfile, view_gain_map
+from edgedp.formats import DeviceProfile
+from edgedp.physics import view_gain_map
 from edgedp_runtime.instant import view_gain_applies
 
 

@@ -10,9 +10,9 @@ import torch
 from edgedp.errors import InputError, OutputError
 from edgedp.physics import ButterworthParams
 from edgedp.models import DefocusNet
+from edgedp.fit import CaptureInfo
 from edgedp.formats.profile import (
     FORMAT_VERSION,
-    CaptureInfo,
     DeviceProfile,
     check_compatible,
     load_profile,
@@ -163,7 +163,7 @@ def test_fit_with_profile(tmp_path, monkeypatch):
 
     from edgedp.fit import warm_iterations
     from edgedp.io import ReadOptions, read_dp_pair
-    from edgedp.formats import view_gain_map
+    from edgedp.physics import view_gain_map
 
     monkeypatch.setattr(edgedp.fit.pipeline, "fit_scene", recorder)
     gain = (0.1, 0.0, 0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0)

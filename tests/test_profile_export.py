@@ -23,7 +23,8 @@ from edgedp.physics import ButterworthParams, kernel_pyramid  # noqa: E402
 from edgedp.metrics import psnr  # noqa: E402
 from edgedp.models import DefocusNet  # noqa: E402
 from edgedp.deploy import gd_reference  # noqa: E402
-from edgedp.formats import CaptureInfo, DeviceProfile, save_profile  # noqa: E402
+from edgedp.fit import CaptureInfo  # noqa: E402
+from edgedp.formats import DeviceProfile, save_profile  # noqa: E402
 from edgedp.deploy.profile_export import _adapter, export_profile, profile_test_image, verify_profile_export  # noqa: E402
 from edgedp.synth import SynthConfig, make_scene  # noqa: E402
 

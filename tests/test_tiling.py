@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from edgedp.io import DiskArray
 from edgedp.errors import InputError
 from edgedp.fit import FitConfig, fit_scene
-from edgedp.fit import LatentSolver
+from edgedp.physics import LatentSolver
 from edgedp.models import upsample_logits, upsample_logits_region
 from edgedp.physics import fast_size
 from edgedp.synth import SynthConfig, make_scene
@@ -195,7 +195,7 @@ def test_region_solver_reaches_the_whole_frame_solution(scene):
     deconvolution re-solves them."""
     from edgedp.fit import layer_radii
     from edgedp.physics import kernel_pyramid
-    from edgedp.fit import default_latent_reg
+    from edgedp.physics import default_latent_reg
     from edgedp.fit import RegionSolver
 
     views = torch.stack([scene.left, scene.right])

@@ -1,7 +1,7 @@
 """Graphs TensorRT 8.5 takes: every op of every exported graph is in the allowlist taken from
 onnx-tensorrt's release/8.5-GA operator table, opset 17 in the saved file, no DFT / STFT /
 CumProd, every Pad / Resize / Slice / Clip / Reshape parameter a constant and only the Pad /
-Resize modes the 8.5 parser takes; edgedp.tensorrt imports without TensorRT and build_engine
+Resize modes the 8.5 parser takes; edgedp.deploy.tensorrt imports without TensorRT and build_engine
 stops with one clear line.  Engine builds (and ``edgedp export --format engine`` end to end) run
 against the fake ``tensorrt`` of tests/fakes in its 8.5 and 10.x flavours."""
 
@@ -114,7 +114,7 @@ def test_allowlist_is_the_85_table():
 def test_imports_without_tensorrt():
     code = (
         "import sys; sys.modules['tensorrt'] = None\n"  # any 'import tensorrt' now fails
-        "import edgedp.deploy.tensorrt as t; assert 'tensorrt' in sys.modules and sys.modules['tensorrt'] is None\n"
+        "import edgedp.deploy.tensorrt, edgedp.deploy.trt_rules as t; assert 'tensorrt' in sys.modules and sys.modules['tensorrt'] is None\n"
         "print(len(t.TRT85_ONNX_OPS))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -23,6 +23,7 @@ from edgedp.physics import ButterworthParams
 from edgedp.formats import load_profile, save_profile
 from edgedp.synth import SynthConfig, make_scene
 from edgedp.fit import cross_error, tune_device
+from edgedp.run import device_profile
 
 TRUE = ButterworthParams(order=9, cutoff=2.5, beta=0.5)
 FAST = FitConfig(stage2_iterations=10, stage3_iterations=0, gd_width=0.25)
@@ -63,7 +64,8 @@ def test_cross_error_prefers_true_kernel():
 def test_tune_recovers_beta_and_scale_reduced_grid():
     grid = dict(orders=(9.0,), cutoffs=(2.5,), betas=(0.1, 0.2, 0.5), radius_scales=(0.8, 1.0, 1.25))
     caps = _captures()
-    profile, scores = tune_device(caps, FAST, device_name="sim", grid=grid, search=True)
+    profile = tune_device(caps, FAST, device_name="sim", grid=grid, search=True)
+    scores = profile.scores
     assert profile.butterworth.beta == 0.5
     assert profile.radius_scale == _expected_scale(caps)
     assert len(scores) == 3 and scores[0].score == pytest.approx(1.0, abs=0.05)
@@ -75,7 +77,8 @@ def test_tune_recovers_beta_and_scale_reduced_grid():
 @pytest.mark.slow
 def test_tune_recovers_kernel_full_grid():
     caps = _captures(seeds=(4, 5, 6))
-    profile, scores = tune_device(caps, FAST, device_name="sim", search=True)
+    profile = tune_device(caps, FAST, device_name="sim", search=True)
+    scores = profile.scores
     assert len(scores) == 18
     assert profile.butterworth.beta == 0.5
     assert profile.radius_scale == _expected_scale(caps)
@@ -84,7 +87,7 @@ def test_tune_recovers_kernel_full_grid():
 
 def test_profile_round_trip_and_warm_start(tmp_path):
     caps = _captures(size=(65, 81), radius=5.0, seeds=(1, 2))
-    profile, _ = tune_device(caps, FAST, device_name="sim", search=False)
+    profile = device_profile(tune_device(caps, FAST, device_name="sim", search=False))
     path = save_profile(profile, tmp_path / "PHONE.profile")
     loaded = load_profile(path)
     assert all(torch.equal(loaded.gd_state[k], profile.gd_state[k]) for k in profile.gd_state)
@@ -166,7 +169,7 @@ def test_view_gain_recovers_a_simulated_vignetting():
     true one, against 13% mean error with no correction; without vignetting the estimate stays
     within 1% (mean) of 1 or, as here, is found insignificant (None).  The true map is used only
     to check."""
-    from edgedp.formats import view_gain_map
+    from edgedp.physics import view_gain_map
     from edgedp.fit import estimate_view_gain
 
     h, w = 161, 225
@@ -193,7 +196,7 @@ def test_tune_from_captures_is_the_library_half_of_edgedp_tune(tmp_path):
     from edgedp.fit import presets
     from edgedp.formats.profile import load_profile
     from edgedp.io.images import ReadOptions
-    from edgedp.run.tuning import check_profile_target, tune_from_captures
+    from edgedp.run.profile_tuning import check_profile_target, tune_from_captures
 
     existing = tmp_path / "p.profile"
     existing.write_text("mine")

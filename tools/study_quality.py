@@ -62,10 +62,11 @@ import bench_pixel as bp  # noqa: E402
 
 from edgedp.errors import EdgedpError  # noqa: E402
 from edgedp.fit import FitConfig, field_kernels, fit_scene, fuse_with_likelihood  # noqa: E402
-from edgedp.io import load_kernel_grid, read_dp_pair, read_image, write_png8  # noqa: E402
+from edgedp.formats import load_kernel_grid  # noqa: E402
+from edgedp.io import read_dp_pair, read_image, write_png8  # noqa: E402
 from edgedp.fit import PatchLatentSolver  # noqa: E402
 from edgedp.physics import horizontal_std, uniform_field  # noqa: E402
-from edgedp.fit import LatentSolver  # noqa: E402
+from edgedp.physics import LatentSolver  # noqa: E402
 from edgedp.metrics import bead_energy, evaluate, registered_residual, streak_energy  # noqa: E402
 from edgedp.physics import blur_stack_fft, blur_stack_patchwise  # noqa: E402
 

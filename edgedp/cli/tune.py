@@ -80,7 +80,7 @@ def tune(
     """
     from edgedp_runtime.memory import memory_budget
 
-    from ..run.tuning import check_profile_target, tune_from_captures
+    from ..run.profile_tuning import check_profile_target, tune_from_captures
 
     check_profile_target(out, overwrite)  # before reading anything
     focus_option(focus)  # one warning line for an old name (FitConfig maps it)
@@ -89,7 +89,7 @@ def tune(
                                      patches=patches)
     kernel_field = None
     if kernels is not None and all(p is not None for p in kernels):
-        from ..io.kernel_grid import load_kernel_grid
+        from ..formats.kernel_grid import load_kernel_grid
 
         kernel_field = load_kernel_grid(kernels[0], kernels[1], config.patches)
     options = camera_read_options(camera, black_level, white_level, flat_field, crop, transfer, min_size=MIN_FIT_SIZE)
@@ -109,7 +109,7 @@ def tune(
         for k in scores[:3]:
             typer.echo(f"         order {k.params.order:g} cutoff {k.params.cutoff:g} beta {k.params.beta:g}: score {k.score:.4f}")
     if profile.view_gain is not None:
-        from ..formats.profile import view_gain_map
+        from ..physics.view_gain import view_gain_map
 
         g = view_gain_map(profile.view_gain, profile.height, profile.width)
         typer.echo(f"gain     right view x {float(g.min()):.3f} .. {float(g.max()):.3f} over the frame "

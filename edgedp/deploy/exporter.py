@@ -55,7 +55,7 @@ OPSET_RANGE = (13, 17)
 #: its range (README: measured per graph).
 FP16_TOLERANCE = {"atol": 1e-3, "rtol": 5e-3}
 FP16_METHOD = (
-    "ONNX Runtime (CPU) on the graph with every float tensor rounded to FP16 (edgedp.onnx_tools.emulate_fp16: "
+    "ONNX Runtime (CPU) on the graph with every float tensor rounded to FP16 (edgedp.deploy.onnx_tools.emulate_fp16: "
     "FP16 storage, FP32 arithmetic per op), against the FP32 PyTorch reference"
 )
 

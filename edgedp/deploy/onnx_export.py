@@ -54,6 +54,7 @@ from edgedp_runtime.errors import RunnerError
 
 from .. import __version__
 from . import onnx_tools
+from .onnx_finalize import finalize_graph
 from ..errors import InputError, OutputError
 from ..io.writers import json_ready, write_json
 
@@ -334,9 +335,9 @@ def export_torch(module: nn.Module, args: tuple, path: Path, inputs: list[str], 
 
 
 def _finalize(path: Path, props: dict[str, Any], opset: int) -> dict[str, Any]:
-    """:func:`edgedp.deploy.onnx_tools.finalize_graph` and the forbidden-op check; returns what the
+    """:func:`edgedp.deploy.onnx_finalize.finalize_graph` and the forbidden-op check; returns what the
     graph's sidecar entry adds (its external data file, when it has one)."""
-    info = onnx_tools.finalize_graph(path, props, opset)
+    info = finalize_graph(path, props, opset)
     bad = onnx_tools.op_types(path) & FORBIDDEN_OPS
     if bad:
         raise OutputError(f"{path}: exported graph contains forbidden ops {sorted(bad)}")

@@ -50,6 +50,7 @@ from edgedp_runtime.schema import EXTERNAL_DATA_KEY, FP32_NODES_KEY, GRAPHS
 
 from .. import __version__
 from . import onnx_tools
+from .onnx_finalize import finalize_graph
 from ..errors import EdgedpError, InputError, OutputError
 from ..models.defocus_net import alphas_from_logits, build_gd, gd_input, upsample_logits
 from ..physics.blur import over_weights
@@ -192,7 +193,7 @@ def export_gd_onnx(bundle, path, *, opset: int = 17, dynamic: bool = True) -> di
 
     ``dynamic``: H and W are symbolic (``"H"``, ``"W"``; multiples of ``multiple_of``); otherwise
     fixed at the bundle's size rounded up to ``multiple_of``.  The graph goes through
-    :func:`edgedp.deploy.onnx_tools.finalize_graph` (constant folding, TensorRT 8.5 checks, metadata).
+    :func:`edgedp.deploy.onnx_finalize.finalize_graph` (constant folding, TensorRT 8.5 checks, metadata).
     The entry's ``fp32_nodes`` names the standardization's float nodes, which an FP16 engine
     keeps in FP32.  Raises :class:`OutputError` when the file cannot be written, the saved
     file's opset is not ``opset`` or TensorRT 8.5 would reject the graph.
@@ -254,7 +255,7 @@ def export_gd_onnx(bundle, path, *, opset: int = 17, dynamic: bool = True) -> di
             "blur radius in px, sum_i d_i r_i with d_i = a_i prod_{j>i} (1 - a_j); r > 0 behind the focal plane"
         ),
     }
-    saved = onnx_tools.finalize_graph(path, meta, opset)
+    saved = finalize_graph(path, meta, opset)
     if saved["external_data"]:
         entry[EXTERNAL_DATA_KEY] = saved["external_data"]
     entry[FP32_NODES_KEY] = onnx_tools.float_nodes(path, STANDARDIZE_SCOPE)

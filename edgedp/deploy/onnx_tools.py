@@ -1,6 +1,8 @@
 """ONNX graph handling shared by every exported graph (render, refocus, gd): the one node walker,
-op-type and opset reader, metadata writer, constant folding, the structural checks TensorRT
-8.5's ONNX parser needs, and the FP16 emulation that verifies ``--half`` engines.
+op-type, opset and attribute reader, constant folding, saving (external data), ONNX Runtime
+sessions, the comparison with a reference, and the FP16 emulation that verifies ``--half`` engines.
+What TensorRT 8.5's parser takes is :mod:`edgedp.deploy.trt_rules`; the last step of every export
+(fold, check, metadata, save) is :mod:`edgedp.deploy.onnx_finalize`.
 
 Why constant folding: PyTorch's TorchScript exporter computes e.g. ``Pad`` amounts at run time
 (``Constant -> ConstantOfShape -> Concat -> Reshape(-1, 2) -> Slice -> Transpose -> Reshape ->
@@ -20,7 +22,6 @@ NaN.  Rounding every float tensor of the graph to FP16 reproduces it (all output
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,48 +31,26 @@ import numpy as np
 from edgedp_runtime import schema
 from edgedp_runtime.quiet import ort_load
 
-from .. import __version__
 from ..errors import EdgedpError, InputError, OutputError
 
 __all__ = [
-    "PAD_MODES",
-    "SHAPE_PARAMETER_INPUTS",
     "constant_names",
     "default_opset",
     "emulate_fp16",
-    "finalize_graph",
     "fold_constants",
     "iter_nodes",
     "load_model",
+    "node_attribute",
     "op_types",
     "external_locations",
     "require_onnx",
     "save_graph",
-    "structural_problems",
 ]
 
 #: Tensors of at least this many bytes go to a graph's external data file (smaller ones, shape
 #: parameters among them, stay in the graph, where TensorRT's parser reads them as constants).
 EXTERNAL_TENSOR_MIN_BYTES = 1024
 
-#: Inputs (by index) of each op that TensorRT's parser needs as constants, besides the data
-#: input: Pad pads / constant_value / axes, Resize roi / scales / sizes, Slice starts / ends /
-#: axes / steps, Clip min / max, Reshape shape, (Un)Squeeze axes.
-SHAPE_PARAMETER_INPUTS: dict[str, tuple[int, ...]] = {
-    "Pad": (1, 2, 3),
-    "Resize": (1, 2, 3),
-    "Slice": (1, 2, 3, 4),
-    "Clip": (1, 2),
-    "Reshape": (1,),
-    "Squeeze": (1,),
-    "Unsqueeze": (1,),
-}
-#: Pad modes TensorRT 8.5 parses ("wrap" is newer).
-PAD_MODES = frozenset({"constant", "reflect", "edge"})
-#: Resize attributes TensorRT 8.5 parses (onnx-tensorrt release/8.5-GA docs/operators.md).
-RESIZE_MODES = frozenset({"nearest", "linear"})
-RESIZE_COORDINATE_MODES = frozenset({"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"})
-RESIZE_NEAREST_MODES = frozenset({"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"})
 
 
 def require_onnx():
@@ -127,7 +106,8 @@ def constant_names(graph) -> set[str]:
     return names
 
 
-def _attribute(node, name: str, default=None):
+def node_attribute(node, name: str, default=None):
+    """The value of a node's attribute ``name`` (string, int, float or ints), ``default`` when absent."""
     for attr in node.attribute:
         if attr.name == name:
             if attr.type == attr.STRING:
@@ -139,40 +119,6 @@ def _attribute(node, name: str, default=None):
             if attr.type == attr.INTS:
                 return [int(v) for v in attr.ints]
     return default
-
-
-def structural_problems(source) -> list[str]:
-    """What TensorRT 8.5's parser would reject in the graph's structure (op types are
-    :func:`edgedp.deploy.tensorrt.unsupported_trt_ops`'s business): a shape parameter
-    (:data:`SHAPE_PARAMETER_INPUTS`) that is not a constant, a Pad mode outside
-    :data:`PAD_MODES`, a Resize mode / coordinate transformation / nearest mode outside the 8.5
-    table.  Sorted strings, empty when the graph passes."""
-    model = load_model(source)
-    graph = model.graph
-    constants = constant_names(graph)
-    bad: set[str] = set()
-    for node in iter_nodes(graph):
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        for index in SHAPE_PARAMETER_INPUTS.get(node.op_type, ()):
-            if index < len(node.input) and node.input[index] and node.input[index] not in constants:
-                bad.add(f"{node.op_type}({node.name or '?'}) input {index} is computed at run time")
-        if node.op_type == "Pad":
-            mode = _attribute(node, "mode", "constant")
-            if mode not in PAD_MODES:
-                bad.add(f"Pad(mode={mode})")
-        elif node.op_type == "Resize":
-            mode = _attribute(node, "mode", "nearest")
-            coord = _attribute(node, "coordinate_transformation_mode", "half_pixel")
-            if mode not in RESIZE_MODES:
-                bad.add(f"Resize(mode={mode})")
-            if coord not in RESIZE_COORDINATE_MODES:
-                bad.add(f"Resize(coordinate_transformation_mode={coord})")
-            if mode == "nearest":
-                nearest = _attribute(node, "nearest_mode", "round_prefer_floor")
-                if nearest not in RESIZE_NEAREST_MODES:
-                    bad.add(f"Resize(nearest_mode={nearest})")
-    return sorted(bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,42 +196,6 @@ def fold_constants(model) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # one writer for every exported graph
-
-
-def finalize_graph(path: Path | str, props: dict[str, Any], opset: int, *, trt_check: bool = True) -> dict[str, Any]:
-    """The last step of every export: load ``path``, fold constants, check the saved opset is
-    ``opset``, check what TensorRT 8.5 parses (op types, shape parameters, Pad / Resize modes;
-    ``trt_check``), write the metadata ``props`` (values that are not strings are JSON-encoded)
-    and producer, run ``onnx.checker`` and save (:func:`save_graph`: a graph past
-    :data:`edgedp_runtime.schema.EXTERNAL_DATA_THRESHOLD` with its tensors in one external data
-    file).  Returns ``{"folded": n, "external_data": the data file's name or None}``.
-
-    Raises:
-        OutputError: the exporter wrote another opset, or a graph TensorRT 8.5 would reject.
-    """
-    onnx = require_onnx()
-    from .tensorrt import unsupported_trt_ops  # noqa: PLC0415  (the 8.5 op table lives there)
-
-    path = Path(path)
-    leftovers = external_locations(load_model(path))  # torch.onnx writes one file per tensor past 2 GiB
-    model = onnx.load(str(path))
-    got = default_opset(model)
-    if got != int(opset):
-        raise OutputError(f"{path}: the exporter wrote opset {got}, not the requested {opset}")
-    folded = fold_constants(model)
-    if trt_check:
-        bad = unsupported_trt_ops(model)
-        if bad:
-            raise OutputError(f"{path}: TensorRT 8.5 would not parse the exported graph: {'; '.join(bad)}")
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key = key
-        entry.value = value if isinstance(value, str) else json.dumps(value)
-    model.producer_name = "edgedp"
-    model.producer_version = __version__
-    data = save_graph(model, path, leftovers=leftovers)
-    return {"folded": folded, "external_data": data}
 
 
 def _tensors(graph) -> Iterator[Any]:

@@ -20,19 +20,19 @@ capture with ONNX Runtime and numpy alone:
     ``"verification": {"gd": verify_gd_onnx's dict}`` ({} when not verified), and
     ``"profile": {"path": absolute path or null, "device", "created", "input": {"black_level",
     "white_level", "flat_field": [left, right] paths or null, "view_gain": {"model": "exp-poly3",
-    "coefficients": [10 floats]} or null (edgedp.formats.profile.VIEW_GAIN_MODEL: the right view's gain over
+    "coefficients": [10 floats]} or null (edgedp.physics.view_gain.VIEW_GAIN_MODEL: the right view's gain over
     the capture, applied after the flat field when the capture is read with the profile's flat
     field)} (null: edgedp fit's defaults), "kernel": {"model", "butterworth": {order, cutoff, beta,
     smooth_sigma}, "radius_scale", "asymmetry"}, "gd": {"layers", "width", "input_scale",
     "focus"}, "sensor": {"height", "width"}, "captures": count}``, ``"instant":
     schema.instant_entry(...)``: ``{"kernels": "kernels.npy", "kernel_size": K, "pad": K // 2 + 8
     (replicate padding of the stage-1 solve), "latent_reg": {"gain": 4.0, "floor": 1e-3, "ceil":
-    0.3} (lam = clamp(gain * sigma^2 / s^2, floor, ceil), edgedp.fit.stage1.default_latent_reg),
+    0.3} (lam = clamp(gain * sigma^2 / s^2, floor, ceil), edgedp.physics.noise.default_latent_reg),
     "fuse_window": 15 (px, edgedp.fit.stage2.fuse_with_likelihood's window; 0 = G_D's weights alone),
     "weight_floor": 1e-6}``
 
 The defaults of ``instant`` are :class:`edgedp.fit.config.FitConfig`'s (``fuse_window``) and
-:func:`edgedp.fit.stage1.default_latent_reg`'s, so the instant path is ``edgedp fit --profile`` with
+:func:`edgedp.physics.noise.default_latent_reg`'s, so the instant path is ``edgedp fit --profile`` with
 zero Stage-2 iterations, in numpy.  G_D is verified against PyTorch on a deterministic synthetic
 texture (no capture needed) unless ``verify=False``.
 """
@@ -57,7 +57,7 @@ from ..io.writers import json_ready, write_json, write_npy
 from ..fit.stage2 import FUSE_WEIGHT_FLOOR
 from ..fit.config import FitConfig
 from ..physics.kernels import kernel_pyramid
-from ..fit.stage1 import default_latent_reg
+from ..physics.noise import default_latent_reg
 from ..formats.profile import DeviceProfile, load_profile, view_gain_entry
 
 

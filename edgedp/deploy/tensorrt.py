@@ -1,9 +1,10 @@
-"""TensorRT side of the export: engine building and what TensorRT 8.5's ONNX parser takes.
+"""TensorRT side of the export: engine building (what TensorRT 8.5's ONNX parser takes is
+:mod:`edgedp.deploy.trt_rules`).
 
 Importable without TensorRT: ``tensorrt`` is imported only by :func:`check_engine_support` and
 :func:`build_engine`, which stop with one :class:`~edgedp.errors.EdgedpError` line naming what
 is missing (TensorRT itself: JetPack on a Jetson, or ``pip install tensorrt`` from NVIDIA's index
-on an x86 machine; or a CUDA GPU).  :func:`unsupported_trt_ops` needs only ``onnx``.
+on an x86 machine; or a CUDA GPU).
 
 TensorRT Python API used, checked against the 8.5 and 10.x references (both supported):
 ``Builder(logger)``; ``create_network(flags)`` with ``1 << EXPLICIT_BATCH`` on 8.x and 0 on 10.x
@@ -28,50 +29,16 @@ import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import onnx_tools
 from ..errors import EdgedpError, InputError, OutputError
 
 __all__ = [
-    "TRT85_MAX_OPSET",
-    "TRT85_ONNX_OPS",
     "build_engine",
     "check_engine_support",
     "cuda_device_count",
     "import_tensorrt",
-    "onnx_ops",
     "tensorrt_major",
-    "unsupported_trt_ops",
 ]
 
-#: ONNX operators TensorRT 8.5 parses: every row marked "Y" in the operator support matrix of
-#: onnx-tensorrt, branch release/8.5-GA, docs/operators.md
-#: (https://github.com/onnx/onnx-tensorrt/blob/release/8.5-GA/docs/operators.md; its first line:
-#: "TensorRT 8.5 supports operators up to Opset 17").  Rows marked "N" there (among them DFT,
-#: STFT, LayerNormalization, IsInf, Hardmax, the Sequence* and Optional* ops, the window
-#: functions) are left out; CumProd is not in the table at all.  Per-op restrictions of that table
-#: that matter here: AveragePool / MaxPool 2D or 3D only; Resize modes nearest / linear with
-#: half_pixel, pytorch_half_pixel, tf_half_pixel_for_nn, asymmetric or align_corners; CumSum, Slice
-#: and Squeeze need constant axes.
-TRT85_ONNX_OPS: frozenset[str] = frozenset(
-    """
-    Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
-    Cast Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
-    DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor
-    Gather GatherElements GatherND Gemm GlobalAveragePool GlobalLpPool GlobalMaxPool Greater
-    GreaterOrEqual GridSample GRU HardSwish HardSigmoid Identity If ImageScaler
-    InstanceNormalization IsNaN LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN LSTM
-    LpNormalization LpPool MatMul Max MaxPool Mean MeanVarianceNormalization Min Mod Mul Neg
-    NonMaxSuppression NonZero Not OneHot Or Pad ParametricSoftplus Pow PRelu QuantizeLinear
-    RandomNormal RandomNormalLike RandomUniform RandomUniformLike Range Reciprocal ReduceL1
-    ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
-    ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign Round ScaledTanh Scan Scatter
-    ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
-    Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose
-    Trilu Unsqueeze Upsample Where Xor
-    """.split()
-)
-#: Same source: "TensorRT 8.5 supports operators up to Opset 17" (JetPack 5.1 ships TensorRT 8.5).
-TRT85_MAX_OPSET = 17
 
 _TRT_MISSING = (
     "TensorRT is not installed (import tensorrt failed): on a Jetson install JetPack (5.1 = TensorRT 8.5, "
@@ -82,40 +49,6 @@ _GPU_MISSING = (
     "no CUDA GPU found (libcuda could not be loaded or reports 0 devices): TensorRT engines are built on the "
     "GPU that runs them (a Jetson or an NVIDIA GPU with its driver)"
 )
-
-# --------------------------------------------------------------------------------------------
-# What the parser takes (onnx only)
-# --------------------------------------------------------------------------------------------
-
-
-def onnx_ops(onnx_path) -> list[str]:
-    """Sorted distinct op types of the graph (``domain::Op`` for non-default domains)."""
-    return sorted(onnx_tools.op_types(onnx_tools.load_model(onnx_path)))
-
-
-def unsupported_trt_ops(onnx_path, *, version: str = "8.5") -> list[str]:
-    """What in ``onnx_path`` (a file or an ``onnx.ModelProto``) TensorRT ``version`` (only "8.5"
-    is tabulated) would not parse.
-
-    Returns sorted strings: op types not in :data:`TRT85_ONNX_OPS` (ops of other domains as
-    ``domain::Op``), ``"opset N > 17"`` when the default-domain opset exceeds 17, and what
-    :func:`edgedp.deploy.onnx_tools.structural_problems` finds (a Pad / Resize / Slice / Clip / Reshape /
-    (Un)Squeeze parameter computed at run time, a Pad mode other than constant / reflect / edge,
-    a Resize mode outside the table, e.g. ``"Resize(mode=cubic)"``).  Empty: the graph passes.
-    """
-    if str(version) not in ("8.5", "8.5.x"):
-        raise InputError(f"TensorRT version {version!r}: only the 8.5 operator table is known (JetPack 5.1)")
-    model = onnx_tools.load_model(onnx_path)
-    bad: set[str] = set()
-    opset = onnx_tools.default_opset(model)
-    if opset > TRT85_MAX_OPSET:
-        bad.add(f"opset {opset} > {TRT85_MAX_OPSET}")
-    for op in onnx_tools.op_types(model):
-        if op not in TRT85_ONNX_OPS:
-            bad.add(op)
-    bad.update(onnx_tools.structural_problems(model))
-    return sorted(bad)
-
 
 # --------------------------------------------------------------------------------------------
 # Engine building (TensorRT Python API)

@@ -113,6 +113,20 @@ class FitConfig:
         object.__setattr__(self, "focus", fit_focus(self.focus))
 
 
+@dataclass(frozen=True)
+class CaptureInfo:
+    """One capture a device was tuned on (no ground truth; :func:`edgedp.fit.tune.tune_device`, stored in
+    a device profile): its path, size, DP disparity range, the seconds and last loss of its G_D fit."""
+
+    path: str | None
+    height: int
+    width: int
+    disparity_low: float
+    disparity_high: float
+    seconds: float | None = None
+    loss: float | None = None
+
+
 @dataclass
 class StageReport:
     """What one stage did: name, wall seconds, iterations, final loss, a thinned loss curve."""

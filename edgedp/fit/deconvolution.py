@@ -19,7 +19,7 @@ composite:
 
 1. ``z = shrink(grad x, tv_weight / (2 beta))`` (isotropic soft threshold, per pixel);
 2. every layer with weight anywhere solves ``||y - K_i x||^2 + lam ||grad x||^2 + beta ||grad x
-   - z||^2`` in closed form (:meth:`edgedp.fit.stage1.LatentSolver.solve` with the target ``z``), and
+   - z||^2`` in closed form (:meth:`edgedp.physics.fourier.LatentSolver.solve` with the target ``z``), and
    ``x = sum_i d_i x_i``;
 3. ``beta *= growth`` (continuation), repeat.
 
@@ -29,9 +29,10 @@ weight of a Gaussian gradient prior of variance ``s^2``; a Laplacian prior of th
 absolute gradient ``b`` has the MAP weight ``gain 2 sigma^2 / b = 2 lam s^2 / b``
 (:func:`default_tv_weight`), so no new constant enters.
 
-Conventions: CONVENTIONS.md.  Gradients are forward differences, ``g[0][r, c] = x[r, c + 1] -
-x[r, c]``, ``g[1][r, c] = x[r + 1, c] - x[r, c]``, zero in the last column / row (Neumann, the
-replicated border of Stage 1's padding).
+Conventions: CONVENTIONS.md.  Gradients are forward differences
+(:class:`edgedp.physics.operators.FiniteDifference`), ``g[0][r, c] = x[r, c + 1] - x[r, c]``,
+``g[1][r, c] = x[r + 1, c] - x[r, c]``, zero in the last column / row (Neumann, the replicated
+border of Stage 1's padding).
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ from typing import Callable, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from ..physics.operators import FiniteDifference
+
 __all__ = [
     "DeconvolutionConfig",
-    "FiniteDifference",
     "default_tv_weight",
     "deconvolve_layers",
     "shrink_gradient",
@@ -84,30 +86,6 @@ class DeconvolutionConfig:
             raise ValueError("beta_start must be > 0 and beta_growth >= 1")
 
 
-class FiniteDifference:
-    """The image gradient as an operator: ``A(x)`` ``(..., H, W) -> (..., 2, H, W)`` forward
-    differences (module docstring; zero in the last column / row), ``A_adjoint(g)`` its exact
-    transpose ``(..., 2, H, W) -> (..., H, W)`` (a negative backward divergence)."""
-
-    @staticmethod
-    def A(x: Tensor) -> Tensor:
-        gx = torch.zeros_like(x)
-        gy = torch.zeros_like(x)
-        gx[..., :, :-1] = x[..., :, 1:] - x[..., :, :-1]
-        gy[..., :-1, :] = x[..., 1:, :] - x[..., :-1, :]
-        return torch.stack([gx, gy], dim=-3)
-
-    @staticmethod
-    def A_adjoint(g: Tensor) -> Tensor:
-        gx, gy = g[..., 0, :, :], g[..., 1, :, :]
-        out = torch.zeros_like(gx)
-        out[..., :, :-1] -= gx[..., :, :-1]
-        out[..., :, 1:] += gx[..., :, :-1]
-        out[..., :-1, :] -= gy[..., :-1, :]
-        out[..., 1:, :] += gy[..., :-1, :]
-        return out
-
-
 def shrink_gradient(g: Tensor, threshold: float) -> Tensor:
     """Isotropic soft threshold of a gradient field ``(..., 2, H, W)``: each pixel's 2-vector is
     shortened by ``threshold`` (to zero if shorter): the proximal map of
@@ -135,7 +113,7 @@ def used_layers(weights: Tensor, config: DeconvolutionConfig = DeconvolutionConf
 
 
 class LayerSolver(Protocol):
-    """What :func:`deconvolve_layers` needs of Stage 1: :class:`edgedp.fit.stage1.LatentSolver` or
+    """What :func:`deconvolve_layers` needs of Stage 1: :class:`edgedp.physics.fourier.LatentSolver` or
     :class:`edgedp.fit.stage3.PatchLatentSolver`."""
 
     def solve(self, target: Tensor | None = None, target_weight: float = 0.0, layers=None) -> Tensor: ...

@@ -39,7 +39,7 @@ from torch import Tensor
 from ..physics.blur import fast_size
 from ..physics.kernel_field import KernelField, field_layer_kernels, recentre_pair
 from ..physics.kernels import ButterworthParams, tilted_kernel_pair
-from .stage1 import centred_kernel_spectrum
+from ..physics.fourier import centred_kernel_spectrum
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from ..physics.kernels import ButterworthParams, both_radii, front_radii, kernel
 from ..physics.kernel_field import KernelField, field_layer_kernels, spread_ratio
 from .deconvolution import deconvolve_layers, default_tv_weight
 from .kernel_estimation import FieldEvidence, estimate_kernel_field
-from .stage1 import LatentSolver, default_latent_reg
+from ..physics.fourier import LatentSolver
+from ..physics.noise import default_latent_reg
 from ..models.defocus_net import DefocusNet
 from .config import FitConfig, FitResult, ProgressCallback, StageReport
 from .stage2 import fit_defocus_map, load_gd_state

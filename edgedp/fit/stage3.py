@@ -91,13 +91,8 @@ from torch import Tensor
 
 from ..conventions import BEHIND, IN_FRONT
 from ..physics.kernels import resize_kernel
-from .stage1 import (
-    LatentSolver,
-    centred_kernel_spectrum,
-    default_latent_reg,
-    gradient_operator_spectra,
-    gradient_spectrum,
-)
+from ..physics.fourier import LatentSolver, centred_kernel_spectrum, gradient_operator_spectra, gradient_spectrum
+from ..physics.noise import default_latent_reg
 from ..physics.blur import fast_size, patch_blend_weights, render_dual_pixel_patchwise, support_spans
 from ..models.kernel_generators import KernelGenerators
 
@@ -264,7 +259,7 @@ def gauge_penalty(side_kernels: dict[str, Tensor], targets: dict[str, Tensor]) -
 
 class PatchLatentSolver:
     """Closed-form Stage 1 latent map with per-patch kernels, blended seamlessly; the patchwise twin
-    of :class:`edgedp.fit.stage1.LatentSolver` (same :meth:`solve` signature, same optional target
+    of :class:`edgedp.physics.fourier.LatentSolver` (same :meth:`solve` signature, same optional target
     gradient field ``z`` weighted by ``target_weight``).
 
     Per patch ``p`` the latent is ``x_p = argmin ||y - x conv k_p||^2 + lam ||grad x||^2 (+
@@ -275,7 +270,7 @@ class PatchLatentSolver:
     replicated (the obvious way) moves the badly conditioned layers' solution everywhere, since
     the inverse filter of a large DP kernel reaches far: at 1008 x 1344 with a 6 x 8 grid that
     cost 0.08-0.14 dB of PSNR with *equal* kernels.  Instead each window solves for the
-    correction to a global solution ``x_0`` (:class:`edgedp.fit.stage1.LatentSolver` with the patches'
+    correction to a global solution ``x_0`` (:class:`edgedp.physics.fourier.LatentSolver` with the patches'
     mean kernels): ``A_p d = r`` with ``A_p = K_p^T K_p + (lam + target_weight) G^T G`` and the
     normal-equation residual ``r = K_p^T y + target_weight G^T z - A_p x_0`` computed on the window
     and zeroed within ``K`` px of the window's edges (where the window's padding, not the data,

@@ -10,7 +10,7 @@ needed: every output pixel comes from the one tile whose core holds it, computed
 restoration's math is not changed; what changes is where each piece runs:
 
 - **per frame, once** (as the whole-frame fit computes them): the DP disparity and the layer
-  radii, Stage 1's ``lam`` (:func:`edgedp.fit.stage1.default_latent_reg`), the TV weight
+  radii, Stage 1's ``lam`` (:func:`edgedp.physics.noise.default_latent_reg`), the TV weight
   (:func:`edgedp.fit.deconvolution.default_tv_weight`), Stage 2's edge-weight scale (the frame's
   mean input gradient), the likelihood temperature ``T`` (half the frame's mean best
   box-averaged error: :func:`edgedp.fit.stage2.posterior_temperature`; a tile's own would differ) and
@@ -20,7 +20,7 @@ restoration's math is not changed; what changes is where each piece runs:
   core), G_D is trained on them as before (:func:`edgedp.fit.stage2.train_defocus_net`) and its logits
   are computed once for the frame, then up-sampled per tile
   (:func:`edgedp.models.defocus_net.upsample_logits_region`).
-- **per tile**: Stage 1 (:class:`edgedp.fit.stage1.LatentSolver` of the tile), the per-pixel
+- **per tile**: Stage 1 (:class:`edgedp.physics.fourier.LatentSolver` of the tile), the per-pixel
   likelihood fusion (:func:`edgedp.fit.stage2.fuse_with_likelihood` with the frame's ``T``) and the final
   TV deconvolution (:func:`edgedp.fit.deconvolution.deconvolve_layers` with the frame's ``lam``, TV
   weight and layers), for every channel.
@@ -84,7 +84,8 @@ from .stage2 import (
 from .pipeline import fit_inputs, layer_radii, thin_curve
 from ..physics.kernels import kernel_pyramid
 from ..physics.kernel_field import KernelField
-from .stage1 import LatentSolver, default_latent_reg
+from ..physics.fourier import LatentSolver
+from ..physics.noise import default_latent_reg
 from ..models.defocus_net import DefocusNet, alphas_from_logits, gd_input, upsample_logits_region
 from ..physics.blur import blur_stack_fft, fast_size, over_weights
 
@@ -197,7 +198,7 @@ def tile_grid(height: int, width: int, core: int, margin: int, align: int = 1) -
 
 def periodic_index(start: int, stop: int, size: int, pad: int, period: int, *, device=None) -> Tensor:
     """Frame rows (or columns) seen at positions ``start .. stop - 1`` (which may lie outside
-    ``[0, size)``) of Stage 1's padded periodic domain: :class:`edgedp.fit.stage1.LatentSolver` pads a
+    ``[0, size)``) of Stage 1's padded periodic domain: :class:`edgedp.physics.fourier.LatentSolver` pads a
     frame of ``size`` by edge replication, ``pad`` before it and up to ``period`` (its FFT size)
     after it, and its FFT treats that as periodic; so position ``r`` shows frame index
     ``clamp(((r + pad) mod period) - pad, 0, size - 1)``."""
@@ -206,7 +207,7 @@ def periodic_index(start: int, stop: int, size: int, pad: int, period: int, *, d
 
 
 class RegionSolver:
-    """Stage 1 (:class:`edgedp.fit.stage1.LatentSolver`) of a tile's ``outer`` region as the whole
+    """Stage 1 (:class:`edgedp.physics.fourier.LatentSolver`) of a tile's ``outer`` region as the whole
     frame's solve sees it: the solver runs on the tile's ``solve`` region, whose parts beyond the
     frame's border hold what the frame's replicate-padded periodic FFT domain holds there
     (:func:`periodic_index`: the replicated border, and past the padding the opposite border),

@@ -1,7 +1,8 @@
 """Calibration-free device tuning (issue 5): learn what captures of one phone share.
 
-:func:`tune_device` (``edgedp tune``) turns several DP captures of one device into a
-:class:`edgedp.formats.profile.DeviceProfile`:
+:func:`tune_device` (``edgedp tune``) turns several DP captures of one device into what a
+device profile holds (:class:`TunedDevice`; :mod:`edgedp.run.profile_tuning` writes it as a
+:class:`edgedp.formats.profile.DeviceProfile`):
 
 1. the left/right gain over the frame (:func:`estimate_view_gain`): DP vignetting measured from
    the captures themselves, no white sheet (after any flat field the captures were read with);
@@ -40,14 +41,15 @@ from torch import Tensor
 from ..conventions import BEHIND, BOTH, UNKNOWN, focus_for_side
 from ..physics.disparity import estimate_disparity
 from ..errors import InputError
-from .config import STAGE2_BLOCK, FitConfig
+from .config import STAGE2_BLOCK, CaptureInfo, FitConfig
 from .pipeline import disparity_per_radius, fit_channel, layer_radii
 from .stage2 import fit_defocus_map, train_defocus_net
 from ..physics.kernels import ButterworthParams, both_radii, front_radii, kernel_pyramid
 from .kernel_estimation import field_evidence, tilted_field
-from .stage1 import default_latent_reg, solve_latent_map
+from ..physics.noise import default_latent_reg
+from .stage1 import solve_latent_map
 from ..physics.blur import blur_stack_fft
-from ..formats.profile import CaptureInfo, DeviceProfile
+from ..physics.view_gain import VIEW_GAIN_TERMS, view_gain_basis, view_gain_map
 from .tiling import TilingConfig, plan_fit, tiled_quadratic_form
 
 
@@ -73,6 +75,34 @@ class KernelScore:
     radius_scale: float
     score: float
     errors: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class TunedDevice:
+    """What :func:`tune_device` learned about one device: the fields of a device profile
+    (:class:`edgedp.formats.profile.DeviceProfile`, same names and meanings) that come from the
+    captures, and the kernel search's ``scores`` (best first; empty when not searched).  The input
+    settings (black / white level, flat field) are the caller's; :mod:`edgedp.run.profile_tuning`
+    adds them and writes the profile."""
+
+    device: str
+    height: int
+    width: int
+    kernel_model: str
+    butterworth: ButterworthParams
+    radius_scale: float
+    layers: int
+    gd_width: float
+    gd_scale: int
+    gd_state: dict[str, Tensor]
+    focus: str
+    radii: tuple[float, ...]
+    captures: tuple[CaptureInfo, ...]
+    view_gain: tuple[float, ...] | None
+    asymmetry: float | None
+    kernel_field: object = None  # edgedp.physics.kernel_field.KernelField (tuned) or None
+    field_evidence: object = None  # edgedp.fit.kernel_estimation.FieldEvidence pooled over the captures, or None
+    scores: tuple[KernelScore, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -229,9 +259,9 @@ def estimate_view_gain(views: Sequence[Tensor], *, block: int = 16, saturation: 
     by the DP disparity, whose effect changes sign from one side of an edge to the other and so
     averages out over a frame and over captures.  Per capture ``views`` (2, H, W): means over
     ``block`` px blocks, ``log(mean_L / mean_R)`` per block; one weighted least-squares fit of
-    :data:`edgedp.formats.profile.VIEW_GAIN_MODEL` over all captures' blocks (weight: the darker view's
+    :data:`edgedp.physics.view_gain.VIEW_GAIN_MODEL` over all captures' blocks (weight: the darker view's
     mean, so dark blocks, whose ratio is mostly noise, count little; blocks with a pixel above
-    ``saturation`` are left out).  The right view times :func:`edgedp.formats.profile.view_gain_map` of
+    ``saturation`` are left out).  The right view times :func:`edgedp.physics.view_gain.view_gain_map` of
     the returned coefficients matches the left.
 
     Returns None when there is nothing to correct: too few usable blocks, or (two or more
@@ -242,8 +272,6 @@ def estimate_view_gain(views: Sequence[Tensor], *, block: int = 16, saturation: 
     Measured on the Pixel 4 dev scenes (three captures, no flat field): the estimated gain is within
     1.2% (mean) of the white-sheet flat field, whose own gain spans 1.01-1.40 over the crop.
     """
-    from ..formats.profile import VIEW_GAIN_TERMS, view_gain_basis
-
     systems = []
     pooled: dict[tuple[int, int], Tensor] = {}  # block means of the basis, per capture size
     for v in views:
@@ -296,7 +324,7 @@ def tune_device(
     estimate_gain: bool = True,
     budget: "MemoryBudget | None" = None,
     plan_report: dict | None = None,
-) -> tuple[DeviceProfile, list[KernelScore]]:
+) -> TunedDevice:
     """Tune one device from several DP captures (left, right), each (C, H, W) of one size.
 
     (a) kernel search (:func:`search_kernels`) when ``search`` is True (otherwise
@@ -313,7 +341,8 @@ def tune_device(
     not fit (then the profile records that scale).  ``plan_report``: filled with the plan's
     :meth:`~edgedp.fit.tiling.TilePlan.report`.  (The kernel search, ``search=True``, runs on whole
     frames.)
-    Returns the profile and the grid scores (best first; empty when not searched).
+    Returns what a device profile holds (:class:`TunedDevice`, with the grid scores, best first;
+    empty when not searched).
     """
 
     if not captures:
@@ -337,8 +366,6 @@ def tune_device(
     # Left/right gain (vignetting) from the captures; corrected before anything else is tuned.
     gain = estimate_view_gain([c.views for c in caps]) if estimate_gain else None  # None: nothing significant
     if gain is not None:
-        from ..formats.profile import view_gain_map
-
         g = view_gain_map(gain, *shape, device=dev)
         caps = [dataclasses.replace(c, views=torch.stack([c.views[0], c.views[1] * g])) for c in caps]
 
@@ -405,7 +432,7 @@ def tune_device(
             infos.append(CaptureInfo(cap.path, shape[0], shape[1], float(cap.low), float(cap.high),
                                      time.perf_counter() - t0, losses[-1] if losses else None))
     assert state is not None
-    profile = DeviceProfile(
+    return TunedDevice(
         device=device_name,
         height=int(shape[0]),
         width=int(shape[1]),
@@ -425,5 +452,5 @@ def tune_device(
             evidence.choose(cfg.kernel_estimation.neighbour_weight), float(radii.abs().max()),
             model=cfg.kernel_model, params=params, source="tuned"),
         field_evidence=evidence,
+        scores=tuple(scores),
     )
-    return profile, scores

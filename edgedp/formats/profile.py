@@ -53,23 +53,12 @@ from torch import Tensor
 
 from ..conventions import BEHIND, fit_focus
 from ..errors import InputError, OutputError
+from ..fit.config import CaptureInfo
 from ..physics.kernels import ButterworthParams
+from ..physics.view_gain import VIEW_GAIN_MODEL, VIEW_GAIN_TERMS, view_gain_map
 
 FORMAT = "edgedp-profile"
 FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class CaptureInfo:
-    """One capture a profile was tuned on (no ground truth)."""
-
-    path: str | None
-    height: int
-    width: int
-    disparity_low: float
-    disparity_high: float
-    seconds: float | None = None
-    loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -380,15 +369,6 @@ def _read_field(pairs: np.ndarray | None, entry: Any, path: Path):
     return KernelField(torch.from_numpy(pairs.astype(np.float32)), str(entry.get("source", "profile")))
 
 
-VIEW_GAIN_MODEL = "exp-poly3"
-"""The right view's gain over the frame: ``g(x, y) = exp(sum_k c_k b_k(u, v))`` over the 10
-monomials ``b = u^i v^j`` with ``i + j <= 3`` (ordered i = 0..3, then j = 0..3 - i:
-1, v, v^2, v^3, u, u v, u v^2, u^2, u^2 v, u^3) of ``u = (2 x - (W - 1)) / (W - 1)``,
-``v = (2 y - (H - 1)) / (H - 1)`` in [-1, 1] over the capture (x column, y row).  Multiplying the
-right view by ``g`` matches its brightness to the left view's, as the white-sheet flat field of
-the Pixel protocol does.  Degree 3 because DP vignetting is smooth but lopsided: on the Pixel 4
-white sheets (gain 1.01-1.40 over the crop) a cubic fits to 0.4% mean error, a quadratic to 3.4%."""
-VIEW_GAIN_TERMS = 10
 
 
 def view_gain_entry(coefficients: Sequence[float] | None) -> dict[str, Any] | None:
@@ -405,20 +385,6 @@ def _read_view_gain(entry: Any) -> tuple[float, ...] | None:
     if entry.get("model") != VIEW_GAIN_MODEL or len(entry.get("coefficients", [])) != VIEW_GAIN_TERMS:
         raise ValueError(f"view_gain must be model {VIEW_GAIN_MODEL!r} with {VIEW_GAIN_TERMS} coefficients")
     return tuple(float(c) for c in entry["coefficients"])
-
-
-def view_gain_basis(height: int, width: int, *, device=None, dtype=torch.float32) -> Tensor:
-    """The basis images (10, H, W) of :data:`VIEW_GAIN_MODEL`."""
-    u = torch.linspace(-1.0, 1.0, width, device=device, dtype=dtype)[None, :].expand(height, width)
-    v = torch.linspace(-1.0, 1.0, height, device=device, dtype=dtype)[:, None].expand(height, width)
-    return torch.stack([u**i * v**j for i in range(4) for j in range(4 - i)])
-
-
-def view_gain_map(coefficients: Sequence[float], height: int, width: int, *, device=None, dtype=torch.float32) -> Tensor:
-    """The right view's gain (H, W) from :data:`VIEW_GAIN_MODEL` coefficients."""
-    c = torch.as_tensor([float(x) for x in coefficients], device=device, dtype=torch.float64)
-    basis = view_gain_basis(height, width, device=device, dtype=torch.float64)
-    return torch.exp(torch.einsum("k,khw->hw", c, basis)).to(dtype)
 
 
 def check_compatible(profile: DeviceProfile, *, height: int, width: int, layers: int | None = None) -> None:

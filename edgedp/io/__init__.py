@@ -1,6 +1,6 @@
 """Input and output at the file boundary: image files, sensor normalization and sizes (``images``), the
 pairing and discovery of captures (``discovery``), atomic writers and JSON (``writers``), all-or-nothing files and folders (``atomic``), colour
-transfers (``transfer``), camera presets (``cameras``), float16 on-disk arrays (``diskarray``) and grids of DP kernel pairs (``kernel_grid``)."""
+transfers (``transfer``), camera presets (``cameras``) and float16 on-disk arrays (``diskarray``)."""
 
 from .. import lazy_exports
 
@@ -12,5 +12,4 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "transfer": ("LINEAR", "SRGB", "AUTO", "TRANSFERS", "ENCODED_KNEE", "LINEAR_KNEE", "SLOPE", "OFFSET", "GAMMA", "Array", "srgb_to_linear", "linear_to_srgb", "check_transfer",),
     "cameras": ("CameraPreset", "CAMERAS", "camera_preset", "apply_camera", "preset_dict",),
     "diskarray": ("DiskArray", "scratch_folder",),
-    "kernel_grid": ("NEGATIVE_TOLERANCE", "load_kernel_grid",),
 })

@@ -1,6 +1,6 @@
 """A spatially varying, left/right-asymmetric DP kernel field (issue 16).
 
-Pure tensor code, no I/O (reading calibrated kernels: :func:`edgedp.io.kernel_grid.load_kernel_grid`).
+Pure tensor code, no I/O (reading calibrated kernels: :func:`edgedp.formats.kernel_grid.load_kernel_grid`).
 
 Representation
 --------------
@@ -131,7 +131,7 @@ class KernelField:
         pairs: ``(Pr, Pc, 2, K, K)`` [left, right] at a reference defocus, behind orientation
             (r > 0, positive disparity), each kernel non-negative and summing to 1, recentred
             (:func:`recentre_pair`).  Use :func:`uniform_field` or
-            :func:`edgedp.io.kernel_grid.load_kernel_grid` to build one from raw kernels.
+            :func:`edgedp.formats.kernel_grid.load_kernel_grid` to build one from raw kernels.
         source: where the kernels come from: ``butterworth``, ``calibration``, ``estimated``, ...
 
     Example:

@@ -37,9 +37,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..fit.deconvolution import FiniteDifference as _FiniteDifferenceFunctions
-from ..fit.stage1 import LatentSolver
 from .blur import blur_stack_fft, blur_stack_patchwise, render_dual_pixel
+from .fourier import LatentSolver
+from .noise import default_latent_reg
 
 __all__ = [
     "OPERATORS",
@@ -152,15 +152,13 @@ class DualPixelRender(LinearOperator):
         return render_dual_pixel(latent, self.weights.to(latent), self.kernels.to(latent))
 
     def pseudo_inverse(self, views: Tensor, reg: float | None = None) -> Tensor:
-        """Stage 1's closed form (:class:`edgedp.fit.stage1.LatentSolver`): for every layer the
+        """Stage 1's closed form (:class:`edgedp.physics.fourier.LatentSolver`): for every layer the
         regularized least-squares latent that explains the whole pair through that layer's
         kernels alone, ``(B, L, H, W)``.  It does not depend on the weights: Stage 1 solves it
         before G_D exists.  ``reg``: the gradient prior's weight (default
-        :func:`edgedp.fit.stage1.default_latent_reg` of the views)."""
+        :func:`edgedp.physics.noise.default_latent_reg` of the views)."""
         self.input_shape(tuple(views.shape))
         if reg is None:
-            from ..fit.stage1 import default_latent_reg
-
             reg = default_latent_reg(views[0])
         return LatentSolver(views, self.kernels.to(views), reg).solve()
 
@@ -240,29 +238,53 @@ class PatchwiseBlur(_StackBlur):
 
 
 @register_operator("finite_difference")
-class FiniteDifference(_FiniteDifferenceFunctions, LinearOperator):
-    """The forward-difference image gradient of :mod:`edgedp.fit.deconvolution`, ``(..., H, W) ->
-    (..., 2, H, W)``, with its written-out transpose (a negative backward divergence)."""
+class FiniteDifference(LinearOperator):
+    """The image gradient: ``A(x)`` ``(..., H, W) -> (..., 2, H, W)`` forward differences,
+    ``g[0][r, c] = x[r, c + 1] - x[r, c]``, ``g[1][r, c] = x[r + 1, c] - x[r, c]``, zero in the last
+    column / row (Neumann, the replicated border); ``A_adjoint(g)`` its written-out exact transpose
+    ``(..., 2, H, W) -> (..., H, W)`` (a negative backward divergence).  Its transfer functions on a
+    circular grid: :func:`edgedp.physics.fourier.gradient_operator_spectra`.  Stateless: ``A`` and
+    ``A_adjoint`` also work on the class (``FiniteDifference.A(x)``, as the deconvolution calls it).
+
+    >>> x = torch.tensor([[0.0, 1.0, 3.0], [2.0, 2.0, 2.0]])
+    >>> FiniteDifference.A(x)[0]
+    tensor([[1., 2., 0.],
+            [0., 0., 0.]])
+    """
 
     name = "FiniteDifference"
 
-    def output_shape(self, shape):
+    @staticmethod
+    def output_shape(shape):
         if len(shape) < 2:
-            raise ValueError(f"{self.name}: image must be (..., H, W), got {tuple(shape)}")
+            raise ValueError(f"{FiniteDifference.name}: image must be (..., H, W), got {tuple(shape)}")
         return tuple(shape[:-2]) + (2,) + tuple(shape[-2:])
 
-    def input_shape(self, shape):
+    @staticmethod
+    def input_shape(shape):
         if len(shape) < 3 or shape[-3] != 2:
-            raise ValueError(f"{self.name}: gradient must be (..., 2, H, W), got {tuple(shape)}")
+            raise ValueError(f"{FiniteDifference.name}: gradient must be (..., 2, H, W), got {tuple(shape)}")
         return tuple(shape[:-3]) + tuple(shape[-2:])
 
-    def A(self, x: Tensor) -> Tensor:  # noqa: N802
-        self.output_shape(tuple(x.shape))
-        return _FiniteDifferenceFunctions.A(x)
+    @staticmethod
+    def A(x: Tensor) -> Tensor:  # noqa: N802
+        FiniteDifference.output_shape(tuple(x.shape))
+        gx = torch.zeros_like(x)
+        gy = torch.zeros_like(x)
+        gx[..., :, :-1] = x[..., :, 1:] - x[..., :, :-1]
+        gy[..., :-1, :] = x[..., 1:, :] - x[..., :-1, :]
+        return torch.stack([gx, gy], dim=-3)
 
-    def A_adjoint(self, g: Tensor) -> Tensor:  # noqa: N802
-        self.input_shape(tuple(g.shape))
-        return _FiniteDifferenceFunctions.A_adjoint(g)
+    @staticmethod
+    def A_adjoint(g: Tensor) -> Tensor:  # noqa: N802
+        FiniteDifference.input_shape(tuple(g.shape))
+        gx, gy = g[..., 0, :, :], g[..., 1, :, :]
+        out = torch.zeros_like(gx)
+        out[..., :, :-1] -= gx[..., :, :-1]
+        out[..., :, 1:] += gx[..., :, :-1]
+        out[..., :-1, :] -= gy[..., :-1, :]
+        out[..., 1:, :] += gy[..., :-1, :]
+        return out
 
     @classmethod
     def example(cls, dtype=torch.float32, device=None):

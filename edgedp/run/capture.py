@@ -58,7 +58,7 @@ class CaptureOptions:
             capped (:func:`edgedp_runtime.memory.default_budget`).  A frame whose whole-frame fit
             would not fit is fitted tile by tile (:func:`edgedp.fit.tiling.fit_within_budget`).
         kernels: ``--kernels LEFT.npy RIGHT.npy``: a kernel field over the ``patches`` grid
-            (:func:`edgedp.io.kernel_grid.load_kernel_grid`) instead of the parametric kernels;
+            (:func:`edgedp.formats.kernel_grid.load_kernel_grid`) instead of the parametric kernels;
             None: the profile's field if it has one, else the parametric kernels.
         overwrite: replace existing outputs.
     """
@@ -237,7 +237,7 @@ def capture_kernel_field(options: CaptureOptions, config, device_profile=None):
     A field with stage 3 iterations is a one-line InputError (the fit would refuse it later)."""
     field = None
     if options.kernels is not None:
-        from ..io.kernel_grid import load_kernel_grid
+        from ..formats.kernel_grid import load_kernel_grid
 
         field = load_kernel_grid(options.kernels[0], options.kernels[1], tuple(config.patches))
     elif device_profile is not None and device_profile.field_evidence is None:

@@ -34,7 +34,7 @@ Sidecar fields read here (schema: :mod:`edgedp_runtime.schema`; written by ``edg
                 "kernel_size": K,
                 "pad": int,                        replicate padding of stage 1 (K // 2 + 8)
                 "latent_reg": {"gain": 4.0, "floor": 1e-3, "ceil": 0.3},   lam = clamp(gain
-                              * sigma^2 / s^2, floor, ceil) (edgedp.fit.stage1.default_latent_reg)
+                              * sigma^2 / s^2, floor, ceil) (edgedp.physics.noise.default_latent_reg)
                 "fuse_window": 15,                 box window (px) of the likelihood, 0 = off
                 "weight_floor": 1e-6,              clamp of G_D's weights before the product
                 "deconvolution": {"iterations": 6, "beta_start": 0.25, "beta_growth": 2.0,
@@ -164,7 +164,7 @@ def _centre_phase(shape: tuple[int, int], k: int) -> np.ndarray:
 
 def gradient_operator_spectra(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """rfft2 transfer functions ``(Gx, Gy)`` of circular forward differences on a ``shape`` grid
-    (edgedp.fit.stage1.gradient_operator_spectra): ``exp(2 pi i k / N) - 1``, complex64."""
+    (edgedp.physics.fourier.gradient_operator_spectra): ``exp(2 pi i k / N) - 1``, complex64."""
     hp, wp = shape
     gx = np.exp(2j * np.pi * np.fft.rfftfreq(wp))[None, :] - 1
     gy = np.exp(2j * np.pi * np.fft.fftfreq(hp))[:, None] - 1
@@ -182,7 +182,7 @@ def solve_latent(
     target_weight: float = 0.0,
     layers=None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Closed-form per-layer latent map (numpy port of edgedp.fit.stage1.LatentSolver.solve).
+    """Closed-form per-layer latent map (numpy port of edgedp.physics.fourier.LatentSolver.solve).
 
     Args:
         views: (2, H, W) float32 [left, right].
@@ -240,7 +240,7 @@ def solve_latent(
 # --- the final TV deconvolution (edgedp.fit.deconvolution) -----------------------------------------
 def image_gradient(x: np.ndarray) -> np.ndarray:
     """Forward differences of (H, W) -> (2, H, W), zero in the last column / row
-    (edgedp.fit.deconvolution.FiniteDifference.A)."""
+    (edgedp.physics.operators.FiniteDifference.A)."""
     g = np.zeros((2,) + x.shape, np.float32)
     g[0, :, :-1] = x[:, 1:] - x[:, :-1]
     g[1, :-1, :] = x[1:, :] - x[:-1, :]
@@ -285,7 +285,7 @@ def deconvolve_layers(
 
 
 def estimate_noise_sigma(image: np.ndarray) -> float:
-    """White-noise std of a (H, W) image (Immerkaer 1996; edgedp.fit.stage1.estimate_noise_sigma):
+    """White-noise std of a (H, W) image (Immerkaer 1996; edgedp.physics.noise.estimate_noise_sigma):
     ``sqrt(pi / 2) / 6`` times the lower quartile of the 16 x 16 px tile means of the absolute
     response to ``[[1, -2, 1], [-2, 4, -2], [1, -2, 1]]`` (the quartile ignores edges/texture)."""
     x = np.asarray(image, np.float32)
@@ -306,7 +306,7 @@ def estimate_noise_sigma(image: np.ndarray) -> float:
 
 def latent_reg(views: np.ndarray, *, gain: float = 4.0, floor: float = 1e-3, ceil: float = 0.3) -> float:
     """``lam = clamp(gain * sigma^2 / s^2, floor, ceil)`` for views (2, H, W)
-    (edgedp.fit.stage1.default_latent_reg): ``sigma`` the noise of the mean view, ``s^2`` its mean
+    (edgedp.physics.noise.default_latent_reg): ``sigma`` the noise of the mean view, ``s^2`` its mean
     squared forward difference less the noise's ``2 sigma^2`` (at least a tenth of it)."""
     mean_view = np.asarray(views, np.float32).mean(axis=0)
     sigma = estimate_noise_sigma(mean_view)
@@ -366,7 +366,7 @@ def flat_field_gain(white_left: np.ndarray, white_right: np.ndarray, black: floa
     return means[0] / means[1]
 
 
-VIEW_GAIN_MODEL = "exp-poly3"  # edgedp.formats.profile.VIEW_GAIN_MODEL
+VIEW_GAIN_MODEL = "exp-poly3"  # edgedp.physics.view_gain.VIEW_GAIN_MODEL
 
 
 def sensor_crop(sensor: tuple[int, int], frame: tuple[int, int], device: str = "?") -> tuple[int, int]:
@@ -390,7 +390,7 @@ def sensor_crop(sensor: tuple[int, int], frame: tuple[int, int], device: str = "
 
 
 def view_gain_map(coefficients, height: int, width: int, sensor: tuple[int, int] | None = None) -> np.ndarray:
-    """The right view's gain (H, W) float32 of edgedp.formats.profile.view_gain_map: ``exp(sum_k c_k
+    """The right view's gain (H, W) float32 of edgedp.physics.view_gain.view_gain_map: ``exp(sum_k c_k
     u^i v^j)`` over ``i + j <= 3`` (i = 0..3, j = 0..3 - i), ``u``, ``v`` in [-1, 1] across the
     columns / rows of the ``sensor`` (H0, W0; default the frame itself), cut at the centred crop
     of ``height x width`` (:func:`sensor_crop`)."""

@@ -1,8 +1,9 @@
 """``edgedp tune`` end to end: captures in, a device profile out (what the CLI command runs).
 
 :func:`tune_from_captures` finds the captures (:func:`edgedp.io.discovery.find_captures`, the
-discovery of fit, tune and batch), reads them with one set of input options, tunes the profile
-(:func:`edgedp.fit.tune.tune_device`), fills in the input settings it was tuned with and writes it
+discovery of fit, tune and batch), reads them with one set of input options, tunes the device
+(:func:`edgedp.fit.tune.tune_device`), makes the profile of it with the input settings it was tuned with
+(:func:`device_profile`) and writes it
 (refusing an existing file unless ``overwrite``, and an unwritable folder before any work).
 """
 
@@ -16,7 +17,7 @@ from typing import Callable, Sequence
 
 from ..errors import InputError, OutputError
 
-__all__ = ["TuneRun", "check_profile_target", "tune_from_captures"]
+__all__ = ["TuneRun", "check_profile_target", "device_profile", "tune_from_captures"]
 
 
 @dataclass
@@ -49,6 +50,26 @@ def check_profile_target(out: Path, overwrite: bool) -> None:
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise OutputError(f"cannot write the profile {out}: folder {folder} does not exist or is not writable")
+
+
+def device_profile(tuned, read_options=None, kernel_field=None):
+    """The :class:`edgedp.formats.profile.DeviceProfile` of a tuned device
+    (:class:`edgedp.fit.tune.TunedDevice`): its fields and the input settings of ``read_options`` (an
+    :class:`edgedp.io.images.ReadOptions`; None: the defaults of ``edgedp fit``).  ``kernel_field``
+    (given, ``--kernels``): stored as it is, instead of the tuned field and its evidence."""
+    from ..formats.profile import DeviceProfile
+
+    profile = DeviceProfile(**{f.name: getattr(tuned, f.name) for f in dataclasses.fields(tuned) if f.name != "scores"})
+    if read_options is not None:
+        profile = dataclasses.replace(
+            profile,
+            black_level=read_options.black_level,
+            white_level=read_options.white_level,
+            flat_field=None if read_options.flat_field is None else tuple(str(p) for p in read_options.flat_field),
+        )
+    if kernel_field is not None:
+        profile = dataclasses.replace(profile, kernel_field=kernel_field, field_evidence=None)
+    return profile
 
 
 def tune_from_captures(
@@ -97,15 +118,8 @@ def tune_from_captures(
     messages = list(dict.fromkeys(messages))  # a condition shared by several captures (8-bit input) once
     emit(messages)
     memory: dict = {}
-    profile, scores = tune_device(data, config, device_name=name, paths=[f"{l},{r}" for l, r in pairs],
-                                  search=search, rounds=rounds, progress=progress, budget=budget, plan_report=memory)
-    profile = dataclasses.replace(
-        profile,
-        black_level=read_options.black_level,
-        white_level=read_options.white_level,
-        flat_field=None if read_options.flat_field is None else tuple(str(p) for p in read_options.flat_field),
-    )
-    if kernel_field is not None:  # given (--kernels): stored as it is, instead of the tuned field and its evidence
-        profile = dataclasses.replace(profile, kernel_field=kernel_field, field_evidence=None)
+    tuned = tune_device(data, config, device_name=name, paths=[f"{l},{r}" for l, r in pairs],
+                        search=search, rounds=rounds, progress=progress, budget=budget, plan_report=memory)
+    profile = device_profile(tuned, read_options, kernel_field)
     save_profile(profile, out, overwrite=overwrite)
-    return TuneRun(profile=profile, scores=list(scores), pairs=pairs, memory=memory, warnings=notes + messages)
+    return TuneRun(profile=profile, scores=list(tuned.scores), pairs=pairs, memory=memory, warnings=notes + messages)
