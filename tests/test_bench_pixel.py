@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edgedp.eval import FitRun, SceneResult
 from edgedp.metrics import ProtocolScores, Scores, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +86,6 @@ FAKE_EDGEDP = """\
 import json, os, shutil, sys
 from pathlib import Path
 
-sys.path.insert(0, {repo!r})
 args = sys.argv[1:]
 expected = ["fit", None, None, "-o", None, "--black-level", "1024", "--white-level", "16383",
             "--flat-field", None, None, "--crop", None, "--preset", None, "--overwrite"]
@@ -128,7 +128,7 @@ print("done", file=sys.stderr)
 def fake_edgedp(tmp_path: Path) -> Path:
     path = tmp_path / "bin" / "edgedp"
     path.parent.mkdir()
-    path.write_text(FAKE_EDGEDP.format(python=sys.executable, repo=str(REPO)))
+    path.write_text(FAKE_EDGEDP.format(python=sys.executable))
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
 
@@ -348,9 +348,9 @@ def _result(name: str, psnr_in: float, psnr_out: float, ssim_in: float, ssim_out
         s = Scores(psnr=psnr, ssim=ssim, mae=0.01, shift=(0, 2))
         return ProtocolScores(registered=s, raw=s)
 
-    run = bench.FitRun(command=[], returncode=0, wall_s=wall,
+    run = FitRun(command=[], returncode=0, wall_s=wall,
                        peak_rss_bytes=int(rss_gib * 2**30), log=Path("x.log"))  # fmt: skip
-    return bench.SceneResult(name, scores(psnr_in, ssim_in), scores(psnr_out, ssim_out), run)
+    return SceneResult(name, scores(psnr_in, ssim_in), scores(psnr_out, ssim_out), run)
 
 
 def _verdicts(preset: str, results: list[Any]) -> dict[str, bool]:
@@ -424,3 +424,41 @@ def test_baseline_only_reproduces_readme(
     assert "| 001 | 28.713 | 0.8522 | 0.0210 | 0, 2 | 28.433 | 0.8527 |" in capsys.readouterr().out
     report = json.loads((tmp_path / "bench_pixel_baseline.json").read_text())
     assert report["scenes"][0]["input"]["registered"]["psnr"] == pytest.approx(28.713, abs=5e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# The protocol library (edgedp.eval.pixel4, edgedp.eval.runs) on the fake folder
+# --------------------------------------------------------------------------------------------
+
+
+def test_protocol_scenes_options_gt_and_baseline(data: Path) -> None:
+    from edgedp.errors import InputError
+    from edgedp.eval import BLACK_LEVEL, WHITE_LEVEL, discover_scenes, input_baseline, read_gt, read_options
+    from edgedp.io import camera_preset
+
+    scenes = discover_scenes(data)
+    assert [s.name for s in scenes] == list(SCENES)
+    assert [s.name for s in discover_scenes(data, ["002", "001", "002"])] == ["002", "001"]
+    assert (BLACK_LEVEL, WHITE_LEVEL) == (camera_preset("pixel4").black_level, camera_preset("pixel4").white_level)
+    options = read_options(data, CROP)
+    assert options.flat_field == (data / "calibration" / "white_sheet_left.png", data / "calibration" / "white_sheet_right.png")
+    gt = read_gt(scenes[0], CROP)
+    baseline = input_baseline(scenes[0], options)
+    assert gt.shape == baseline.shape == CROP and gt.dtype == baseline.dtype == np.float64
+    assert 0.05 < float(baseline.mean()) < 0.7
+    with pytest.raises(InputError, match="ground truth .* is 48x64 but the crop is 40x64"):
+        read_gt(scenes[0], (40, 64))
+    with pytest.raises(InputError, match=r"scene\(s\) 009 not found"):
+        discover_scenes(data, ["009"])
+    with pytest.raises(InputError, match="does not exist"):
+        discover_scenes(data / "nowhere")
+
+
+def test_timed_run_reports_status_wall_and_log(tmp_path: Path) -> None:
+    from edgedp.eval import FitFailed, log_tail, read_output, run_fit
+
+    run = run_fit([sys.executable, "-c", "print('stage 1'); import sys; sys.exit(3)"], tmp_path / "logs" / "x.log", quiet=True)
+    assert run.returncode == 3 and run.wall_s > 0 and run.peak_rss_bytes > 0
+    assert log_tail(run.log) == "stage 1"
+    with pytest.raises(FitFailed, match="wrote no"):
+        read_output(tmp_path / "allinfocus.png", CROP)

@@ -7,15 +7,14 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from edgedp.eval import pixel4
 from edgedp.metrics import ProtocolScores, Scores
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 spec = importlib.util.spec_from_file_location("bench_warmstart", REPO / "tools" / "bench_warmstart.py")
 bench = importlib.util.module_from_spec(spec)
 sys.modules["bench_warmstart"] = bench
 spec.loader.exec_module(bench)
-bp = bench.bp
 
 
 def _scores(psnr: float) -> ProtocolScores:
@@ -52,7 +51,7 @@ def test_targets_pass_and_fail_per_scene():
 
 
 def test_commands_leave_the_scene_out_of_tuning(tmp_path):
-    scenes = [bp.Scene(n, tmp_path / f"{n}_left.png", tmp_path / f"{n}_right.png", tmp_path / f"{n}_gt.png")
+    scenes = [pixel4.Scene(n, tmp_path / f"{n}_left.png", tmp_path / f"{n}_right.png", tmp_path / f"{n}_gt.png")
               for n in ("001", "004", "007")]
     cmds = bench.commands(Path("edgedp"), scenes[0], scenes[1:], tmp_path, tmp_path / "out", "default", "fast", (1008, 1344))
     tune = " ".join(cmds["tune"])

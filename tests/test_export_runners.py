@@ -10,6 +10,7 @@ exports a real (tiny) fitted scene with the real exporter and runs the runtime o
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -487,14 +488,10 @@ def fake_trt_env(no_torch_env) -> dict:
 
 
 def fake_engine(onnx_path: Path, engine_path: Path, profile: dict | None = None) -> None:
-    sys.path.insert(0, str(FAKES))
-    try:
-        import tensorrt as fake  # tests/fakes/tensorrt
-
-        assert fake.__file__.startswith(str(FAKES)), fake.__file__
-        engine_path.write_bytes(fake.engine_bytes(onnx_path.read_bytes(), {"profile": profile or {}}))
-    finally:
-        sys.path.remove(str(FAKES))
+    spec = importlib.util.spec_from_file_location("fake_tensorrt", FAKES / "tensorrt" / "__init__.py")
+    fake = importlib.util.module_from_spec(spec)  # tests/fakes/tensorrt, not an installed TensorRT
+    spec.loader.exec_module(fake)
+    engine_path.write_bytes(fake.engine_bytes(onnx_path.read_bytes(), {"profile": profile or {}}))
 
 
 @pytest.fixture()

@@ -19,7 +19,7 @@ SUBPACKAGES = ("physics", "models", "fit", "io", "formats", "deploy", "run")
 #: modules on its own floor or below.  ``io``, ``conventions`` and ``errors`` are below all.
 FLOORS = {
     "__init__": 0, "conventions": 0, "errors": 0, "io": 0, "metrics": 0, "visualize": 0,
-    "physics": 1, "models": 2, "synth": 2, "fit": 3, "formats": 4, "deploy": 5, "run": 6, "cli": 7, "__main__": 8,
+    "physics": 1, "models": 2, "synth": 2, "fit": 3, "formats": 4, "deploy": 5, "run": 6, "eval": 6, "cli": 7, "__main__": 8,
 }
 
 

@@ -294,11 +294,13 @@ def test_blur_model_holds_in_linear_light_only():
     "of fitting encoded values (35.6 dB). Strict: when the restoration rewrite makes it pass, drop this marker.",
 )
 def test_srgb_path_gains_1db_more_than_fitting_encoded_values(tmp_path):
-    import sys
+    import importlib.util
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    from bench_srgb import compare_scene
+    spec = importlib.util.spec_from_file_location("bench_srgb", Path(__file__).resolve().parents[1] / "tools" / "bench_srgb.py")
+    bench_srgb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_srgb)
+    compare_scene = bench_srgb.compare_scene
 
     diffs = []
     for seed in (1, 2):

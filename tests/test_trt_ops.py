@@ -35,8 +35,7 @@ from edgedp.deploy import export_gd_onnx  # noqa: E402
 from edgedp.deploy import op_types  # noqa: E402
 from edgedp.deploy import TRT85_ONNX_OPS, build_engine, unsupported_trt_ops  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_onnx_export import make_bundle  # noqa: E402
+from test_onnx_export import make_bundle  # noqa: E402  (pytest puts tests/ on the path)
 from test_onnx_gd import gd_bundle  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

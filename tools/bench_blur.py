@@ -26,12 +26,10 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 if "--thp" in sys.argv:
     # PyTorch reads this once, at its first CPU allocation: it must be set before the import.
@@ -40,9 +38,9 @@ if "--thp" in sys.argv:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from edgedp import physics  # noqa: E402
+from edgedp.io import parse_size  # noqa: E402
+from edgedp.run import peak_rss_bytes, reset_peak_rss  # noqa: E402
 
 
 def random_kernels(views: int, layers: int, k: int, seed: int) -> torch.Tensor:
@@ -70,42 +68,21 @@ def naive_fft_blur(stack: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     return y[..., 2 * p : 2 * p + h, 2 * p : 2 * p + w]
 
 
-def _rss_reset() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM); False where not allowed."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, float, float]:
     """Best and median wall seconds, best CPU seconds (all threads; less sensitive to other
     processes than wall time) and peak RSS growth (MiB) over ``repeats`` runs after a warm-up."""
     fn()
     gc.collect()
-    base = _rss_kib("VmRSS")
-    ok = _rss_reset()
+    ok = reset_peak_rss()
+    base = peak_rss_bytes()  # right after the reset: the current RSS
     walls, cpus = [], []
     for _ in range(repeats):
         c0, t0 = time.process_time(), time.perf_counter()
         fn()
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
-    peak = (_rss_kib("VmHWM") - base) / 1024 if ok else float("nan")
+    peak = (peak_rss_bytes() - base) / 2**20 if ok else float("nan")
     return min(walls), statistics.median(walls), min(cpus), peak
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, w = text.lower().split("x")
-    return int(h), int(w)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,8 +34,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from edgedp.physics import kernel_pyramid  # noqa: E402
 from edgedp.deploy import ExportConfig, export_scene, export_torch, refocus_reference, render_reference  # noqa: E402
 from edgedp.deploy.onnx_tools import ort_session  # noqa: E402

@@ -43,6 +43,9 @@ Exit status: 0 done (failed targets are reported, not an error, unless ``--stric
 failed or wrote no usable ``allinfocus.png`` (its last log lines are shown, later scenes are not
 run); 2 bad arguments or data; 3 ``--strict`` and a target failed.
 
+The protocol (scenes, steps 1-2, ground truth, input baseline, scores over scenes) is
+:mod:`edgedp.eval.pixel4`; the timed fit subprocess :mod:`edgedp.eval.runs`.
+
 Examples::
 
     .venv/bin/python tools/bench_pixel.py --data ../shared/data/pixel4 --baseline-only
@@ -54,402 +57,35 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import shlex
 import signal
-import statistics
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
-from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from edgedp import __version__  # noqa: E402
-from edgedp.errors import EdgedpError, InputError  # noqa: E402
-from edgedp.io import (  # noqa: E402
-    ReadOptions,
-    parse_size,
-    read_dp_pair,
-    read_normalized,
-    write_json,
+from edgedp import __version__
+from edgedp.errors import EdgedpError, InputError
+from edgedp.eval.pixel4 import (
+    BLACK_LEVEL, DEFAULT_CROP, MAX_SHIFT, PRESETS, WHITE_LEVEL, SceneResult, discover_scenes, fit_command,
+    input_baseline, read_gt, read_options, read_output, summarize,
 )
-from edgedp.metrics import ProtocolScores, Scores, evaluate  # noqa: E402
-
-#: Pixel 4 protocol step 1 (data README).
-BLACK_LEVEL = 1024
-WHITE_LEVEL = 16383
-#: The protocol's crop (H, W) of the 1512x2016 frames.
-DEFAULT_CROP = (1008, 1344)
-#: Registration search radius of the protocol (step 5).
-MAX_SHIFT = 4
-PRESETS = ("fast", "default", "best")
-GIB = 1024**3
-#: Log lines shown when a fit fails.
-TAIL_LINES = 25
-
-EXIT_OK, EXIT_FIT_FAILED, EXIT_USAGE, EXIT_TARGETS = 0, 1, 2, 3
-
-
-class FitFailed(Exception):
-    """A fit exited non-zero or left no usable output; the message is one line."""
-
-    def __init__(self, message: str, log_tail: str = "") -> None:
-        super().__init__(message)
-        self.log_tail = log_tail
-
+from edgedp.eval.runs import (
+    EXIT_FIT_FAILED, EXIT_OK, EXIT_TARGETS, EXIT_USAGE, FitFailed, exit_on_sigterm, log_tail, run_fit, say,
+)
+from edgedp.io import parse_size, write_json
+from edgedp.metrics import ProtocolScores, Scores, evaluate
 
 # --------------------------------------------------------------------------------------------
-# Data
+# Targets, tables
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Scene:
-    """One dev scene: its DP views and all-in-focus ground truth."""
-
-    name: str
-    left: Path
-    right: Path
-    gt: Path
-
-
-def flat_field_frames(data: Path) -> tuple[Path, Path]:
-    """The white-sheet frames ``(left, right)`` of ``data/calibration``."""
-    return (
-        data / "calibration" / "white_sheet_left.png",
-        data / "calibration" / "white_sheet_right.png",
-    )
-
-
-def discover_scenes(data: Path, selected: Sequence[str] | None = None) -> list[Scene]:
-    """Scenes ``NNN`` with ``NNN_left.png``, ``NNN_right.png`` and ``gt_all_in_focus/NNN_gt.png``.
-
-    Sorted by name; ``selected`` keeps those names in the order given.
-
-    Raises:
-        InputError: ``data`` is not a folder, holds no complete scene, lacks the flat-field
-            frames, or a selected scene is missing or incomplete.
-    """
-    if not data.is_dir():
-        raise InputError(f"data folder {data} does not exist")
-    for frame in flat_field_frames(data):
-        if not frame.is_file():
-            raise InputError(f"flat-field frame {frame} is missing")
-    found: dict[str, Scene] = {}
-    for left in sorted(data.glob("*_left.png")):
-        name = left.name[: -len("_left.png")]
-        right = data / f"{name}_right.png"
-        gt = data / "gt_all_in_focus" / f"{name}_gt.png"
-        if right.is_file() and gt.is_file():
-            found[name] = Scene(name, left, right, gt)
-    if not found:
-        raise InputError(
-            f"no scenes in {data} "
-            "(expected NNN_left.png, NNN_right.png, gt_all_in_focus/NNN_gt.png)"
-        )
-    if not selected:
-        return list(found.values())
-    missing = [name for name in selected if name not in found]
-    if missing:
-        raise InputError(
-            f"scene(s) {', '.join(missing)} not found or incomplete in {data} "
-            f"(available: {', '.join(found)})"
-        )
-    return [found[name] for name in dict.fromkeys(selected)]
-
-
-def read_options(data: Path, crop: tuple[int, int]) -> ReadOptions:
-    """Protocol steps 1-2 and the crop as :class:`ReadOptions`."""
-    return ReadOptions(
-        black_level=BLACK_LEVEL,
-        white_level=WHITE_LEVEL,
-        flat_field=flat_field_frames(data),
-        crop=crop,
-    )
-
-
-def _single_channel(image: Tensor, what: str) -> np.ndarray:
-    """``(1, H, W)`` tensor -> ``(H, W)`` float64 array."""
-    array = image.detach().cpu().numpy()
-    if array.ndim != 3 or array.shape[0] != 1:
-        raise InputError(f"{what} must be single-channel, got shape {tuple(array.shape)}")
-    return array[0].astype(np.float64)
-
-
-def read_gt(scene: Scene, crop: tuple[int, int]) -> np.ndarray:
-    """``gt / 65535`` as ``(H, W)``; it must already have the crop's size."""
-    gt = _single_channel(read_normalized(scene.gt), f"ground truth {scene.gt}")
-    if gt.shape != crop:
-        raise InputError(
-            f"ground truth {scene.gt} is {gt.shape[0]}x{gt.shape[1]} but the crop is "
-            f"{crop[0]}x{crop[1]} (HxW)"
-        )
-    return gt
-
-
-def input_baseline(scene: Scene, options: ReadOptions) -> np.ndarray:
-    """The protocol's input baseline ``(left + right) / 2`` after steps 1-2 and the crop."""
-    pair = read_dp_pair(scene.left, scene.right, options)
-    left = _single_channel(pair.left, f"left view {scene.left}")
-    right = _single_channel(pair.right, f"right view {scene.right}")
-    return (left + right) / 2.0
-
-
-# --------------------------------------------------------------------------------------------
-# Running a fit
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FitRun:
-    """One finished fit subprocess."""
-
-    command: list[str]
-    returncode: int
-    wall_s: float
-    #: ``ru_maxrss`` of the child (and the descendants it waited for), bytes.
-    peak_rss_bytes: int
-    log: Path
-
-    @property
-    def peak_rss_gib(self) -> float:
-        return self.peak_rss_bytes / GIB
-
-
-def fit_command(
-    edgedp: Path,
-    scene: Scene,
-    data: Path,
-    out_dir: Path,
-    preset: str,
-    crop: tuple[int, int],
-    extra: Sequence[str] = (),
-) -> list[str]:
-    """The issue's invocation for ``scene`` (``--extra`` arguments appended)."""
-    white_left, white_right = flat_field_frames(data)
-    return [
-        str(edgedp), "fit", str(scene.left), str(scene.right),
-        "-o", str(out_dir / scene.name),
-        "--black-level", str(BLACK_LEVEL), "--white-level", str(WHITE_LEVEL),
-        "--flat-field", str(white_left), str(white_right),
-        "--crop", f"{crop[0]}x{crop[1]}",
-        "--preset", preset,
-        "--overwrite",
-        *extra,
-    ]  # fmt: skip
-
-
-# Runs the fit and reports its own rusage.  A child's ru_maxrss starts from the RSS of the
-# process it was forked / vforked from (Linux carries the old mm's high-water mark over exec), so
-# waiting on the fit directly from this process (torch and the images loaded) would add our own
-# few hundred MiB.  The wrapper is a bare interpreter (-I -S: no site, no imports beyond the
-# builtins), which bounds that bias to its ~10 MiB.
-_WRAPPER = r"""
-import json, os, sys, time
-report, command = sys.argv[1], sys.argv[2:]
-start = time.perf_counter()
-try:
-    pid = os.posix_spawnp(command[0], command, os.environ)
-except OSError as err:
-    print(f"cannot run {command[0]}: {err}", file=sys.stderr)
-    sys.exit(127)
-_, status, usage = os.wait4(pid, 0)
-wall = time.perf_counter() - start
-code = os.waitstatus_to_exitcode(status)
-with open(report, "w") as handle:
-    json.dump({"returncode": code, "wall_s": wall, "maxrss_kib": usage.ru_maxrss}, handle)
-sys.exit(code if code >= 0 else 128 - code)
-"""
-
-
-def _pump(source: BinaryIO, log: BinaryIO, echo: BinaryIO | None) -> None:
-    """Copy the child's output to the log (and the terminal) as it comes, ``\\r`` included."""
-    fd = source.fileno()
-    while chunk := os.read(fd, 65536):
-        log.write(chunk)
-        log.flush()
-        if echo is not None:
-            echo.write(chunk)
-            echo.flush()
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the wrapper's process group (the wrapper and the fit) and reap the wrapper."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-def run_fit(command: list[str], log_path: Path, *, quiet: bool = False) -> FitRun:
-    """Run ``command``, stream its output, and measure its wall time and peak RSS.
-
-    The fit runs under a bare Python wrapper (see ``_WRAPPER``) that reaps it with
-    ``os.wait4`` and reports its wall time and ``ru_maxrss`` (KiB on Linux): the peak RSS of
-    the fit and the descendants it waited for.  stdout and stderr go, merged, to ``log_path``
-    and (unless ``quiet``) to our stderr.  The wrapper gets its own process group, so Ctrl-C
-    here kills the fit too.
-    """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    usage_path = log_path.with_suffix(".rusage.json")
-    usage_path.unlink(missing_ok=True)
-    echo = None if quiet else sys.stderr.buffer
-    wrapper = [sys.executable, "-I", "-S", "-c", _WRAPPER, str(usage_path), *command]
-    with open(log_path, "wb") as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            wrapper,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        assert proc.stdout is not None
-        pump = threading.Thread(target=_pump, args=(proc.stdout, log, echo), daemon=True)
-        pump.start()
-        try:
-            returncode = proc.wait()
-        except BaseException:
-            _kill_group(proc)
-            raise
-        outer_wall = time.perf_counter() - start
-        # A grandchild of the fit may still hold the pipe: do not wait for it forever.
-        pump.join(timeout=10.0)
-        if not pump.is_alive():
-            proc.stdout.close()
-    try:
-        usage = json.loads(usage_path.read_text())
-    except (OSError, ValueError):
-        # The wrapper died before reporting (killed); keep what we know.
-        usage = {"returncode": returncode, "wall_s": outer_wall, "maxrss_kib": 0}
-    return FitRun(
-        command=command,
-        returncode=int(usage["returncode"]),
-        wall_s=float(usage["wall_s"]),
-        peak_rss_bytes=int(usage["maxrss_kib"]) * 1024,
-        log=log_path,
-    )
-
-
-def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
-    """The last ``lines`` lines of a log, progress-bar redraws (``\\r``) collapsed."""
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    rows = [row.rsplit("\r", 1)[-1] for row in text.replace("\r\n", "\n").split("\n")]
-    rows = [row for row in rows if row.strip()]
-    return "\n".join(rows[-lines:])
-
-
-def read_output(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A fit's ``allinfocus.png`` as ``(H, W)`` on the protocol's scale (``png / 65535``)."""
-    if not path.is_file():
-        raise FitFailed(f"the fit exited 0 but wrote no {path}")
-    try:
-        image = _single_channel(read_normalized(path), f"output {path}")
-    except EdgedpError as err:
-        raise FitFailed(f"unusable output: {err}") from err
-    if image.shape != shape:
-        raise FitFailed(
-            f"output {path} is {image.shape[0]}x{image.shape[1]}, "
-            f"the ground truth {shape[0]}x{shape[1]} (HxW)"
-        )
-    return image
-
-
-# --------------------------------------------------------------------------------------------
-# Results, targets, tables
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SceneResult:
-    """Scores of one scene; ``ours`` and ``run`` are ``None`` with ``--baseline-only``."""
-
-    name: str
-    input: ProtocolScores
-    ours: ProtocolScores | None = None
-    run: FitRun | None = None
-
-    @property
-    def gain_db(self) -> float:
-        """Registered PSNR of ours minus the input's (``nan`` without a fit)."""
-        if self.ours is None:
-            return math.nan
-        return _difference(self.ours.registered.psnr, self.input.registered.psnr)
-
-
-def _difference(a: float, b: float) -> float:
-    if math.isinf(a) and math.isinf(b) and a == b:
-        return 0.0
-    return a - b
-
-
-def _mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values) if values else math.nan
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Means over the scenes (``ours_*`` are ``None`` unless every scene has a fit)."""
-
-    input_reg: Scores
-    input_raw: Scores
-    ours_reg: Scores | None
-    ours_raw: Scores | None
-    gain_db: float
-    mean_wall_s: float
-    median_wall_s: float
-    max_wall_s: float
-    max_peak_rss_gib: float
-    mean_peak_rss_gib: float
-
-
-def _mean_scores(scores: Sequence[Scores]) -> Scores:
-    return Scores(
-        psnr=_mean([s.psnr for s in scores]),
-        ssim=_mean([s.ssim for s in scores]),
-        mae=_mean([s.mae for s in scores]),
-        shift=(0, 0),
-    )
-
-
-def summarize(results: Sequence[SceneResult]) -> Summary:
-    """Means of every metric; median / max wall time and max peak RSS over the fits."""
-    fitted = [r for r in results if r.ours is not None and r.run is not None]
-    walls = [r.run.wall_s for r in fitted if r.run is not None]
-    rss = [r.run.peak_rss_gib for r in fitted if r.run is not None]
-    ours_reg = ours_raw = None
-    if fitted and len(fitted) == len(results):
-        ours_reg = _mean_scores([r.ours.registered for r in fitted if r.ours is not None])
-        ours_raw = _mean_scores([r.ours.raw for r in fitted if r.ours is not None])
-    input_reg = _mean_scores([r.input.registered for r in results])
-    return Summary(
-        input_reg=input_reg,
-        input_raw=_mean_scores([r.input.raw for r in results]),
-        ours_reg=ours_reg,
-        ours_raw=ours_raw,
-        gain_db=_difference(ours_reg.psnr, input_reg.psnr) if ours_reg else math.nan,
-        mean_wall_s=_mean(walls),
-        median_wall_s=statistics.median(walls) if walls else math.nan,
-        max_wall_s=max(walls) if walls else math.nan,
-        max_peak_rss_gib=max(rss) if rss else math.nan,
-        mean_peak_rss_gib=_mean(rss),
-    )
 
 
 @dataclass(frozen=True)
@@ -701,16 +337,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _write_outputs(text: str, payload: dict[str, Any], markdown: Path, json_path: Path) -> None:
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text(text + "\n", encoding="utf-8")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(json_path, payload, overwrite=True)
-    _say(f"wrote {markdown} and {json_path}")
+    say(f"wrote {markdown} and {json_path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -736,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 input_baseline(scene, options), gts[scene.name], max_shift=MAX_SHIFT
             )
     except EdgedpError as err:
-        _say(f"error: {err}")
+        say(f"error: {err}")
         return EXIT_USAGE
 
     settings: dict[str, Any] = {
@@ -770,23 +402,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         output_path = out_dir / scene.name / "allinfocus.png"
         # A stale result must not pass for this run's when the fit writes none.
         output_path.unlink(missing_ok=True)
-        _say(f"[{index}/{len(scenes)}] scene {scene.name}: {shlex.join(command)}")
+        say(f"[{index}/{len(scenes)}] scene {scene.name}: {shlex.join(command)}")
         try:
             run = run_fit(command, log, quiet=args.quiet)
             if run.returncode != 0:
                 raise FitFailed(f"exit status {run.returncode}", log_tail(run.log))
             output = read_output(output_path, gts[scene.name].shape)
         except FitFailed as err:
-            _say(f"\nfit of scene {scene.name} failed: {err} (log: {log})")
+            say(f"\nfit of scene {scene.name} failed: {err} (log: {log})")
             if err.log_tail:
-                _say(f"--- last lines of {log} ---\n{err.log_tail}\n---")
+                say(f"--- last lines of {log} ---\n{err.log_tail}\n---")
             if results:
-                _say("scenes finished before the failure:\n" + results_table(results))
+                say("scenes finished before the failure:\n" + results_table(results))
             return EXIT_FIT_FAILED
         ours = evaluate(output, gts[scene.name], max_shift=MAX_SHIFT)
         result = SceneResult(scene.name, inputs[scene.name], ours, run)
         results.append(result)
-        _say(
+        say(
             f"[{index}/{len(scenes)}] scene {scene.name}: {run.wall_s:.1f} s, peak RSS "
             f"{run.peak_rss_gib:.2f} GiB, registered PSNR {_fmt(ours.registered.psnr, 3)} "
             f"(input {_fmt(result.input.registered.psnr, 3)}, "
@@ -805,15 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    # SystemExit unwinds through run_fit, which then kills the fit's process group.
-    raise SystemExit(128 + signum)
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         raise SystemExit(main())
     except KeyboardInterrupt:
-        _say("interrupted")
+        say("interrupted")
         raise SystemExit(130) from None

@@ -44,13 +44,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import bench_pixel as bp  # noqa: E402  (scene discovery, protocol reading, timed subprocesses)
-from edgedp.errors import EdgedpError  # noqa: E402
-from edgedp.io import parse_size, write_json  # noqa: E402
-from edgedp.metrics import ProtocolScores, evaluate  # noqa: E402
+from edgedp.errors import EdgedpError
+from edgedp.eval import pixel4, runs  # the Pixel 4 protocol; timed fit subprocesses
+from edgedp.io import parse_size, write_json
+from edgedp.metrics import ProtocolScores, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 WARM_SPEEDUP = 3.0
@@ -73,14 +70,14 @@ class Run:
 
 
 def input_args(data: Path, crop: tuple[int, int]) -> list[str]:
-    white_left, white_right = bp.flat_field_frames(data)
+    white_left, white_right = pixel4.flat_field_frames(data)
     return [
-        "--black-level", str(bp.BLACK_LEVEL), "--white-level", str(bp.WHITE_LEVEL),
+        "--black-level", str(pixel4.BLACK_LEVEL), "--white-level", str(pixel4.WHITE_LEVEL),
         "--flat-field", str(white_left), str(white_right), "--crop", f"{crop[0]}x{crop[1]}",
     ]  # fmt: skip
 
 
-def commands(edgedp: Path, scene: bp.Scene, others: Sequence[bp.Scene], data: Path, out: Path,
+def commands(edgedp: Path, scene: pixel4.Scene, others: Sequence[pixel4.Scene], data: Path, out: Path,
              preset: str, tune_preset: str, crop: tuple[int, int]) -> dict[str, list[str]]:
     """The five commands of one left-out scene (see the module docstring)."""
     inputs = input_args(data, crop)
@@ -98,11 +95,11 @@ def commands(edgedp: Path, scene: bp.Scene, others: Sequence[bp.Scene], data: Pa
     }  # fmt: skip
 
 
-def run_step(name: str, command: list[str], out: Path, quiet: bool) -> bp.FitRun:
-    bp._say(f"  {name}: {shlex.join(command)}")
-    run = bp.run_fit(command, out / "logs" / f"{name}.log", quiet=quiet)
+def run_step(name: str, command: list[str], out: Path, quiet: bool) -> runs.FitRun:
+    runs.say(f"  {name}: {shlex.join(command)}")
+    run = runs.run_fit(command, out / "logs" / f"{name}.log", quiet=quiet)
     if run.returncode != 0:
-        raise bp.FitFailed(f"{name} exited with status {run.returncode}", bp.log_tail(run.log))
+        raise runs.FitFailed(f"{name} exited with status {run.returncode}", runs.log_tail(run.log))
     return run
 
 
@@ -164,24 +161,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         crop = parse_size(args.crop, what="--crop")
-        every = bp.discover_scenes(args.data)
+        every = pixel4.discover_scenes(args.data)
         selected = [s.strip() for s in args.scenes.split(",") if s.strip()]
-        left_out = bp.discover_scenes(args.data, selected) if selected else every
+        left_out = pixel4.discover_scenes(args.data, selected) if selected else every
         if len(every) < 2:
             raise EdgedpError(f"{args.data}: leave-one-out needs at least 2 scenes")
-        options = bp.read_options(args.data, crop)
-        gts = {s.name: bp.read_gt(s, crop) for s in left_out}
-        inputs = {s.name: evaluate(bp.input_baseline(s, options), gts[s.name], max_shift=bp.MAX_SHIFT) for s in left_out}
+        options = pixel4.read_options(args.data, crop)
+        gts = {s.name: pixel4.read_gt(s, crop) for s in left_out}
+        inputs = {s.name: evaluate(pixel4.input_baseline(s, options), gts[s.name], max_shift=pixel4.MAX_SHIFT) for s in left_out}
     except EdgedpError as err:
-        bp._say(f"error: {err}")
-        return bp.EXIT_USAGE
+        runs.say(f"error: {err}")
+        return runs.EXIT_USAGE
 
     rows: list[dict[str, Any]] = []
     for index, scene in enumerate(left_out, 1):
         out = args.out / scene.name
         others = [s for s in every if s.name != scene.name]
         cmds = commands(args.edgedp, scene, others, args.data, out, args.preset, args.tune_preset, crop)
-        bp._say(f"[{index}/{len(left_out)}] leave out {scene.name}, tune on {', '.join(o.name for o in others)}")
+        runs.say(f"[{index}/{len(left_out)}] leave out {scene.name}, tune on {', '.join(o.name for o in others)}")
         runs: dict[str, Run] = {}
         try:
             for step in ("tune", "cold", "warm", "export", "instant"):
@@ -194,17 +191,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run = run_step(step, cmds[step], out, args.quiet)
                 scores = None
                 if image is not None:
-                    output = bp.read_output(image / "allinfocus.png", gts[scene.name].shape)
-                    scores = evaluate(output, gts[scene.name], max_shift=bp.MAX_SHIFT)
+                    output = pixel4.read_output(image / "allinfocus.png", gts[scene.name].shape)
+                    scores = evaluate(output, gts[scene.name], max_shift=pixel4.MAX_SHIFT)
                 runs[step] = Run(step, run.wall_s, run.peak_rss_gib, scores)
-                bp._say(f"  {step}: {run.wall_s:.1f} s" + (f", PSNR {scores.registered.psnr:.3f}" if scores else ""))
-        except bp.FitFailed as err:
-            bp._say(f"\nscene {scene.name}: {err}")
+                runs.say(f"  {step}: {run.wall_s:.1f} s" + (f", PSNR {scores.registered.psnr:.3f}" if scores else ""))
+        except runs.FitFailed as err:
+            runs.say(f"\nscene {scene.name}: {err}")
             if err.log_tail:
-                bp._say(err.log_tail)
-            return bp.EXIT_FIT_FAILED
+                runs.say(err.log_tail)
+            return runs.EXIT_FIT_FAILED
         rows.append({"scene": scene.name, "input": inputs[scene.name], "runs": runs})
-        bp._say(table(rows[-1:]))
+        runs.say(table(rows[-1:]))
 
     checks = targets(rows)
     text = "\n\n".join([
@@ -233,14 +230,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     }  # fmt: skip
     write_json(args.out / "bench_warmstart.json", payload, overwrite=True)
     if args.strict and not all(ok for _, ok, _ in checks):
-        return bp.EXIT_TARGETS
-    return bp.EXIT_OK
+        return runs.EXIT_TARGETS
+    return runs.EXIT_OK
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, bp._exit_on_sigterm)
+    signal.signal(signal.SIGTERM, runs.exit_on_sigterm)
     try:
         raise SystemExit(main())
     except KeyboardInterrupt:
-        bp._say("interrupted")
+        runs.say("interrupted")
         raise SystemExit(130) from None

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from edgedp.io import write_png8  # noqa: E402
 from edgedp.visualize import display_gamma  # noqa: E402
 

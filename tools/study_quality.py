@@ -55,10 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench_pixel as bp  # noqa: E402
+from edgedp.eval import pixel4 as bp  # noqa: E402  (the Pixel 4 protocol: scenes, steps 1-2, ground truth)
 
 from edgedp.errors import EdgedpError  # noqa: E402
 from edgedp.fit import FitConfig, field_kernels, fit_scene, fuse_with_likelihood  # noqa: E402
