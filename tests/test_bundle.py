@@ -19,7 +19,7 @@ from edgedp.formats.bundle import (
 )
 from edgedp.errors import InputError, OutputError
 from edgedp.fit import FitConfig, FitResult, StageReport, alphas_from_weights
-from edgedp.physics import ButterworthParams, front_radii, kernel_pyramid
+from edgedp.physics import ButterworthParams, behind_radii, kernel_pyramid
 from edgedp.physics import over_weights
 
 
@@ -28,7 +28,7 @@ def fake_result(
 ) -> FitResult:
     """A small, self-consistent FitResult (random alphas, real kernels) without running a fit."""
     g = torch.Generator().manual_seed(seed)
-    radii = front_radii(layers - 1, layers)
+    radii = behind_radii(layers - 1, layers)
     kernels = kernel_pyramid(radii)  # (2, L, K, K)
     alphas = torch.rand(layers, h, w, generator=g)
     alphas[0] = 1

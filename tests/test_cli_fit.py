@@ -23,7 +23,7 @@ from edgedp.cli import app
 from edgedp.fit import presets
 from edgedp.errors import InputError
 from edgedp.fit import FitConfig, FitResult, StageReport
-from edgedp.physics import front_radii, kernel_pyramid
+from edgedp.physics import behind_radii, kernel_pyramid
 from edgedp.physics import over_weights
 
 runner = CliRunner()
@@ -66,7 +66,7 @@ class FakeFit:
             net.load_state_dict(gd_init)
         c, h, w = left.shape
         layers = self.LAYERS
-        radii = front_radii(layers - 1, layers)
+        radii = behind_radii(layers - 1, layers)
         t = torch.linspace(0, layers - 1, w).expand(h, w)
         alphas = torch.stack([(t >= i).float() for i in range(layers)])  # ramp of hard layers
         weights = over_weights(alphas)

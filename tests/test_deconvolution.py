@@ -14,7 +14,7 @@ from edgedp.fit import (
     shrink_gradient,
 )
 from edgedp.fit import PatchLatentSolver
-from edgedp.physics import dp_kernel_pair, front_radii, kernel_pyramid
+from edgedp.physics import dp_kernel_pair, behind_radii, kernel_pyramid
 from edgedp.fit import solve_latent_map
 from edgedp.physics import FiniteDifference, LatentSolver, centred_kernel_spectrum, gradient_operator_spectra, gradient_spectrum
 from edgedp.metrics import psnr
@@ -91,7 +91,7 @@ def test_latent_solver_with_a_target_minimizes_its_energy():
 def test_patch_solver_with_equal_kernels_matches_the_uniform_solver():
     gen = torch.Generator().manual_seed(4)
     views = torch.rand(2, 61, 75, generator=gen)
-    kernels = kernel_pyramid(front_radii(3.0, 4), "disk")
+    kernels = kernel_pyramid(behind_radii(3.0, 4), "disk")
     target = 0.02 * torch.randn(2, 61, 75, generator=gen)
     uniform = LatentSolver(views, kernels, 0.02).solve(target, 0.1)
     patch = PatchLatentSolver(views, kernels[None, None].expand(2, 3, *kernels.shape), 0.02).solve(target, 0.1)
@@ -101,7 +101,7 @@ def test_patch_solver_with_equal_kernels_matches_the_uniform_solver():
 def test_zero_tv_weight_keeps_the_composite():
     gen = torch.Generator().manual_seed(5)
     views = torch.rand(2, 37, 53, generator=gen)
-    kernels = kernel_pyramid(front_radii(3.0, 4), "disk")
+    kernels = kernel_pyramid(behind_radii(3.0, 4), "disk")
     solver = LatentSolver(views, kernels, 0.02)
     latent = solver.solve()
     weights = torch.softmax(torch.randn(4, 37, 53, generator=gen), 0)

@@ -25,7 +25,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
-from edgedp_runtime import common  # noqa: E402  (numpy only)
+from edgedp_runtime import device_io  # noqa: E402  (numpy only)
 
 REPO = Path(__file__).resolve().parents[1]
 FAKES = Path(__file__).resolve().parent / "fakes"
@@ -147,7 +147,7 @@ def trt(args: list, env: dict) -> subprocess.CompletedProcess:
 
 
 def read16(path: Path) -> np.ndarray:
-    img = common.decode_png(path.read_bytes(), str(path))
+    img = device_io.decode_png(path.read_bytes(), str(path))
     assert img.dtype == np.uint16
     return img.astype(np.float64) / 65535.0
 
@@ -203,7 +203,7 @@ def test_refocus_focus_and_sweep(bundle_dir, no_torch_env, tmp_path):
 
 
 def _png16(path: Path, image: np.ndarray) -> None:
-    path.write_bytes(common.encode_png(image.astype(np.uint16)))
+    path.write_bytes(device_io.encode_png(image.astype(np.uint16)))
 
 
 def test_predict_png_pair_pads_and_crops_back(bundle_dir, no_torch_env, tmp_path):
@@ -225,7 +225,7 @@ def test_predict_png_pair_pads_and_crops_back(bundle_dir, no_torch_env, tmp_path
     vr = np.clip((right - 1000) / 50000, 0, 1)
     assert np.abs(defocus[0, 0] - 10 * (vl - vr)).max() < 1e-4
     assert np.load(out / "alphas.npy").shape == (1, L, h, w)
-    rgb = common.decode_png((out / "defocus.png").read_bytes())
+    rgb = device_io.decode_png((out / "defocus.png").read_bytes())
     assert rgb.shape == (h, w, 3) and rgb.dtype == np.uint8
     # crop mode: central 16x24
     proc = run([*args[:5], tmp_path / "c", "--fit", "crop"], no_torch_env)
@@ -386,35 +386,35 @@ def test_png_codec_roundtrip_without_cv2(tmp_path):
     rng = np.random.default_rng(2)
     g16 = rng.integers(0, 65536, (7, 11)).astype(np.uint16)
     rgb8 = rng.integers(0, 256, (5, 9, 3)).astype(np.uint8)
-    assert np.array_equal(common.decode_png(common.encode_png(g16)), g16)
-    assert np.array_equal(common.decode_png(common.encode_png(rgb8)), rgb8)
+    assert np.array_equal(device_io.decode_png(device_io.encode_png(g16)), g16)
+    assert np.array_equal(device_io.decode_png(device_io.encode_png(rgb8)), rgb8)
     cv2 = pytest.importorskip("cv2")
     # OpenCV's encoder uses adaptive filters (Sub/Up/Average/Paeth): smooth content triggers them
     yy, xx = np.mgrid[0:23, 0:31]
     smooth = ((np.sin(xx / 3.0) + np.cos(yy / 4.0) + 2) * 16000).astype(np.uint16)
     ok, buf = cv2.imencode(".png", smooth)
-    assert ok and np.array_equal(common.decode_png(buf.tobytes()), smooth)
+    assert ok and np.array_equal(device_io.decode_png(buf.tobytes()), smooth)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb8, cv2.COLOR_RGB2BGR))
-    assert ok and np.array_equal(common.decode_png(buf.tobytes()), rgb8)
+    assert ok and np.array_equal(device_io.decode_png(buf.tobytes()), rgb8)
     assert np.array_equal(cv2.imread(str(_write(tmp_path / "a.png", g16)), cv2.IMREAD_UNCHANGED), g16)
 
 
 def _write(path: Path, array: np.ndarray) -> Path:
-    path.write_bytes(common.encode_png(array))
+    path.write_bytes(device_io.encode_png(array))
     return path
 
 
 def test_common_helpers():
     x = np.arange(2 * 5 * 7, dtype=np.float32).reshape(1, 2, 5, 7)
-    padded, size = common.pad_to_multiple(x, 4, "pad")
+    padded, size = device_io.pad_to_multiple(x, 4, "pad")
     assert padded.shape == (1, 2, 8, 8) and size == (5, 7)
     assert np.array_equal(padded[..., :5, :7], x) and np.array_equal(padded[..., 7, :7], x[..., 4, :])
-    cropped, size = common.pad_to_multiple(x, 4, "crop")
+    cropped, size = device_io.pad_to_multiple(x, 4, "crop")
     assert cropped.shape == (1, 2, 4, 4) and size == (4, 4)
-    assert common.sweep_values([-2.0, 0.0, 4.0], 4) == [-2.0, 0.0, 2.0, 4.0]
-    assert common.focus_tag(-1.5) == "m1.50"
+    assert device_io.sweep_values([-2.0, 0.0, 4.0], 4) == [-2.0, 0.0, 2.0, 4.0]
+    assert device_io.focus_tag(-1.5) == "m1.50"
     raw = np.array([0, 64, 1064, 70000], np.float32)
-    assert np.allclose(common.normalize_raw(raw, 64, 1000, 16), [0, 0, 1, 1])
+    assert np.allclose(device_io.normalize_raw(raw, 64, 1000, 16), [0, 0, 1, 1])
 
 
 @pytest.mark.slow
@@ -471,7 +471,7 @@ def test_runner_without_cv2(bundle_dir, no_torch_env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     ref = 10 * (left - right) / 65535.0
     assert np.abs(np.load(tmp_path / "o" / "defocus.npy")[0, 0] - ref).max() < 1e-4
-    assert common.decode_png((tmp_path / "o" / "defocus.png").read_bytes()).shape == (16, 16, 3)
+    assert device_io.decode_png((tmp_path / "o" / "defocus.png").read_bytes()).shape == (16, 16, 3)
 
 
 # --- the TensorRT backend against the fakes in tests/fakes ---------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 from edgedp.errors import InputError
 from edgedp.fit import FitConfig, disparity_per_radius, fit_scene, layer_radii, stage2_quadratic_form
-from edgedp.physics import front_radii, kernel_pyramid
+from edgedp.physics import behind_radii, kernel_pyramid
 from edgedp.fit import solve_latent_map
 from edgedp.metrics import psnr
 from edgedp.physics import blur_stack_fft
@@ -111,7 +111,7 @@ def test_warm_start_head_only_and_zero_steps(front_scene, front_fit):
 def test_stage2_quadratic_form_equals_direct_loss():
     scene = make_scene(SynthConfig(size=(37, 53), max_radius=3.0, seed=2))
     views = torch.stack([scene.left, scene.right]).double()
-    radii = front_radii(3, 4, dtype=torch.float64)
+    radii = behind_radii(3, 4, dtype=torch.float64)
     kernels = kernel_pyramid(radii, dtype=torch.float64)
     latent = solve_latent_map(views, kernels, 0.01)
     blurred = blur_stack_fft(latent[None], kernels)[0]

@@ -15,7 +15,7 @@ from edgedp.fit.kernel_estimation import (
 )
 from edgedp.fit.pipeline import disparity_per_radius
 from edgedp.metrics import psnr
-from edgedp.physics import front_radii, render_dual_pixel_patchwise
+from edgedp.physics import behind_radii, render_dual_pixel_patchwise
 from edgedp.physics.kernel_field import field_layer_kernels, spread_ratio
 from edgedp.physics.kernels import kernel_centroid, tilted_kernel_pair
 
@@ -33,7 +33,7 @@ def tilted_scene():
     h, w = SIZE
     sharp = dead_leaves(SIZE, seed=5)
     defocus = layered_defocus(SIZE, [4.5, 1.5, 3.0, 5.0], seed=5)
-    radii = front_radii(RADIUS, RADIUS + 1)
+    radii = behind_radii(RADIUS, RADIUS + 1)
     weights = (1 - (defocus[None] - radii[:, None, None]).abs()).clamp(min=0)
     weights = weights / weights.sum(0, keepdim=True)
     tilts = torch.tensor([[[t, 0.0] for t in TRUE_TILTS]] * 2, dtype=torch.float64)

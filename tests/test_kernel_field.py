@@ -185,13 +185,13 @@ def field_scene():
     """97 x 131 behind scene rendered patchwise with a known asymmetric analytic field over a 2 x 3
     grid (layered defocus 0.5 .. 4 px, hat weights over the fit's layers 0..4), noise std 0.005."""
     from edgedp.fit.pipeline import disparity_per_radius
-    from edgedp.physics import front_radii, render_dual_pixel_patchwise
+    from edgedp.physics import behind_radii, render_dual_pixel_patchwise
     from edgedp.synth import dead_leaves, layered_defocus
 
     h, w = SIZE
     sharp = dead_leaves(SIZE, seed=3)
     defocus = layered_defocus(SIZE, [3.5, 0.5, 2.0, 4.0], seed=3)
-    radii = front_radii(RADIUS, RADIUS + 1)
+    radii = behind_radii(RADIUS, RADIUS + 1)
     weights = (1 - (defocus[None] - radii[:, None, None]).abs()).clamp(min=0)
     weights = weights / weights.sum(0, keepdim=True)
     field = analytic_field((2, 3), 6.0, 17).to(dtype=torch.float32)

@@ -21,7 +21,7 @@ from edgedp.fit.stage3 import (
     solve_latent_map_patchwise,
     warm_start,
 )
-from edgedp.physics import ButterworthParams, both_radii, front_radii, kernel_centroid, kernel_disparity, kernel_pyramid
+from edgedp.physics import ButterworthParams, both_radii, behind_radii, kernel_centroid, kernel_disparity, kernel_pyramid
 from edgedp.fit import solve_latent_map
 from edgedp.physics import patch_blend_weights
 from edgedp.synth import SynthConfig, make_scene
@@ -36,7 +36,7 @@ def scene():
     ground-truth compositing weights over the fit's layers (hat weights of the true defocus)."""
     sc = make_scene(SynthConfig(size=(97, 131), max_radius=RADIUS, butterworth=TRUE_BW, seed=1))
     views = torch.stack([sc.left, sc.right])
-    radii = front_radii(RADIUS, RADIUS + 1)
+    radii = behind_radii(RADIUS, RADIUS + 1)
     weights = (1 - (sc.defocus[None] - radii[:, None, None]).abs()).clamp(min=0)
     weights = weights / weights.sum(0, keepdim=True)
     return {
@@ -105,7 +105,7 @@ def test_generator_shapes_softmax_and_side_count() -> None:
     assert tuple(gens.gens["behind_left"].z.shape) == (1, 6, 28, 28)
 
 
-@pytest.mark.parametrize("radii", [front_radii(4, 5), both_radii(4, 4)], ids=["behind", "both"])
+@pytest.mark.parametrize("radii", [behind_radii(4, 5), both_radii(4, 4)], ids=["behind", "both"])
 def test_layer_kernels_of_the_parametric_pair_are_the_pyramid(radii: torch.Tensor) -> None:
     """With each side's generator output = the parametric kernel of the side's largest radius,
     the per-patch layers equal :func:`kernel_pyramid` (back layers from the back generators, so
@@ -126,8 +126,8 @@ def test_layer_kernels_of_the_parametric_pair_are_the_pyramid(radii: torch.Tenso
 
 
 def test_layer_kernels_at_half_resolution_halve_the_disparity() -> None:
-    pyr = kernel_pyramid(front_radii(8, 9))
-    pk = patch_layer_kernels({"behind": pyr[:, -1, None]}, {"behind": 8.0}, front_radii(8, 9), (1, 1), 9, scale=2.0)
+    pyr = kernel_pyramid(behind_radii(8, 9))
+    pk = patch_layer_kernels({"behind": pyr[:, -1, None]}, {"behind": 8.0}, behind_radii(8, 9), (1, 1), 9, scale=2.0)
     full = kernel_disparity(pyr)
     half = kernel_disparity(pk[0, 0])
     torch.testing.assert_close(half, full / 2, atol=0.02, rtol=0)

@@ -12,7 +12,7 @@ from edgedp.physics import (
     ButterworthParams,
     both_radii,
     dp_kernel_pair,
-    front_radii,
+    behind_radii,
     kernel_centroid,
     kernel_disparity,
     kernel_pyramid,
@@ -58,7 +58,7 @@ def test_float64_and_device_follow_arguments():
     assert half.dtype == torch.float16
     k = dp_kernel_pair(4.0, dtype=torch.float64)
     assert resize_kernel(k, 0.5, 5).dtype == torch.float64
-    assert front_radii(3, 4, dtype=torch.float64).dtype == torch.float64
+    assert behind_radii(3, 4, dtype=torch.float64).dtype == torch.float64
     assert both_radii(3, 3, dtype=torch.float64).dtype == torch.float64
 
 
@@ -165,14 +165,14 @@ def test_tiny_radius_tends_to_delta():
 
 
 def test_radii_helpers():
-    assert front_radii(17, 18).tolist() == list(range(18))
+    assert behind_radii(17, 18).tolist() == list(range(18))
     b = both_radii(3, 3)
     assert b.tolist() == [-3, -2, -1, 0, 1, 2, 3]
     assert both_radii(2.5, 2).tolist() == [-2.5, -1.25, 0.0, 1.25, 2.5]
 
 
 def test_pyramid_shape_last_layer_and_signs():
-    radii = front_radii(6, 7)
+    radii = behind_radii(6, 7)
     pyr = kernel_pyramid(radii)
     assert pyr.shape == (2, 7, 13, 13)
     torch.testing.assert_close(pyr[:, -1], dp_kernel_pair(6.0), atol=1e-7, rtol=0)

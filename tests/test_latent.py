@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edgedp.fit import alphas_from_weights, fuse_with_likelihood
-from edgedp.physics import front_radii, kernel_pyramid
+from edgedp.physics import behind_radii, kernel_pyramid
 from edgedp.fit import solve_latent_map
 from edgedp.physics import default_latent_reg, estimate_noise_sigma, gradient_spectrum
 from edgedp.models import DefocusNet, alphas_from_logits, build_gd, gd_input, upsample_logits
@@ -17,7 +17,7 @@ from edgedp.synth import dead_leaves
 @pytest.fixture(scope="module")
 def uniform_blur():
     x = dead_leaves((61, 83), seed=0).double()
-    radii = front_radii(4, 5, dtype=torch.float64)
+    radii = behind_radii(4, 5, dtype=torch.float64)
     kernels = kernel_pyramid(radii, dtype=torch.float64)
     stack = x[None, None].expand(1, 5, *x.shape).contiguous()
     views = blur_stack_fft(stack, kernels)[0][:, 3]  # (2, H, W): radius 3 everywhere

@@ -20,7 +20,7 @@ from edgedp.formats import load_bundle, save_bundle  # noqa: E402
 from edgedp.cli import app  # noqa: E402
 from edgedp.errors import OutputError  # noqa: E402
 from edgedp.fit import FitConfig, FitResult  # noqa: E402
-from edgedp.physics import front_radii, kernel_pyramid  # noqa: E402
+from edgedp.physics import behind_radii, kernel_pyramid  # noqa: E402
 from edgedp.models import DefocusNet  # noqa: E402
 from edgedp.deploy.onnx_export import FORBIDDEN_OPS, RenderModule, _factor, export_scene, render_reference  # noqa: E402
 from edgedp.deploy import default_opset as onnx_opset  # noqa: E402
@@ -36,7 +36,7 @@ def make_bundle(folder, layers: int = 5, patches: tuple[int, int] | None = None,
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = DefocusNet(layers, width=0.25)
-    radii = front_radii(layers - 1, layers)
+    radii = behind_radii(layers - 1, layers)
     alphas = torch.rand(layers, H, W, generator=g)
     alphas[0] = 1
     weights = over_weights(alphas)

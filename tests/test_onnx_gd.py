@@ -18,7 +18,7 @@ import onnx  # noqa: E402
 from edgedp.formats import load_bundle, save_bundle  # noqa: E402
 from edgedp.errors import InputError  # noqa: E402
 from edgedp.fit import FitConfig, FitResult  # noqa: E402
-from edgedp.physics import front_radii, kernel_pyramid  # noqa: E402
+from edgedp.physics import behind_radii, kernel_pyramid  # noqa: E402
 from edgedp.models import DefocusNet  # noqa: E402
 from edgedp.deploy import GDExportModule, export_gd_onnx, gd_reference, verify_gd_onnx  # noqa: E402
 from edgedp.physics import over_weights  # noqa: E402
@@ -31,7 +31,7 @@ def gd_bundle(folder, layers: int = 5, h: int = 37, w: int = 53, scale: int = 2,
     net = DefocusNet(layers, width=0.25)
     with torch.no_grad():
         net.head.weight.normal_(0, 0.3, generator=g)
-    radii = front_radii(layers - 1, layers)
+    radii = behind_radii(layers - 1, layers)
     alphas = torch.rand(layers, h, w, generator=g)
     alphas[0] = 1
     weights = over_weights(alphas)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgedp.physics import front_radii, kernel_pyramid
+from edgedp.physics import behind_radii, kernel_pyramid
 from edgedp.physics import OPERATORS, DualPixelRender
 from edgedp.physics import render_dual_pixel
 
@@ -73,7 +73,7 @@ def test_dual_pixel_render_is_the_physics_function():
 
 def test_pseudo_inverse_is_stage1_and_inverts_a_sharp_layer():
     # Delta kernels, one layer, no prior: the closed form is the mean of the views exactly.
-    kernels = kernel_pyramid(front_radii(0, 1), "disk", dtype=torch.float64)  # (2, 1, 1, 1): a delta
+    kernels = kernel_pyramid(behind_radii(0, 1), "disk", dtype=torch.float64)  # (2, 1, 1, 1): a delta
     op = DualPixelRender(kernels, torch.ones(1, 1, 13, 17, dtype=torch.float64))
     views = torch.rand(1, 2, 13, 17, dtype=torch.float64)
     latent = op.pseudo_inverse(views, reg=0.0)

@@ -28,7 +28,7 @@ from edgedp.formats import DeviceProfile, save_profile  # noqa: E402
 from edgedp.deploy.profile_export import _adapter, export_profile, profile_test_image, verify_profile_export  # noqa: E402
 from edgedp.synth import SynthConfig, make_scene  # noqa: E402
 
-from edgedp_runtime import common, instant, schema  # noqa: E402  (numpy only)
+from edgedp_runtime import device_io, instant, schema  # noqa: E402  (numpy only)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("pair")
     sc = make_scene(SynthConfig(size=(H, W), max_radius=5.0, depth="smooth", butterworth=BW, seed=11))
     for name, img in (("left", sc.left), ("right", sc.right)):
-        (root / f"{name}.png").write_bytes(common.encode_png(common.to_uint16(img.numpy())))
+        (root / f"{name}.png").write_bytes(device_io.encode_png(device_io.to_uint16(img.numpy())))
     return root, sc
 
 
@@ -202,12 +202,12 @@ def test_runner_instant_end_to_end_without_torch(exported, pair, no_torch_env, t
     for part in ("gd", "latent", "fuse", "total"):
         assert f" {part} " in proc.stdout, proc.stdout
     assert "black 0, white 2**bits-1, flat field none" in proc.stdout
-    aif16 = common.decode_png((res / "allinfocus.png").read_bytes()).astype(np.float64) / 65535
+    aif16 = device_io.decode_png((res / "allinfocus.png").read_bytes()).astype(np.float64) / 65535
     aif = np.load(res / "allinfocus.npy")
     defocus = np.load(res / "defocus.npy")
     assert aif.shape == defocus.shape == aif16.shape == (H, W) and defocus.dtype == np.float32
     assert np.abs(aif16 - np.clip(aif, 0, 1)).max() <= 0.5 / 65535 + 1e-7
-    assert common.decode_png((res / "defocus.png").read_bytes()).shape == (H, W, 3)
+    assert device_io.decode_png((res / "defocus.png").read_bytes()).shape == (H, W, 3)
     assert 0.0 <= defocus.min() and defocus.max() <= 5.0
     gt = sc.allinfocus.numpy()
     views = np.stack([sc.left.numpy(), sc.right.numpy()])
@@ -215,7 +215,7 @@ def test_runner_instant_end_to_end_without_torch(exported, pair, no_torch_env, t
     assert p_out > p_in + 3.0, (p_out, p_in)  # an untrained G_D: the likelihood decides
     assert np.abs(defocus - sc.defocus.numpy()).mean() < 0.5
     # the plain API gives the same numbers on the same (16-bit quantized) views
-    quant = np.stack([common.decode_png((folder / f"{s}.png").read_bytes()) for s in ("left", "right")])
+    quant = np.stack([device_io.decode_png((folder / f"{s}.png").read_bytes()) for s in ("left", "right")])
     direct = instant.run_instant(out, quant.astype(np.float32) / 65535, threads=1)
     assert np.abs(direct["allinfocus"] - aif).max() <= 1e-5
     assert np.abs(direct["defocus"] - defocus).max() <= 1e-5
@@ -273,14 +273,14 @@ def test_runner_instant_errors(exported, pair, no_torch_env, tmp_path):
     proc = run(["instant", out, tmp_path / "nope.png", folder / "right.png", "-o", tmp_path / "o"], no_torch_env)
     assert_runner_error(proc, "left view not found")
     small = np.zeros((H - 1, W), np.uint16) + 1000
-    (tmp_path / "small.png").write_bytes(common.encode_png(small))
+    (tmp_path / "small.png").write_bytes(device_io.encode_png(small))
     proc = run(["instant", out, folder / "left.png", tmp_path / "small.png", "-o", tmp_path / "o"], no_torch_env)
     assert_runner_error(proc, "left/right size mismatch")
     proc = run(["instant", out, folder / "left.png", folder / "right.png", "-o", tmp_path / "o", "--crop", "500x20"],
                no_torch_env)
     assert_runner_error(proc, "larger than")
     eight = np.full((H, W), 100, np.uint8)
-    (tmp_path / "eight.png").write_bytes(common.encode_png(eight))
+    (tmp_path / "eight.png").write_bytes(device_io.encode_png(eight))
     proc = run(["instant", out, tmp_path / "eight.png", folder / "right.png", "-o", tmp_path / "o", "--black-level", 64],
                no_torch_env)
     assert_runner_error(proc, "8-bit image where 16-bit raw is expected")
@@ -313,7 +313,7 @@ def test_runner_instant_applies_the_profiles_view_gain(pair, no_torch_env, tmp_p
                 "--threads", 1], no_torch_env)
     assert proc.returncode == 0, proc.stderr
     assert "profile view gain" in proc.stdout
-    quant = np.stack([common.decode_png((folder / f"{s}.png").read_bytes()) for s in ("left", "right")]).astype(np.float32) / 65535
+    quant = np.stack([device_io.decode_png((folder / f"{s}.png").read_bytes()) for s in ("left", "right")]).astype(np.float32) / 65535
     corrected = quant.copy()
     corrected[1] *= instant.view_gain_map(gain, H, W)
     direct = instant.run_instant(out, corrected, threads=1)

@@ -22,7 +22,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from edgedp_runtime import common  # noqa: E402
+from edgedp_runtime import device_io  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_runtime_without_torch_in_a_fresh_venv(fresh_runtime, exports, tmp_path)
     rng = np.random.default_rng(0)
     views = [(rng.uniform(0.2, 0.8, (h, w)) * 65535).astype(np.uint16) for _ in range(2)]
     for name, view in zip(("l.png", "r.png"), views):
-        (tmp_path / name).write_bytes(common.encode_png(view))
+        (tmp_path / name).write_bytes(device_io.encode_png(view))
     sh([runtime, "predict", scene, tmp_path / "l.png", tmp_path / "r.png", "-o", out / "predict"], **run_in)
     defocus = np.load(out / "predict" / "defocus.npy")
     assert defocus.shape == (1, 1, h, w) and np.isfinite(defocus).all()

@@ -51,11 +51,11 @@ def _expected_scale(captures, radius=10.0, grid=(0.8, 1.0, 1.25)):
 
 
 def test_cross_error_prefers_true_kernel():
-    from edgedp.physics import front_radii
+    from edgedp.physics import behind_radii
 
     sc = make_scene(SynthConfig(size=(97, 131), butterworth=TRUE, max_radius=6.0, seed=4, noise_std=0.0, shot_noise=0.0))
     views = torch.stack([sc.left, sc.right])
-    radii = front_radii(6.0, 25)
+    radii = behind_radii(6.0, 25)
     true = cross_error(views, radii, "butterworth", TRUE, block=8)
     flat = cross_error(views, radii, "butterworth", ButterworthParams(order=9, cutoff=2.5, beta=0.1), block=8)
     assert true < flat

@@ -60,20 +60,20 @@ def export_cmd(
 
       edgedp export PHONE.profile -o phone_export
     """
-    from ..deploy.exporter import passed, run_export
+    from ..deploy.exporter import run_export, verification_passed
 
     given = explicit_options(ctx, ("opset", "half", "dynamic", "workspace", "verify", "atol", "rtol"))
-    side = run_export(scene, out, format.value, given, overwrite=overwrite, log=typer.echo)
-    files = [g["file"] for g in side["graphs"].values()] + [g["engine"] for g in side["graphs"].values() if "engine" in g]
-    if "instant" in side:
-        files.append(side["instant"]["kernels"])
-    typer.echo(f"wrote    {out}: {', '.join(files)}, export.json (opset {side['opset']})")
-    for note in side.get("notes", []):
+    sidecar = run_export(scene, out, format.value, given, overwrite=overwrite, log=typer.echo)
+    files = [g["file"] for g in sidecar["graphs"].values()] + [g["engine"] for g in sidecar["graphs"].values() if "engine" in g]
+    if "instant" in sidecar:
+        files.append(sidecar["instant"]["kernels"])
+    typer.echo(f"wrote    {out}: {', '.join(files)}, export.json (opset {sidecar['opset']})")
+    for note in sidecar.get("notes", []):
         typer.echo(f"note     {note}")
-    print_verification(side.get("verification", {}))
-    if "verification_fp16" in side:
-        print_verification(side["verification_fp16"], "fp16")
-    polygraphy_hint(out, side["graphs"])
-    if not passed(side):
+    print_verification(sidecar.get("verification", {}))
+    if "verification_fp16" in sidecar:
+        print_verification(sidecar["verification_fp16"], "fp16")
+    polygraphy_hint(out, sidecar["graphs"])
+    if not verification_passed(sidecar):
         typer.echo("error: verification failed (see above)", err=True)
         raise typer.Exit(1)

@@ -47,8 +47,8 @@ def verify_cmd(
     from ..deploy.exporter import FP16_TOLERANCE, ExportOptions, export_sources, scene_folder
     from ..deploy.onnx_export import read_sidecar, verify_export
 
-    side = read_sidecar(export_dir)
-    kind = side.get("source", "scene")
+    sidecar = read_sidecar(export_dir)
+    kind = sidecar.get("source", "scene")
     for name, value in explicit_options(ctx, ("atol", "rtol")).items():
         if name in export_sources()[kind].ignores and not half:  # the FP16 check is relative everywhere
             raise InputError(f"--{name} does not apply to a {kind} export: {export_sources()[kind].ignores[name]}")
@@ -62,11 +62,11 @@ def verify_cmd(
 
         results = verify_profile_export(export_dir, scene, atol=atol, rtol=rtol if half else None, fp16=half)
     else:
-        folder = scene if scene is not None else Path(side.get("bundle", ""))
+        folder = scene if scene is not None else Path(sidecar.get("bundle", ""))
         bundle = load_bundle(scene_folder(folder))
         results = verify_export(export_dir, bundle, atol=atol, rtol=rtol, fp16=half)
     ok = print_verification(results, "fp16" if half else "verify")
-    polygraphy_hint(export_dir, side["graphs"])
+    polygraphy_hint(export_dir, sidecar["graphs"])
     if not ok:
         typer.echo("error: verification failed (see above)", err=True)
         raise typer.Exit(1)

@@ -44,6 +44,7 @@ __all__ = [
     "gd_engine_profile",
     "run_export",
     "source_kind",
+    "verification_passed",
 ]
 
 #: Opsets the exporter writes: 13 is the first with Pad / Resize / Slice parameters as inputs the
@@ -181,14 +182,14 @@ def check_options(fmt: ExportFormat, source: ExportSource, given: Mapping[str, A
     return options
 
 
-def gd_engine_profile(side: dict) -> dict | None:
+def gd_engine_profile(sidecar: dict) -> dict | None:
     """The optimization profile of a dynamic gd.onnx engine: min one block (multiple_of^2), opt
     the source's size rounded down to the multiple, max twice that; None for a static graph."""
-    g = side["graphs"]["gd"]
+    g = sidecar["graphs"]["gd"]
     if not g.get("dynamic"):
         return None
     m = int(g.get("multiple_of", schema.DEFAULT_MULTIPLE_OF))
-    hh, ww = max(int(side["height"]) // m * m, m), max(int(side["width"]) // m * m, m)
+    hh, ww = max(int(sidecar["height"]) // m * m, m), max(int(sidecar["width"]) // m * m, m)
     return {"pair": ((1, 2, m, m), (1, 2, hh, ww), (1, 2, 2 * hh, 2 * ww))}
 
 
@@ -268,9 +269,9 @@ def run_export(
                 log(f"export   {kind} {source_path} -> {out} (--format {spec.argument}, opset {options.opset})")
                 if kind == "scene":
                     config = ExportConfig(opset=options.opset, atol=options.atol, rtol=options.rtol)
-                    side = export_scene(loaded, staging, config, overwrite=True, dynamic=options.dynamic, verify=options.verify)
+                    sidecar = export_scene(loaded, staging, config, overwrite=True, dynamic=options.dynamic, verify=options.verify)
                 else:
-                    side = export_profile(
+                    sidecar = export_profile(
                         source_path, staging, opset=options.opset, dynamic=options.dynamic, verify=options.verify,
                         overwrite=True, atol=options.atol,
                     )
@@ -282,30 +283,30 @@ def run_export(
                             fp16 = verify_export(staging, loaded, atol=tol["atol"], rtol=tol["rtol"], fp16=True)
                         else:
                             fp16 = verify_profile_export(staging, loaded, atol=tol["atol"], rtol=tol["rtol"], fp16=True)
-                        side["verification_fp16"] = {"method": FP16_METHOD, **fp16}
+                        sidecar["verification_fp16"] = {"method": FP16_METHOD, **fp16}
                     from .tensorrt import build_engine  # noqa: PLC0415
 
                     pinned_total, version = 0, "?"
-                    for name, entry in side["graphs"].items():
+                    for name, entry in sidecar["graphs"].items():
                         engine = schema.GRAPHS[name].engine_file
                         log(f"engine   building {engine} ({'FP16' if options.half else 'FP32'}) ...")
                         info = build_engine(
                             staging / entry["file"], staging / engine, half=options.half, workspace_mib=options.workspace,
-                            dynamic_shapes=gd_engine_profile(side) if name == "gd" else None,
+                            dynamic_shapes=gd_engine_profile(sidecar) if name == "gd" else None,
                             fp32_layers=entry.get(schema.FP32_NODES_KEY, ()),
                         )
                         entry["engine"] = engine
                         pinned_total += len(info["fp32_layers"])
                         version = info["tensorrt"]
-                    side["engine"] = {"half": options.half, "workspace_mib": options.workspace, "tensorrt": version,
+                    sidecar["engine"] = {"half": options.half, "workspace_mib": options.workspace, "tensorrt": version,
                                       "fp32_layers": pinned_total}
-                write_json(staging / schema.SIDECAR_NAME, side, overwrite=True)
+                write_json(staging / schema.SIDECAR_NAME, sidecar, overwrite=True)
                 drop.update(_dropped(source, {p.name for p in staging.iterdir()}, overwrite))
             except EdgedpError as err:  # name OUT, not the staging folder that is about to go
                 raise type(err)(str(err).replace(str(staging), str(out))) from None
     except OSError as err:
         raise OutputError(f"cannot write the export into {out} ({err.strerror or err})") from None
-    return side
+    return sidecar
 
 
 def scene_folder(path: Path) -> Path:
@@ -321,9 +322,9 @@ def scene_folder(path: Path) -> Path:
     return path
 
 
-def passed(side: dict) -> bool:
+def verification_passed(sidecar: dict) -> bool:
     """Whether every recorded verification (FP32 and, with --half, FP16) passed."""
-    ok = all(bool(r.get("passed")) for r in side.get("verification", {}).values())
-    fp16 = {k: v for k, v in side.get("verification_fp16", {}).items() if k != "method"}
+    ok = all(bool(r.get("passed")) for r in sidecar.get("verification", {}).values())
+    fp16 = {k: v for k, v in sidecar.get("verification_fp16", {}).items() if k != "method"}
     return ok and all(bool(r.get("passed")) for r in fp16.values())
 

@@ -500,8 +500,8 @@ def verify_export(
     latent = np.load(out / g["test_input"])
     got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"latent": latent})))
     ref = render_reference(bundle, torch.from_numpy(latent))
-    result["render"] = onnx_tools.worst(
-        {n: onnx_tools.compare(got[n], ref[n].numpy(), atol, rtol) for n in RENDER.output_names}
+    result["render"] = onnx_tools.graph_verification(
+        {n: onnx_tools.output_errors(got[n], ref[n].numpy(), atol, rtol) for n in RENDER.output_names}
     )
 
     g = graphs["refocus"]
@@ -515,8 +515,8 @@ def verify_export(
         feeds = {"image": image, "focus": np.array(focus, np.float32), "aperture": np.array(aperture, np.float32)}
         (y,) = sess.run([out_name], feeds)
         r = refocus_reference(bundle.defocus[None, None], bank, torch.from_numpy(image), focus, aperture)
-        cases[f"{out_name}(focus={focus:g}, aperture={aperture:g})"] = onnx_tools.compare(y, r.numpy(), atol, rtol)
-    result["refocus"] = onnx_tools.worst(cases)
+        cases[f"{out_name}(focus={focus:g}, aperture={aperture:g})"] = onnx_tools.output_errors(y, r.numpy(), atol, rtol)
+    result["refocus"] = onnx_tools.graph_verification(cases)
 
     if "gd" in graphs:
         from .onnx_gd import verify_gd_onnx  # noqa: PLC0415

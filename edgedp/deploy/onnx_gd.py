@@ -327,7 +327,7 @@ def verify_gd_onnx(
             r = r.numpy()
             if o.shape != r.shape:
                 raise EdgedpError(f"{path}: {name} has shape {tuple(o.shape)}, PyTorch {tuple(r.shape)}")
-            err = onnx_tools.compare(o, r, atol, rtol)
+            err = onnx_tools.output_errors(o, r, atol, rtol)
             finite &= bool(np.isfinite(o).all())
             within &= err["passed"]
             entry[name] = err["max_abs"]

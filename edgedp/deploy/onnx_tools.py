@@ -38,10 +38,12 @@ __all__ = [
     "default_opset",
     "emulate_fp16",
     "fold_constants",
+    "graph_verification",
     "iter_nodes",
     "load_model",
     "node_attribute",
     "op_types",
+    "output_errors",
     "external_locations",
     "require_onnx",
     "save_graph",
@@ -372,7 +374,7 @@ def ort_session(source, *, threads: int | None = None, fp16: bool = False):
     return ort_load(ort, model, opts, ["CPUExecutionProvider"], InputError, str(source) if isinstance(model, str) else "graph")
 
 
-def compare(got, ref, atol: float, rtol: float | None = None) -> dict[str, Any]:
+def output_errors(got, ref, atol: float, rtol: float | None = None) -> dict[str, Any]:
     """Errors of ``got`` against ``ref``: ``max_abs = max |got - ref|``, ``max_rel = max_abs /
     max |ref|`` and ``passed``: finite and ``max_abs <= atol + rtol * max |ref|`` (``rtol`` None:
     atol alone)."""
@@ -391,8 +393,8 @@ def compare(got, ref, atol: float, rtol: float | None = None) -> dict[str, Any]:
     return out
 
 
-def worst(per_output: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One graph's verification entry from per-output :func:`compare` results: the worst output's
+def graph_verification(per_output: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One graph's verification entry from per-output :func:`output_errors` results: the worst output's
     numbers, ``passed`` only if every output passed, and ``outputs`` with each output's errors."""
     key = max(per_output, key=lambda k: per_output[k]["max_rel"])
     entry = dict(per_output[key])

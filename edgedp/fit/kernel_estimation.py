@@ -296,9 +296,9 @@ def estimate_kernel_field(
         >>> from edgedp.physics.kernels import kernel_disparity
         >>> pair = recentre_pair(tilted_kernel_pair(3.0, 0.6, size=11))
         >>> views = torch.stack([torch.nn.functional.conv2d(x[None, None], pair[v].flip(-1, -2)[None, None], padding=5)[0, 0] for v in range(2)])
-        >>> from edgedp.physics import front_radii
+        >>> from edgedp.physics import behind_radii
         >>> cfg = FieldEstimationConfig(grid=(1, 1), tilts_x=(-0.6, 0.0, 0.6), tilts_y=(0.0,), scale=1)
-        >>> est = estimate_kernel_field(views, front_radii(3, 4), float(kernel_disparity(pair)) / 3, cfg)
+        >>> est = estimate_kernel_field(views, behind_radii(3, 4), float(kernel_disparity(pair)) / 3, cfg)
         >>> est.tilts[0, 0].tolist()
         [0.6, 0.0]
     """

@@ -21,7 +21,7 @@ from torch import Tensor
 from ..conventions import BOTH, focus_for_side
 from ..physics.disparity import estimate_disparity
 from ..errors import InputError
-from ..physics.kernels import ButterworthParams, both_radii, front_radii, kernel_disparity, kernel_pyramid
+from ..physics.kernels import ButterworthParams, both_radii, behind_radii, kernel_disparity, kernel_pyramid
 from ..physics.kernel_field import KernelField, field_layer_kernels, spread_ratio
 from .deconvolution import deconvolve_layers, default_tv_weight
 from .kernel_estimation import FieldEvidence, estimate_kernel_field
@@ -244,7 +244,7 @@ def layer_radii(config: FitConfig, low: float, high: float, side: str) -> tuple[
         radii = both_radii(radius, max((total - 1) // 2, 1))
     else:
         count = config.layers if config.layers is not None else int(math.ceil(radius)) + 1
-        radii = front_radii(radius, max(count, 2))
+        radii = behind_radii(radius, max(count, 2))
     return focus, radii
 
 
@@ -278,7 +278,7 @@ def field_kernels(field: KernelField, radii: Tensor, config: FitConfig, size: in
     Example:
         >>> from edgedp.physics.kernel_field import uniform_field
         >>> from edgedp.physics.kernels import dp_kernel_pair
-        >>> pk = field_kernels(uniform_field(dp_kernel_pair(4.0), (2, 2)), front_radii(3, 4), FitConfig(), 7)
+        >>> pk = field_kernels(uniform_field(dp_kernel_pair(4.0), (2, 2)), behind_radii(3, 4), FitConfig(), 7)
         >>> tuple(pk.shape)
         (2, 2, 2, 4, 11, 11)
     """

@@ -42,8 +42,8 @@ def solve_latent_map(views: Tensor, kernels: Tensor, reg: float, *, pad: int | N
 
     Example:
         >>> import torch
-        >>> from edgedp.physics import front_radii, kernel_pyramid
-        >>> kernels = kernel_pyramid(front_radii(2, 3), 'disk')
+        >>> from edgedp.physics import behind_radii, kernel_pyramid
+        >>> kernels = kernel_pyramid(behind_radii(2, 3), 'disk')
         >>> views = torch.rand(2, 37, 53, generator=torch.Generator().manual_seed(0))
         >>> latent = solve_latent_map(views, kernels, reg=1e-3)
         >>> tuple(latent.shape), bool(torch.allclose(latent[0], views.mean(0), atol=1e-2))  # layer 0: sharp

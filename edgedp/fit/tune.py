@@ -44,7 +44,7 @@ from ..errors import InputError
 from .config import STAGE2_BLOCK, CaptureInfo, FitConfig
 from .pipeline import disparity_per_radius, fit_channel, layer_radii
 from .stage2 import fit_defocus_map, train_defocus_net
-from ..physics.kernels import ButterworthParams, both_radii, front_radii, kernel_pyramid
+from ..physics.kernels import ButterworthParams, both_radii, behind_radii, kernel_pyramid
 from .kernel_estimation import field_evidence, tilted_field
 from ..physics.noise import default_latent_reg
 from .stage1 import solve_latent_map
@@ -155,7 +155,7 @@ def cross_error(views: Tensor, radii: Tensor, model: str, params: ButterworthPar
 def _radii_for(focus: str, radius: float, layers: int) -> Tensor:
     if focus == BOTH:
         return both_radii(radius, max((layers - 1) // 2, 1))
-    return front_radii(radius, max(layers, 2))
+    return behind_radii(radius, max(layers, 2))
 
 
 def _extent(c: _Capture, focus: str) -> float:

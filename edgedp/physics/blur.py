@@ -386,8 +386,8 @@ def blur_stack_fft(stack: Tensor, kernels: Tensor | KernelSpectrum) -> Tensor:
     Differentiable w.r.t. stack and kernels.
 
     Example:
-        >>> from edgedp.physics import front_radii, kernel_pyramid
-        >>> kernels = kernel_pyramid(front_radii(3, 4), 'disk')  # (2, 4, 7, 7)
+        >>> from edgedp.physics import behind_radii, kernel_pyramid
+        >>> kernels = kernel_pyramid(behind_radii(3, 4), 'disk')  # (2, 4, 7, 7)
         >>> stack = torch.rand(1, 4, 37, 53, generator=torch.Generator().manual_seed(0))
         >>> out = blur_stack_fft(stack, kernels)
         >>> out.shape, bool(torch.allclose(out[:, :, 0], stack[:, None, 0].expand(1, 2, 37, 53), atol=1e-5))

@@ -55,7 +55,7 @@ __all__ = [
     "dp_kernel_pair",
     "kernel_pyramid",
     "resize_kernel",
-    "front_radii",
+    "behind_radii",
     "both_radii",
     "kernel_centroid",
     "kernel_disparity",
@@ -359,7 +359,7 @@ def kernel_pyramid(
 
     Args:
         radii: sequence or 1-D tensor of L signed radii (px, may be non-integer), e.g.
-            :func:`front_radii` or :func:`both_radii`.
+            :func:`behind_radii` or :func:`both_radii`.
         model, params: see :func:`dp_kernel_pair`.
         size: K (odd, >= ``2 ceil(R) + 1``); default ``2 ceil(R) + 1``.
         device, dtype: of the result (a tensor ``radii`` does not set them).
@@ -368,7 +368,7 @@ def kernel_pyramid(
         ``(2, L, K, K)``: ``[left, right]`` x layers.
 
     Example:
-        >>> k = kernel_pyramid(front_radii(3, 4), 'disk')
+        >>> k = kernel_pyramid(behind_radii(3, 4), 'disk')
         >>> tuple(k.shape), float(k[0, 0, 3, 3])  # layer 0 (r = 0) is a delta
         ((2, 4, 7, 7), 1.0)
     """
@@ -443,15 +443,15 @@ def resize_kernel(kernels: Tensor, scale: float | Tensor, size: int) -> Tensor:
     return out / total.clamp(min=torch.finfo(out.dtype).tiny)
 
 
-def front_radii(
+def behind_radii(
     max_radius: float, num_layers: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> Tensor:
     """Layer radii for a ``behind`` stack (r >= 0, edgedp.conventions; "front" is the thesis name): ``linspace(0, R, L)``, (L,).
 
-    ``front_radii(17, 18)`` is ``0, 1, ..., 17`` (layer 0 in focus).
+    ``behind_radii(17, 18)`` is ``0, 1, ..., 17`` (layer 0 in focus).
 
     Example:
-        >>> front_radii(3, 4).tolist()
+        >>> behind_radii(3, 4).tolist()
         [0.0, 1.0, 2.0, 3.0]
     """
     if num_layers < 1:

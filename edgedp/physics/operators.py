@@ -21,8 +21,8 @@ input shape is a one-line ValueError naming the operator.  :data:`OPERATORS` reg
 operator with a small example (the shared operator tests run over it).
 
 >>> import torch
->>> from edgedp.physics import front_radii, kernel_pyramid
->>> kernels = kernel_pyramid(front_radii(2, 3), "disk")            # (2, 3, 5, 5)
+>>> from edgedp.physics import behind_radii, kernel_pyramid
+>>> kernels = kernel_pyramid(behind_radii(2, 3), "disk")            # (2, 3, 5, 5)
 >>> weights = torch.full((1, 3, 17, 19), 1 / 3)
 >>> render = DualPixelRender(kernels, weights)
 >>> latent = torch.rand(1, 3, 17, 19)
@@ -213,9 +213,9 @@ class LayerBlur(_StackBlur):
 
     @classmethod
     def example(cls, dtype=torch.float32, device=None):
-        from .kernels import front_radii, kernel_pyramid
+        from .kernels import behind_radii, kernel_pyramid
 
-        return cls(kernel_pyramid(front_radii(2, 3), "butterworth", dtype=dtype, device=device)), (1, 3, 9, 11)
+        return cls(kernel_pyramid(behind_radii(2, 3), "butterworth", dtype=dtype, device=device)), (1, 3, 9, 11)
 
 
 @register_operator("patchwise_blur")

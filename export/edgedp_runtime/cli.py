@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .common import (
+from .device_io import (
     centre_crop,
     check_shape,
     check_writable,

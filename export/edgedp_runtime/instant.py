@@ -55,8 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from . import common, schema  # numpy only
-from .common import RunnerError
+from . import device_io, schema  # numpy only
+from .device_io import RunnerError
 
 __all__ = [
     "InstantConfig",
@@ -555,7 +555,7 @@ def check_budget(height: int, width: int, layers: int, budget) -> None:
 class InstantExport:
     """What the instant path needs from an export folder (``edgedp export PHONE.profile``)."""
 
-    info: Any  # common.ExportInfo
+    info: Any  # device_io.ExportInfo
     kernels: np.ndarray  # (2, L, K, K) float32
     radii: np.ndarray  # (L,) float32
     config: InstantConfig
@@ -579,7 +579,7 @@ def load_instant(folder) -> InstantExport:
             f"'edgedp export PHONE.profile -o OUT'"
         )
     info.graph("gd")
-    kernels = common.load_npy(info.folder / str(entry.get("kernels", "kernels.npy")), "instant kernels")
+    kernels = device_io.load_npy(info.folder / str(entry.get("kernels", "kernels.npy")), "instant kernels")
     radii = np.asarray(info.radii, np.float32)
     if kernels.ndim != 4 or kernels.shape[0] != 2 or kernels.shape[1] != radii.size or kernels.shape[2] != kernels.shape[3]:
         raise RunnerError(f"{side}: kernels {kernels.shape} do not match (2, {radii.size}, K, K) for its {radii.size} radii")
@@ -590,7 +590,7 @@ def run_gd(model, views: np.ndarray, multiple_of: int, names: tuple[str, str] = 
     """G_D's alphas (L, H, W) for views (2, H, W): the pair is padded by edge replication to
     multiples of ``multiple_of`` (gd.onnx does not pad), the alphas cropped back.  ``model`` is
     a callable ``feeds -> {name: array}`` (a runner backend's model)."""
-    pair, (h, w) = common.pad_to_multiple(np.asarray(views, np.float32)[None], multiple_of, "pad")
+    pair, (h, w) = device_io.pad_to_multiple(np.asarray(views, np.float32)[None], multiple_of, "pad")
     out = model({names[0]: pair})[names[1]]
     return np.ascontiguousarray(np.asarray(out, np.float32)[0, :, :h, :w])
 
