@@ -55,7 +55,7 @@ class FakeFit:
     def __init__(self) -> None:
         self.calls: list[dict] = []
 
-    def __call__(self, left, right, config=FitConfig(), *, kernel_field=None, gd_init=None, progress=None) -> FitResult:
+    def __call__(self, left, right, config=FitConfig(), *, kernel_field=None, field_prior=None, gd_init=None, progress=None) -> FitResult:
         self.calls.append({"left": left, "right": right, "config": config, "gd_init": gd_init, "kernel_field": kernel_field})
         net = torch.nn.Conv2d(2, self.LAYERS, 3)
         if gd_init is not None:

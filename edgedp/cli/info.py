@@ -10,32 +10,20 @@ import typer
 from ..conventions import side_text
 from ..fit.options import camera_read_options
 from .app import app, user_errors
-from .options import (
-    BlackLevelOpt,
-    CameraOpt,
-    CropOpt,
-    FlatFieldOpt,
-    LeftArg,
-    RightArg,
-    TransferOpt,
-    WhiteLevelOpt,
-)
+from .options import LeftArg, RightArg, with_input_options
 from .output import echo_warnings
 
 
 @app.command()
 @user_errors
+@with_input_options(after="right")
 def info(
     left: LeftArg,
     right: RightArg,
-    black_level: BlackLevelOpt = None,
-    white_level: WhiteLevelOpt = None,
-    flat_field: FlatFieldOpt = None,
-    crop: CropOpt = None,
-    transfer: TransferOpt = None,
-    camera: CameraOpt = None,
     max_disparity: Annotated[int, typer.Option(help="Largest |disparity| searched (px).")] = 16,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
+    *,
+    inputs: dict,
 ) -> None:
     """Describe a DP pair: size, bit depth, colour transfer, value range, DP disparity range,
     side of focus.
@@ -55,7 +43,7 @@ def info(
     from ..physics.disparity import estimate_disparity
     from ..io.images import read_dp_pair
 
-    pair = read_dp_pair(left, right, camera_read_options(camera, black_level, white_level, flat_field, crop, transfer))
+    pair = read_dp_pair(left, right, camera_read_options(**inputs))
     est = estimate_disparity(pair.left.mean(0), pair.right.mean(0), max_disparity=max_disparity)
     c, h, w = pair.left.shape
     report = {
@@ -72,7 +60,7 @@ def info(
         "disparity_px": {"low": est.low, "median": est.median, "high": est.high, "tile": est.tile},
         "focus_side": est.side,
         "transfer": {"requested": pair.info.transfer_requested, "used": pair.info.transfer, "reason": pair.info.transfer_reason},
-        "camera": camera,
+        "camera": inputs["camera"],
         "black_level": pair.info.black_level,
         "white_level": pair.info.white_level,
         "warnings": list(pair.info.warnings),

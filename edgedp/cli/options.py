@@ -1,5 +1,5 @@
-"""Option declarations shared by the commands: the input options of every command that reads a DP pair,
-the fit options of `edgedp fit` and `edgedp batch` (:func:`with_fit_options`), the choices of ``--focus``,
+"""Option declarations shared by the commands: the input options of every command that reads a DP pair
+(:func:`with_input_options`), the fit options of `edgedp fit` and `edgedp batch` (:func:`with_fit_options`), the choices of ``--focus``,
 ``--preset``, ``--device`` and ``--kernel``, and which options a user set (:func:`explicit_options`).
 """
 
@@ -13,7 +13,6 @@ from typing import Annotated, Optional
 import typer
 
 from ..conventions import fit_focus
-from ..errors import InputError
 from .app import F
 from .output import echo_warnings
 
@@ -146,20 +145,6 @@ MaxMemoryOpt = Annotated[
 ]
 
 
-def parse_max_memory(text: str | float | None) -> float | None:
-    """``--max-memory`` -> GiB (None: the default budget); InputError (one line) for a value
-    that is not a number, not finite, below the minimum or above the machine's memory."""
-    if text is None:
-        return None
-    from edgedp_runtime.memory import memory_budget
-
-    try:
-        memory_budget(text)
-    except ValueError as err:
-        raise InputError(str(err)) from None
-    return float(text)
-
-
 KernelsOpt = Annotated[
     Optional[tuple[Path, Path]],
     typer.Option(
@@ -182,13 +167,19 @@ ProfileOpt = Annotated[
 ]
 
 
-def _fit_options(
+def _input_options(
     black_level: BlackLevelOpt = None,
     white_level: WhiteLevelOpt = None,
     flat_field: FlatFieldOpt = None,
     crop: CropOpt = None,
     transfer: TransferOpt = None,
     camera: CameraOpt = None,
+) -> None:
+    """The input options of every command that reads DP pairs (`info`, `fit`, `batch`, `tune`),
+    declared once (:func:`with_input_options`, :func:`with_fit_options`)."""
+
+
+def _fit_only_options(
     preset: PresetOpt = PresetChoice.default,
     iterations: IterationsOpt = None,
     layers: LayersOpt = None,
@@ -205,37 +196,60 @@ def _fit_options(
     max_memory: MaxMemoryOpt = None,
     kernels: KernelsOpt = None,
 ) -> None:
-    """The options of one fit, declared once: :func:`with_fit_options` gives them to `edgedp fit`
-    and `edgedp batch` (each field of :class:`edgedp.run.capture.CaptureOptions` but ``overwrite``)."""
+    """The options of one fit besides the input options: with them, each field of
+    :class:`edgedp.run.capture.CaptureOptions` but ``overwrite`` (:func:`with_fit_options`)."""
 
 
-def with_fit_options(command: F) -> F:
-    """Give a Typer command the fit options (:func:`_fit_options`), right after its ``out``
-    parameter, and call it with them gathered in ``options`` (a CaptureOptions; enums as their
-    values).  A new fit option is one parameter of ``_fit_options`` and one CaptureOptions field."""
+def _input_values(values: dict) -> dict:
+    """The input options as values: a pair option (``flat_field``) given half is not given."""
+    if values.get("flat_field") is not None and any(p is None for p in values["flat_field"]):
+        values["flat_field"] = None
+    return values
+
+
+def _with_options(command: F, declarations, after: str, gathered: str, gather) -> F:
+    """Give a Typer command the parameters of ``declarations`` right after its parameter ``after``,
+    and call it with them gathered into its keyword ``gathered`` (``gather(values)``)."""
     import inspect
 
-    from ..run.capture import CaptureOptions
-
-    shared = list(inspect.signature(_fit_options, eval_str=True).parameters.values())
+    shared = [p for d in declarations for p in inspect.signature(d, eval_str=True).parameters.values()]
     names = [p.name for p in shared]
-    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
-    at = next(i for i, p in enumerate(own) if p.name == "out") + 1
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != gathered]
+    at = next(i for i, p in enumerate(own) if p.name == after) + 1
 
     @functools.wraps(command)
     def wrapper(**kwargs):
         values = {name: kwargs.pop(name) for name in names}
-        values["focus"] = focus_option(values["focus"])
-        values = {k: (v.value if isinstance(v, Enum) else v) for k, v in values.items()}
-        for pair_option in ("flat_field", "kernels"):
-            if values[pair_option] is not None and any(p is None for p in values[pair_option]):
-                values[pair_option] = None
-        values["max_memory"] = parse_max_memory(values["max_memory"])
-        return command(**kwargs, options=CaptureOptions(**values))
+        return command(**kwargs, **{gathered: gather(values)})
 
     wrapper.__signature__ = inspect.Signature(own[:at] + shared + own[at:])  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
     return wrapper  # type: ignore[return-value]
+
+
+def with_input_options(after: str):
+    """Decorator: give a Typer command the input options (:func:`_input_options`) right after its
+    parameter ``after`` and call it with them in ``inputs`` (a dict of the six values, the keywords of
+    :func:`edgedp.fit.options.camera_read_options`)."""
+    return lambda command: _with_options(command, (_input_options,), after, "inputs", _input_values)
+
+
+def with_fit_options(command: F) -> F:
+    """Give a Typer command the input and fit options (:func:`_input_options`,
+    :func:`_fit_only_options`), right after its ``out`` parameter, and call it with them gathered in
+    ``options`` (a CaptureOptions; enums as their values).  A new fit option is one parameter of
+    ``_fit_only_options`` and one CaptureOptions field."""
+    from ..run.capture import CaptureOptions, parse_max_memory
+
+    def gather(values: dict):
+        values["focus"] = focus_option(values["focus"])
+        values = _input_values({k: (v.value if isinstance(v, Enum) else v) for k, v in values.items()})
+        if values["kernels"] is not None and any(p is None for p in values["kernels"]):
+            values["kernels"] = None
+        values["max_memory"] = parse_max_memory(values["max_memory"])
+        return CaptureOptions(**values)
+
+    return _with_options(command, (_input_options, _fit_only_options), "out", "options", gather)
 
 
 def explicit_options(ctx: typer.Context, names: tuple[str, ...]) -> dict:

@@ -9,26 +9,13 @@ import typer
 
 from ..fit.options import MIN_FIT_SIZE, camera_read_options, fit_config_from_options
 from .app import app, user_errors
-from .options import (
-    BlackLevelOpt,
-    CameraOpt,
-    CropOpt,
-    FitFocusChoice,
-    FlatFieldOpt,
-    KernelsOpt,
-    MaxMemoryOpt,
-    PatchesOpt,
-    PresetChoice,
-    TransferOpt,
-    WhiteLevelOpt,
-    focus_option,
-    parse_max_memory,
-)
+from .options import FitFocusChoice, KernelsOpt, MaxMemoryOpt, PatchesOpt, PresetChoice, focus_option, with_input_options
 from .output import FitProgress, echo_warnings, memory_line, short_number
 
 
 @app.command()
 @user_errors
+@with_input_options(after="name")
 def tune(
     captures: Annotated[
         list[str],
@@ -37,12 +24,6 @@ def tune(
     ],
     out: Annotated[Path, typer.Option("-o", "--out", help="Profile file to write (e.g. PHONE.profile).", show_default=False)],
     name: Annotated[str, typer.Option("--name", help="Device name stored in the profile.")] = "device",
-    black_level: BlackLevelOpt = None,
-    white_level: WhiteLevelOpt = None,
-    flat_field: FlatFieldOpt = None,
-    crop: CropOpt = None,
-    transfer: TransferOpt = None,
-    camera: CameraOpt = None,
     preset: Annotated[PresetChoice, typer.Option(help="Speed/quality preset for the G_D fits.")] = PresetChoice.fast,
     iterations: Annotated[Optional[str], typer.Option(help="Stage 2 steps per capture (S2). Default: the preset's.")] = None,
     focus: Annotated[Optional[FitFocusChoice], typer.Option(help="auto (default), behind or both (front: old name of behind).",
@@ -57,6 +38,8 @@ def tune(
     kernels: KernelsOpt = None,
     patches: PatchesOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing profile.")] = False,
+    *,
+    inputs: dict,
 ) -> None:
     """Tune a device profile from several DP captures of one phone (no calibration target).
 
@@ -78,13 +61,12 @@ def tune(
     With --kernels the profile also stores that kernel field (grid from --patches) and `edgedp fit
     --profile` fits with it; the G_D fits of tune itself use the parametric kernels.
     """
-    from edgedp_runtime.memory import memory_budget
-
+    from ..run.capture import memory_budget_of, parse_max_memory
     from ..run.profile_tuning import check_profile_target, tune_from_captures
 
     check_profile_target(out, overwrite)  # before reading anything
     focus_option(focus)  # one warning line for an old name (FitConfig maps it)
-    budget = memory_budget(parse_max_memory(max_memory))
+    budget = memory_budget_of(parse_max_memory(max_memory))  # the one budget of the G_D fits
     config = fit_config_from_options(preset.value, iterations=iterations, focus=focus.value if focus is not None else None,
                                      patches=patches)
     kernel_field = None
@@ -92,7 +74,7 @@ def tune(
         from ..formats.kernel_grid import load_kernel_grid
 
         kernel_field = load_kernel_grid(kernels[0], kernels[1], config.patches)
-    options = camera_read_options(camera, black_level, white_level, flat_field, crop, transfer, min_size=MIN_FIT_SIZE)
+    options = camera_read_options(**inputs, min_size=MIN_FIT_SIZE)
     with FitProgress() as progress:
         run = tune_from_captures(captures, out, config, options, name=name, search=search, rounds=rounds, budget=budget,
                                  overwrite=overwrite, progress=progress, warn=echo_warnings, kernel_field=kernel_field)

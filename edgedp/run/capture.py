@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from ..errors import InputError, OutputError
 
@@ -173,20 +173,50 @@ def _warm_start_message(err: InputError, path: Path) -> InputError:
     return err
 
 
-def capture_budget(options: CaptureOptions):
-    """The :class:`edgedp_runtime.memory.MemoryBudget` of ``options.max_memory`` (None: the
-    default); a bad value is a one-line InputError naming ``--max-memory``."""
+def parse_max_memory(text: str | float | None) -> float | None:
+    """``--max-memory`` as a number of GiB (None: the default budget); InputError (one line) for a
+    value that is not a number.  The budget itself (finite, the minimum, the machine's memory) is
+    built once, by :func:`memory_budget_of`.
+
+    >>> parse_max_memory("1.5"), parse_max_memory(None)
+    (1.5, None)
+    """
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        raise InputError(f"--max-memory {text!r}: expected a number of GiB, e.g. 6") from None
+
+
+def memory_budget_of(gib: float | None):
+    """The :class:`edgedp_runtime.memory.MemoryBudget` of ``gib`` GiB (None: the default, from the
+    memory the machine has free); a bad value is a one-line InputError naming ``--max-memory``."""
     from edgedp_runtime.memory import memory_budget
 
     try:
-        return memory_budget(options.max_memory)
+        return memory_budget(gib)
     except ValueError as err:
         raise InputError(str(err)) from None
 
 
-def capture_config(options: CaptureOptions):
-    """``(FitConfig, device_profile or None, ReadOptions)`` for ``options`` without reading any
-    image: validates every option (a one-line InputError naming the flag), so ``edgedp batch``
+def capture_budget(options: CaptureOptions):
+    """The memory budget of one fit with ``options`` (:func:`memory_budget_of` its ``max_memory``)."""
+    return memory_budget_of(options.max_memory)
+
+
+class CapturePlan(NamedTuple):
+    """What a fit's options resolve to before any image is read (:func:`capture_config`)."""
+
+    config: Any  # FitConfig
+    device_profile: Any  # DeviceProfile or None
+    read: Any  # ReadOptions
+    budget: Any  # edgedp_runtime.memory.MemoryBudget, built once per fit
+
+
+def capture_config(options: CaptureOptions) -> CapturePlan:
+    """The :class:`CapturePlan` (FitConfig, device profile or None, ReadOptions, memory budget) of
+    ``options`` without reading any image: validates every option (a one-line InputError naming the flag), so ``edgedp batch``
     refuses bad options before its first capture.  The input options are resolved as flags >
     ``--camera`` preset > the profile's input settings."""
     from ..io.cameras import apply_camera
@@ -206,8 +236,7 @@ def capture_config(options: CaptureOptions):
         seed=options.seed,
     )
     check_device(config.device)
-    if options.max_memory is not None:
-        capture_budget(options)
+    budget = capture_budget(options)
     if options.transfer is not None:
         check_transfer(options.transfer)
     chosen = apply_camera(options.camera, black_level=options.black_level, white_level=options.white_level,
@@ -226,7 +255,7 @@ def capture_config(options: CaptureOptions):
                         transfer=chosen["transfer"])
     if options.kernels is not None:  # read now: a bad file is refused before any image is read
         capture_kernel_field(options, config, device_profile)
-    return config, device_profile, read
+    return CapturePlan(config, device_profile, read, budget)
 
 
 def capture_kernel_field(options: CaptureOptions, config, device_profile=None):
@@ -298,24 +327,31 @@ def fit_capture(
         InputError, OutputError: one line, for every user-caused problem; outputs are refused
             before the fit starts, not after it.
     """
-    import math
-
-    from ..formats.bundle import read_gd_state
-    from ..fit.tiling import TilingConfig, fit_within_budget
-    from ..fit.options import MIN_FIT_SIZE, parse_channel
-    from ..io.atomic import folder_writer, recover_output
-    from ..io.writers import json_ready, prepare_output_dir
-    from ..io.images import read_dp_pair
-
     started = time.perf_counter()
     left, right, out = Path(left), Path(right), Path(out)
-    overwrite = options.overwrite
-    config, device_profile, read = capture_config(options)
-    kernel_field = capture_kernel_field(options, config, device_profile)
-    budget = capture_budget(options)
-    flat_field = read.flat_field
+    plan = capture_config(options)
+    kernel_field = capture_kernel_field(options, plan.config, plan.device_profile)
+    folder = refuse_existing_outputs(out, write_to, options.overwrite)  # before the (long) fit, not after it
+    pair, config, fit_channel, gd_init = _read_capture(left, right, plan, options, warn)
+    read_seconds = time.perf_counter() - started
+    t_fit = time.perf_counter()
+    result, notes = _fit(pair, config, plan, options, gd_init, kernel_field, progress, warn)
+    fit_seconds = time.perf_counter() - t_fit
+    t_write = time.perf_counter()
+    report = _write_capture(result, pair, input_info(pair, plan.read, fit_channel), config, options, plan.device_profile,
+                            left, right, out, folder, write_to, started, read_seconds, fit_seconds, t_write)
+    from ..io.writers import json_ready
 
-    # Outputs first: refuse before the (long) fit, not after it.
+    return CaptureFit(report=json_ready(report), result=result, requested=config,
+                      warnings=list(pair.info.warnings) + notes)
+
+
+def refuse_existing_outputs(out: Path, write_to: Path | str | None, overwrite: bool) -> Path:
+    """The folder a fit writes into (``write_to`` or ``out``, created; a killed fit's old ``out``
+    recovered first); an OutputError when a fit output is there and not ``overwrite``."""
+    from ..io.atomic import recover_output
+    from ..io.writers import prepare_output_dir
+
     if write_to is None:
         recover_output(out)  # a fit killed between its two renames: the old OUTDIR is back first
     folder = prepare_output_dir(out if write_to is None else Path(write_to))
@@ -326,11 +362,23 @@ def fit_capture(
             for p in existing:
                 if p.exists():
                     raise OutputError(f"{out / p.relative_to(folder)} exists (use --overwrite)")
+    return folder
 
+
+def _read_capture(left: Path, right: Path, plan: "CapturePlan", options: CaptureOptions, warn):
+    """Read the pair as the plan says (the profile's view gain applied): ``(pair, config with the
+    fit channel, the channel, G_D's warm start or None)``."""
+    import math
+
+    from ..fit.options import MIN_FIT_SIZE, parse_channel
+    from ..formats.bundle import read_gd_state
+    from ..io.images import read_dp_pair
+
+    config, device_profile = plan.config, plan.device_profile
     min_size = MIN_FIT_SIZE
     if config.max_radius is not None:
         min_size = max(min_size, 2 * math.ceil(config.max_radius) + 1)
-    read = dataclasses.replace(read, min_size=min_size)
+    read = dataclasses.replace(plan.read, min_size=min_size)
     pair = read_dp_pair(left, right, read)
     for message in pair.info.warnings:
         if warn is not None:
@@ -347,12 +395,16 @@ def fit_capture(
                          layers=config.layers if options.warm_start is None else None)
         if gd_init is None:
             gd_init = device_profile.gd_state
-        gain = device_profile.view_gain_for(flat_field, int(height), int(width))
+        gain = device_profile.view_gain_for(plan.read.flat_field, int(height), int(width))
         if gain is not None:
             pair.right = pair.right * gain
-    read_seconds = time.perf_counter() - started
+    return pair, config, fit_channel, gd_init
 
-    t_fit = time.perf_counter()
+
+def _fit(pair, config, plan: "CapturePlan", options: CaptureOptions, gd_init, kernel_field, progress, warn):
+    """The fit within the plan's memory budget: ``(FitResult, the notes it gave)``."""
+    from ..fit.tiling import TilingConfig, fit_within_budget
+
     notes: list[str] = []
 
     def note(message: str) -> None:
@@ -361,15 +413,19 @@ def fit_capture(
             warn(message)
 
     try:
-        result = fit_within_budget(pair.left, pair.right, config, TilingConfig(), budget=budget, gd_init=gd_init,
-                                   kernel_field=kernel_field, field_prior=capture_field_prior(options, device_profile),
+        result = fit_within_budget(pair.left, pair.right, config, TilingConfig(), budget=plan.budget, gd_init=gd_init,
+                                   kernel_field=kernel_field, field_prior=capture_field_prior(options, plan.device_profile),
                                    progress=progress, warn=note)
     except InputError as err:
         raise (_warm_start_message(err, options.warm_start) if options.warm_start is not None else err) from None
-    fit_seconds = time.perf_counter() - t_fit
+    return result, notes
 
-    t_write = time.perf_counter()
-    info = input_info(pair, read, fit_channel)
+
+def _write_capture(result, pair, info, config, options, device_profile, left, right, out, folder, write_to, started,
+                   read_seconds, fit_seconds, t_write) -> dict:
+    """Write every output all or nothing and return report.json's content."""
+    from ..io.atomic import folder_writer
+
     # All or nothing (issue 17): `edgedp fit` writes every output into a staging folder beside
     # OUTDIR and swaps it in by two renames (the user's other files in OUTDIR carried over), so a
     # kill or a full disk leaves the old outputs complete; `edgedp batch` passes its own staging
@@ -379,12 +435,10 @@ def fit_capture(
     try:
         with writer as staging:
             targets = {name: staging / name for name in FIT_OUTPUTS}
-            report = _write_outputs(result, pair, info, targets, config, options, left, right, out, started,
-                                    read_seconds, fit_seconds, t_write, device_profile)
+            return _write_outputs(result, pair, info, targets, config, options, left, right, out, started,
+                                  read_seconds, fit_seconds, t_write, device_profile)
     except OutputError as err:  # name OUTDIR, not the staging folder that is gone
         raise OutputError(str(err).replace(str(staging), str(out))) from None
-    return CaptureFit(report=json_ready(report), result=result, requested=config,
-                      warnings=list(pair.info.warnings) + notes)
 
 
 def _write_outputs(result, pair, info, targets, config, options, left, right, out, started, read_seconds, fit_seconds,
@@ -400,7 +454,6 @@ def _write_outputs(result, pair, info, targets, config, options, left, right, ou
     from ..io.writers import prepare_output_dir, write_json, write_npy, write_png8, write_png16
     from ..visualize import defocus_figure, preview_image
 
-    overwrite = options.overwrite
     blurry = (pair.left + pair.right) / 2  # the protocol's input baseline
     write_png16(targets["allinfocus.png"], result.allinfocus, overwrite=True, transfer=pair.info.transfer)
     write_npy(targets["defocus.npy"], result.defocus.detach().cpu().numpy().astype(np.float32), overwrite=True)
@@ -422,30 +475,8 @@ def _write_outputs(result, pair, info, targets, config, options, left, right, ou
         "command": "fit",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
-        "settings": {
-            "left": str(left),
-            "right": str(right),
-            "out": str(out),
-            "preset": options.preset,
-            "iterations": options.iterations,
-            "layers": options.layers,
-            "max_kernel": options.max_kernel,
-            "max_radius": options.max_radius,
-            "patches": options.patches,
-            "focus": options.focus,
-            "kernel": options.kernel,
-            "device": options.device,
-            "seed": options.seed,
-            "warm_start": str(options.warm_start) if options.warm_start is not None else None,
-            "profile": str(options.profile) if options.profile is not None else None,
-            "channel": options.channel,
-            "transfer": options.transfer,
-            "camera": options.camera,
-            "max_memory": options.max_memory,
-            "kernels": [str(p) for p in options.kernels] if options.kernels is not None else None,
-            "overwrite": overwrite,
-            "torch_threads": torch.get_num_threads(),
-        },
+        "settings": {"left": str(left), "right": str(right), "out": str(out), **options.settings(),
+                     "torch_threads": torch.get_num_threads()},
         "config_requested": config,
         "config": result.config,
         "focus": {"requested": config.focus, "decided": result.focus},
