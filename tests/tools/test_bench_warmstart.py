@@ -10,7 +10,7 @@ from pathlib import Path
 from edgedp.eval import pixel4
 from edgedp.metrics import ProtocolScores, Scores
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("bench_warmstart", REPO / "tools" / "bench_warmstart.py")
 bench = importlib.util.module_from_spec(spec)
 sys.modules["bench_warmstart"] = bench

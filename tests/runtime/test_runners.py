@@ -27,8 +27,8 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from edgedp_runtime import device_io  # noqa: E402  (numpy only)
 
-REPO = Path(__file__).resolve().parents[1]
-FAKES = Path(__file__).resolve().parent / "fakes"
+REPO = Path(__file__).resolve().parents[2]
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
 
 L, H, W = 3, 13, 21
 MULT = 8

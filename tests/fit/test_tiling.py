@@ -1,7 +1,7 @@
 """Tiled restoration (edgedp.fit.tiling): the tiled fit agrees with the whole-frame fit (>= 45 dB, no
 seams along the cores' borders), every frame constant is the frame's, the on-disk store, the
 plan against a budget, and the pieces (tile grid, the periodic domain of Stage 1, the region
-up-sampling of G_D's logits).  The 16 MP fit under a budget is in tests/test_memory_budget.py."""
+up-sampling of G_D's logits).  The 16 MP fit under a budget is in tests/tools/test_bench_memory.py."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ import pytest
 from edgedp_runtime import schema
 from edgedp_runtime.atomic import PAUSE_ENV
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EDGEDP = [sys.executable, "-m", "edgedp"]
 RUNTIME = [sys.executable, "-m", "edgedp_runtime"]
 POINTS = ("atomic-open", "atomic-written", "staging-done", "swap-aside", "swap-done")

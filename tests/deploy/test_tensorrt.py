@@ -35,11 +35,11 @@ from edgedp.deploy import export_gd_onnx  # noqa: E402
 from edgedp.deploy import op_types  # noqa: E402
 from edgedp.deploy import TRT85_ONNX_OPS, build_engine, unsupported_trt_ops  # noqa: E402
 
-from test_onnx_export import make_bundle  # noqa: E402  (pytest puts tests/ on the path)
-from test_onnx_gd import gd_bundle  # noqa: E402
+from tests.deploy.test_onnx_export import make_bundle  # noqa: E402
+from tests.deploy.test_onnx_gd import gd_bundle  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-FAKES = Path(__file__).resolve().parent / "fakes"
+REPO = Path(__file__).resolve().parents[2]
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
 FORBIDDEN = {"DFT", "STFT", "CumProd", "LayerNormalization", "BlackmanWindow", "HannWindow", "HammingWindow"}
 
 
@@ -218,7 +218,7 @@ def all_exports(bundle, tmp_path_factory):
     from edgedp.deploy import export_scene
     from edgedp.formats import save_profile
     from edgedp.deploy import export_profile
-    from test_profile_export import tiny_profile
+    from tests.deploy.test_profile_export import tiny_profile
 
     root = tmp_path_factory.mktemp("walk")
     graphs = []

@@ -230,7 +230,7 @@ def test_cli_refuses_options_a_format_or_source_ignores(tmp_path):
     out-of-range values (the export battery's --opset 99 traceback) end in one line, exit 2,
     before anything is written; options that apply are used, not dropped (--atol reaches gd)."""
     from edgedp.formats import save_profile
-    from test_profile_export import tiny_profile
+    from tests.deploy.test_profile_export import tiny_profile
 
     make_bundle(tmp_path / "fit" / "scene", layers=3)
     runner = CliRunner()

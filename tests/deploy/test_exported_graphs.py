@@ -15,10 +15,10 @@ from edgedp.deploy import export_formats, export_sources, run_export  # noqa: E4
 from edgedp.formats import save_profile  # noqa: E402
 from edgedp.deploy import unsupported_trt_ops  # noqa: E402
 
-from test_onnx_export import make_bundle  # noqa: E402
-from test_profile_export import tiny_profile  # noqa: E402
+from tests.deploy.test_onnx_export import make_bundle  # noqa: E402
+from tests.deploy.test_profile_export import tiny_profile  # noqa: E402
 
-#: The formats that need no TensorRT here (engine formats: tests/test_trt_ops.py with fake modules).
+#: The formats that need no TensorRT here (engine formats: tests/deploy/test_tensorrt.py with fake modules).
 ONNX_FORMATS = [f.argument for f in export_formats() if not f.engines]
 CASES = [(fmt, kind, graph) for fmt in ONNX_FORMATS for kind, source in export_sources().items() for graph in source.graphs]
 

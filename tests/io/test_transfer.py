@@ -297,7 +297,7 @@ def test_srgb_path_gains_1db_more_than_fitting_encoded_values(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("bench_srgb", Path(__file__).resolve().parents[1] / "tools" / "bench_srgb.py")
+    spec = importlib.util.spec_from_file_location("bench_srgb", Path(__file__).resolve().parents[2] / "tools" / "bench_srgb.py")
     bench_srgb = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_srgb)
     compare_scene = bench_srgb.compare_scene

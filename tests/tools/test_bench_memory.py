@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("bench_memory", REPO / "tools" / "bench_memory.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)

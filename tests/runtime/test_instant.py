@@ -2,7 +2,7 @@
 Stage 1's latent map and noise-based regularization, the re-render error, the box filters, the
 over operator and the likelihood fusion; and the whole instant prediction beating the blurry
 input on a synthetic scene with the true compositing weights.  The runner subcommand end to end
-is in tests/test_profile_export.py (it needs a profile export)."""
+is in tests/deploy/test_profile_export.py (it needs a profile export)."""
 
 from __future__ import annotations
 

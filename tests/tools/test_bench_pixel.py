@@ -20,7 +20,7 @@ import pytest
 from edgedp.eval import FitRun, SceneResult
 from edgedp.metrics import ProtocolScores, Scores, evaluate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FRAME = (64, 80)  # H, W of the fake raw frames
 CROP = (48, 64)  # the fake "protocol crop"
 SCENES = ("001", "002")
@@ -408,7 +408,7 @@ def test_default_targets() -> None:
 
 def _pixel4() -> Path | None:
     env = os.environ.get("EDGEDP_PIXEL4")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "pixel4"
+    path = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data" / "pixel4"
     return path if (path / "001_left.png").is_file() else None
 
 

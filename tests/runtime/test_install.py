@@ -24,7 +24,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from edgedp_runtime import device_io  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def sh(cmd, **kw) -> subprocess.CompletedProcess:
@@ -53,8 +53,8 @@ def exports(tmp_path_factory):
     from edgedp.deploy import export_scene
     from edgedp.formats import save_profile
     from edgedp.deploy import export_profile
-    from test_onnx_gd import gd_bundle
-    from test_profile_export import tiny_profile
+    from tests.deploy.test_onnx_gd import gd_bundle
+    from tests.deploy.test_profile_export import tiny_profile
 
     root = tmp_path_factory.mktemp("exports")
     bundle = gd_bundle(root / "scene", layers=4)

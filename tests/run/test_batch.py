@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_cli_fit import FakeFit
+from tests.cli.test_fit import FakeFit
 from typer.testing import CliRunner
 
 import edgedp.fit.pipeline

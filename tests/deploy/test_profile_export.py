@@ -1,6 +1,6 @@
 """``edgedp export PHONE.profile`` (edgedp/deploy/profile_export.py) and the runner's ``instant``
 subcommand on that export, run in a subprocess where ``import torch`` / ``import edgedp`` fail
-(the pattern of tests/test_export_runners.py)."""
+(the pattern of tests/runtime/test_runners.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from edgedp.synth import SynthConfig, make_scene  # noqa: E402
 
 from edgedp_runtime import device_io, instant, schema  # noqa: E402  (numpy only)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 LAYERS, H, W = 6, 97, 131
 BW = ButterworthParams(order=6.0, cutoff=2.5, beta=0.2)
@@ -187,10 +187,10 @@ def test_cli_exports_a_profile_and_rejects_bad_ones(exported, tmp_path):
 
 # --- the runner's instant subcommand, without torch ------------------------------------------------
 # The stub environment (torch / edgedp raise on import) and the subprocess helpers are
-# tests/test_export_runners.py's; importing the fixture makes it available here.
-from test_export_runners import assert_one_line_error as assert_runner_error  # noqa: E402
-from test_export_runners import no_torch_env  # noqa: E402, F401
-from test_export_runners import run  # noqa: E402
+# tests/runtime/test_runners.py's; importing the fixture makes it available here.
+from tests.runtime.test_runners import assert_one_line_error as assert_runner_error  # noqa: E402
+from tests.runtime.test_runners import no_torch_env  # noqa: E402, F401
+from tests.runtime.test_runners import run  # noqa: E402
 
 
 def test_runner_instant_end_to_end_without_torch(exported, pair, no_torch_env, tmp_path):
