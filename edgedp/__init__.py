@@ -4,7 +4,8 @@ The package reads as the method (README "Layout"): ``physics`` (DP kernels, blur
 operators, disparity), ``models`` (G_D), ``fit`` (options and presets, stages 1-3, the final
 deconvolution, tiling, the whole fit, ``tune``), ``io`` (images, transfers, cameras, on-disk arrays),
 ``formats`` (the scene bundle, the device profile), ``deploy`` (the exporter and its ONNX / TensorRT
-parts), ``run`` (one capture, a batch) and ``cli`` (one thin file per command).  Each subpackage
+parts), ``run`` (one capture, a batch, a device profile), ``eval`` (the Pixel 4 protocol and timed runs, for the
+benchmarks) and ``cli`` (one thin file per command).  Each subpackage
 re-exports its public names (``from edgedp.fit import FitConfig, fit_scene``).
 """
 

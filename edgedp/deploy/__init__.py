@@ -7,11 +7,11 @@ from .. import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "exporter": ("ExportFormat", "ExportOptions", "ExportSource", "FP16_TOLERANCE", "check_options", "export_formats", "export_sources", "gd_engine_profile", "run_export", "source_kind", "verification_passed",),
-    "onnx_export": ("FORBIDDEN_OPS", "ExportConfig", "RenderModule", "RefocusModule", "export_scene", "export_torch", "read_sidecar", "refocus_reference", "render_reference", "verify_export",),
+    "onnx_export": ("FORBIDDEN_OPS", "ExportConfig", "RenderModule", "RefocusModule", "export_scene", "export_torch", "factor_kernels", "read_sidecar", "refocus_reference", "render_reference", "verify_export",),
     "onnx_gd": ("GD_INPUT_NORMALIZATION", "GDExportModule", "Standardize", "export_gd_onnx", "gd_reference", "gd_multiple_of", "verify_gd_onnx",),
     "onnx_tools": ("constant_names", "default_opset", "emulate_fp16", "fold_constants", "graph_verification", "iter_nodes", "load_model", "node_attribute", "op_types", "output_errors", "external_locations", "require_onnx", "save_graph",),
     "trt_rules": ("PAD_MODES", "RESIZE_COORDINATE_MODES", "RESIZE_MODES", "RESIZE_NEAREST_MODES", "SHAPE_PARAMETER_INPUTS", "TRT85_MAX_OPSET", "TRT85_ONNX_OPS", "onnx_ops", "structural_problems", "unsupported_trt_ops",),
     "onnx_finalize": ("finalize_graph",),
     "tensorrt": ("build_engine", "check_engine_support", "cuda_device_count", "import_tensorrt", "tensorrt_major",),
-    "profile_export": ("INSTANT_DEFAULTS", "export_profile", "load_profile_source", "profile_files", "profile_test_image", "verify_profile_export",),
+    "profile_export": ("INSTANT_DEFAULTS", "export_profile", "load_profile_source", "profile_files", "profile_gd_source", "profile_test_image", "verify_profile_export",),
 })

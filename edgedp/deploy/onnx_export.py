@@ -65,6 +65,7 @@ __all__ = [
     "RefocusModule",
     "export_scene",
     "export_torch",
+    "factor_kernels",
     "read_sidecar",
     "refocus_reference",
     "render_reference",
@@ -116,7 +117,7 @@ class _Factor:
     macs: int
 
 
-def _factor(kernels: Tensor, tol: float) -> _Factor:
+def factor_kernels(kernels: Tensor, tol: float) -> _Factor:
     """Factor a stack of V true-convolution kernels ``(V, K, K)`` (same centre) for export."""
     v, k, _ = kernels.shape
     c = k // 2
@@ -182,7 +183,7 @@ class RenderModule(nn.Module):
         self.patchwise = kernels.dim() == 6
         self.macs = 0
         if not self.patchwise:
-            self.factors = [_factor(kernels[:, i], kernel_tol) for i in range(layers)]
+            self.factors = [factor_kernels(kernels[:, i], kernel_tol) for i in range(layers)]
             self.macs = sum(f.macs for f in self.factors)
             self.regions = None
         else:
@@ -197,7 +198,7 @@ class RenderModule(nn.Module):
                     r0, r1 = rs[r]
                     c0, c1 = cs[c]
                     blend = (a[r, r0:r1, None] * b[c, None, c0:c1]).float()[None, None]
-                    facs = [_factor(kernels[r, c, :, i], kernel_tol) for i in range(layers)]
+                    facs = [factor_kernels(kernels[r, c, :, i], kernel_tol) for i in range(layers)]
                     self.macs += sum(f.macs for f in facs) * (r1 - r0) * (c1 - c0) // (h * w)
                     self.regions.append(((r0, r1), (c0, c1), blend, facs))
 
@@ -265,7 +266,7 @@ class RefocusModule(nn.Module):
         self.levels = bank.shape[0] - 1
         self.register_buffer("defocus", defocus.detach().float().reshape(1, 1, *defocus.shape).clone())
         self.register_buffer("steps", torch.arange(self.levels + 1, dtype=torch.float32).reshape(1, -1, 1, 1))
-        self.factors = [_factor(bank[j : j + 1], kernel_tol) for j in range(self.levels + 1)]
+        self.factors = [factor_kernels(bank[j : j + 1], kernel_tol) for j in range(self.levels + 1)]
 
     def forward(self, image: Tensor, focus: Tensor, aperture: Tensor) -> Tensor:
         rho = (aperture * (self.defocus - focus)).abs().clamp(0.0, float(self.levels))

@@ -61,7 +61,7 @@ from ..physics.noise import default_latent_reg
 from ..formats.profile import DeviceProfile, load_profile, view_gain_entry
 
 
-__all__ = ["INSTANT_DEFAULTS", "export_profile", "load_profile_source", "profile_files", "profile_test_image", "verify_profile_export"]
+__all__ = ["INSTANT_DEFAULTS", "export_profile", "load_profile_source", "profile_files", "profile_gd_source", "profile_test_image", "verify_profile_export"]
 
 GD_FILE = schema.GRAPHS["gd"].file
 KERNELS_FILE = schema.KERNELS_FILE
@@ -116,7 +116,9 @@ class _ProfileGD:
     folder: str
 
 
-def _adapter(profile: DeviceProfile, where: str) -> _ProfileGD:
+def profile_gd_source(profile: DeviceProfile, where: str) -> _ProfileGD:
+    """A device profile as the source of G_D's export and verification (what a scene bundle gives
+    them); a one-line InputError naming ``where`` for radii that do not fit its G_D."""
     if not profile.radii:
         raise InputError(f"{where}: has no layer radii (gd.radii)")
     if len(profile.radii) != profile.layers:
@@ -191,7 +193,7 @@ def export_profile(
         # Not silently the parametric kernels: the instant runtime's patchwise twin is issue 16's open step.
         raise InputError(f"{where}: holds a kernel field, which the instant export does not carry yet "
                          "(its runtime solves Stage 1 with uniform kernels only); export a profile tuned without --kernels")
-    bundle = _adapter(profile, where)
+    bundle = profile_gd_source(profile, where)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {out} exists and is not a folder")
@@ -267,4 +269,4 @@ def verify_profile_export(
     profile, _, where = load_profile_source(profile)
     if profile.device != side.get("scene_id"):
         raise InputError(f"{out / SIDECAR_NAME} belongs to device {side.get('scene_id')!r}, not to profile '{profile.device}'")
-    return {"gd": verify_gd_onnx(_adapter(profile, where), out / GD_FILE, atol=atol, rtol=rtol, fp16=fp16)}
+    return {"gd": verify_gd_onnx(profile_gd_source(profile, where), out / GD_FILE, atol=atol, rtol=rtol, fp16=fp16)}

@@ -22,7 +22,7 @@ from edgedp.errors import OutputError  # noqa: E402
 from edgedp.fit import FitConfig, FitResult  # noqa: E402
 from edgedp.physics import behind_radii, kernel_pyramid  # noqa: E402
 from edgedp.models import DefocusNet  # noqa: E402
-from edgedp.deploy.onnx_export import FORBIDDEN_OPS, RenderModule, _factor, export_scene, render_reference  # noqa: E402
+from edgedp.deploy.onnx_export import FORBIDDEN_OPS, RenderModule, factor_kernels, export_scene, render_reference  # noqa: E402
 from edgedp.deploy import default_opset as onnx_opset  # noqa: E402
 from edgedp.deploy import op_types as onnx_ops  # noqa: E402
 from edgedp.physics import over_weights  # noqa: E402
@@ -114,7 +114,7 @@ def test_render_patchwise_matches_pytorch(tmp_path):
 
 def test_factor_is_low_rank_for_large_kernels_and_accurate():
     k = kernel_pyramid(torch.tensor([0.0, 3.0, 12.0]), size=25)
-    facs = [_factor(k[:, i], 2e-4) for i in range(3)]
+    facs = [factor_kernels(k[:, i], 2e-4) for i in range(3)]
     assert facs[0].macs == 2  # delta: a 1x1 "conv" per view
     assert facs[2].vert is not None and facs[2].macs < 0.6 * 2 * 25 * 25
     x = torch.rand(1, 3, 41, 43, generator=torch.Generator().manual_seed(0))

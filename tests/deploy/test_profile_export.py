@@ -25,7 +25,7 @@ from edgedp.models import DefocusNet  # noqa: E402
 from edgedp.deploy import gd_reference  # noqa: E402
 from edgedp.fit import CaptureInfo  # noqa: E402
 from edgedp.formats import DeviceProfile, save_profile  # noqa: E402
-from edgedp.deploy.profile_export import _adapter, export_profile, profile_test_image, verify_profile_export  # noqa: E402
+from edgedp.deploy.profile_export import profile_gd_source, export_profile, profile_test_image, verify_profile_export  # noqa: E402
 from edgedp.synth import SynthConfig, make_scene  # noqa: E402
 
 from edgedp_runtime import device_io, instant, schema  # noqa: E402  (numpy only)
@@ -104,7 +104,7 @@ def test_export_profile_files_sidecar_and_metadata(exported):
 def test_gd_onnx_matches_pytorch_on_a_capture_size(exported, pair):
     _, out = exported
     _, sc = pair
-    bundle = _adapter(tiny_profile(), "tiny")
+    bundle = profile_gd_source(tiny_profile(), "tiny")
     x = torch.stack([sc.left, sc.right])[None, :, :96, :128].contiguous()
     ref_alphas, ref_defocus = gd_reference(bundle, x)
     sess = ort.InferenceSession(str(out / "gd.onnx"), providers=["CPUExecutionProvider"])
