@@ -463,7 +463,7 @@ def cmd_instant(args, info: ExportInfo, backend) -> int:
         s0 = time.perf_counter()
         alphas = instant.run_gd(model, views, multiple, (pair_name, alphas_name))
         seconds["gd"] = time.perf_counter() - s0
-        return instant.instant_predict(views, alphas, inst.kernels, inst.radii, config=inst.config, timings=seconds)
+        return instant.instant_predict(views, alphas, inst.predict_kernels, inst.radii, config=inst.config, timings=seconds)
 
     aif, defocus, _ = timed(once, args.repeat, "instant (gd + latent + fuse)")
     t3 = time.perf_counter()
