@@ -444,6 +444,7 @@ def cmd_instant(args, info: ExportInfo, backend) -> int:
         raise RunnerError(str(err)) from None
     instant.check_budget(views.shape[1], views.shape[2], int(inst.radii.size), budget)
     print(f"input: {settings}")
+    print(f"kernels: {instant.describe_kernels(inst)}")
     if (info.height, info.width) != views.shape[1:]:
         print(
             f"note: the profile was tuned on {info.height}x{info.width} captures, this one is "

@@ -65,6 +65,7 @@ __all__ = [
     "estimate_noise_sigma",
     "flat_field_gain",
     "deconvolve_layers",
+    "describe_kernels",
     "fuse_weights",
     "instant_predict",
     "latent_reg",
@@ -796,6 +797,17 @@ def load_instant(folder) -> InstantExport:
             raise RunnerError(f"{side}: {name} is {patch.shape}, expected (Pr, Pc, 2, L, K, K) = {want} "
                               f"for its {grid[0]}x{grid[1]} grid, {radii.size} radii and K = {kernels.shape[-1]}")
     return InstantExport(info=info, kernels=kernels, radii=radii, config=InstantConfig.from_sidecar(entry), patch_kernels=patch)
+
+
+def describe_kernels(inst: InstantExport) -> str:
+    """One line on the kernels an instant export predicts with, e.g. ``kernel field 2x3 cells
+    (patch_kernels.npy), 6 layers, K 11`` or ``uniform, 6 layers, K 11``."""
+    k = inst.kernels
+    if inst.patch_kernels is None:
+        return f"uniform, {k.shape[1]} layers, K {k.shape[-1]}"
+    pr, pc = inst.patch_kernels.shape[:2]
+    name = inst.info.data["instant"].get("patch_kernels")
+    return f"kernel field {pr}x{pc} cells ({name}), {k.shape[1]} layers, K {k.shape[-1]}"
 
 
 def run_gd(model, views: np.ndarray, multiple_of: int, names: tuple[str, str] = ("pair", "alphas")) -> np.ndarray:
