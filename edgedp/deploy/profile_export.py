@@ -14,6 +14,11 @@ capture with ONNX Runtime and numpy alone:
     (2, L, K, K) float32: ``kernel_pyramid(profile.radii, profile.kernel_model,
     profile.butterworth)``, [left, right] x layers, true-convolution PSFs centred at
     ``(K // 2, K // 2)`` (CONVENTIONS.md).
+``patch_kernels.npy``
+    only for a profile with a kernel field (``edgedp tune --kernels``): (Pr, Pc, 2, L, K, K)
+    float32, the field's per-cell layer kernels for the profile's radii as ``edgedp fit --profile``
+    makes them (:func:`instant_kernels`); ``kernels.npy`` is then their mean over the cells, and
+    the runtime's instant path runs patchwise (``edgedp_runtime.instant.solve_latent_patchwise``).
 ``export.json``
     the sidecar of :mod:`edgedp_runtime.schema` with ``"source": "profile"``, ``"scene_id"`` = the
     device name, ``"height"`` / ``"width"`` = the profile's sensor size, ``"graphs": {"gd": ...}``,
@@ -29,7 +34,8 @@ capture with ONNX Runtime and numpy alone:
     (replicate padding of the stage-1 solve), "latent_reg": {"gain": 4.0, "floor": 1e-3, "ceil":
     0.3} (lam = clamp(gain * sigma^2 / s^2, floor, ceil), edgedp.fit.stage1.default_latent_reg),
     "fuse_window": 15 (px, edgedp.fit.stage2.fuse_with_likelihood's window; 0 = G_D's weights alone),
-    "weight_floor": 1e-6}``
+    "weight_floor": 1e-6, "deconvolution": {...}}`` plus, with a kernel field, ``"patch_kernels":
+    "patch_kernels.npy", "patch_grid": [Pr, Pc]``
 
 The defaults of ``instant`` are :class:`edgedp.fit.config.FitConfig`'s (``fuse_window``) and
 :func:`edgedp.fit.stage1.default_latent_reg`'s, so the instant path is ``edgedp fit --profile`` with
@@ -171,8 +177,8 @@ def export_profile(
     overwrite: bool = False,
     atol: float = 1e-4,
 ) -> dict[str, Any]:
-    """Write ``gd.onnx``, ``kernels.npy`` and ``export.json`` for a device profile into ``out``
-    (module docstring); returns the sidecar dict.
+    """Write ``gd.onnx``, ``kernels.npy`` (and ``patch_kernels.npy`` for a kernel field) and
+    ``export.json`` for a device profile into ``out`` (module docstring); returns the sidecar dict.
 
     ``profile``: a :class:`DeviceProfile` or the path of a profile file.  ``dynamic``: gd.onnx
     takes any H, W (multiples of ``8 * input_scale``), else the profile's sensor size rounded up.

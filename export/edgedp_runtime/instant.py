@@ -25,6 +25,12 @@ after Stage 2, with the fitted G_D replaced by a device profile's G_D (``gd.onnx
 Conventions (the project's CONVENTIONS.md): views are float32 ``(2, H, W)`` = [left, right] on
 the fit's normalized scale (``(raw - black) / white``, unclipped); kernels ``(2, L, K, K)`` =
 [left, right] x layers, true-convolution PSFs centred at ``(K // 2, K // 2)``; borders replicate.
+
+A kernel field (a profile tuned with ``--kernels``): per-cell kernels ``(Pr, Pc, 2, L, K, K)`` of a
+``Pr x Pc`` grid (row-major from the top-left; cells blended by the bilinear tents of
+:func:`patch_blend_weights`).  Steps 2 and 4 then use :func:`solve_latent_patchwise` (the twin of
+edgedp.fit.stage3.PatchLatentSolver) and the re-render error comes from :func:`blur_patchwise` of
+the latent (edgedp.physics.blur.blur_stack_patchwise), as ``edgedp fit`` does with a field.
 Everything runs in float32 / complex64 (numpy >= 2 computes float32 FFTs natively) and loops over
 layers, so the peak memory is about three (L, H, W) float32 stacks (alphas, latent, weights).
 
@@ -38,7 +44,9 @@ Sidecar fields read here (schema: :mod:`edgedp_runtime.schema`; written by ``edg
                 "fuse_window": 15,                 box window (px) of the likelihood, 0 = off
                 "weight_floor": 1e-6,              clamp of G_D's weights before the product
                 "deconvolution": {"iterations": 6, "beta_start": 0.25, "beta_growth": 2.0,
-                                  "min_layer_weight": 1e-3}}    step 4 (absent: these defaults)
+                                  "min_layer_weight": 1e-3},    step 4 (absent: these defaults)
+                "patch_kernels": "patch_kernels.npy",  only with a kernel field: (Pr, Pc, 2, L, K, K)
+                "patch_grid": [Pr, Pc]}                float32 (``kernels`` is then their mean)
     "profile": {"input": {"black_level", "white_level", "flat_field",      input defaults
                           "view_gain": {"model": "exp-poly3", "coefficients": [10]} or null}, ...}
                (view_gain: the right view's gain over the frame measured by edgedp tune,
