@@ -38,7 +38,8 @@ def export_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing export in OUT.")] = False,
 ) -> None:
     """Bake a fitted scene into render.onnx, refocus.onnx and gd.onnx (+ export.json), or a
-    device profile into gd.onnx and kernels.npy (+ export.json) for the instant on-device path.
+    device profile into gd.onnx and kernels.npy (+ patch_kernels.npy with a kernel field, +
+    export.json) for the instant on-device path.
 
     render.onnx re-renders the DP pair from a latent map (compositing weights and kernels baked
     in); refocus.onnx re-blurs the all-in-focus image for a new focus (signed blur radius, px) and
@@ -67,6 +68,8 @@ def export_cmd(
     files = [g["file"] for g in side["graphs"].values()] + [g["engine"] for g in side["graphs"].values() if "engine" in g]
     if "instant" in side:
         files.append(side["instant"]["kernels"])
+        if side["instant"].get("patch_kernels"):  # a profile with a kernel field
+            files.append(side["instant"]["patch_kernels"])
     typer.echo(f"wrote    {out}: {', '.join(files)}, export.json (opset {side['opset']})")
     for note in side.get("notes", []):
         typer.echo(f"note     {note}")
