@@ -174,7 +174,8 @@ def fit_scene(
         config=config,
         stages=stages,
         disparity={"low": est.low, "median": est.median, "high": est.high, "side": est.side},
-        kernel_field=None if kernel_field is None else field_summary(kernel_field, config),
+        kernel_field=None if kernel_field is None else field_summary(kernel_field, config) | (
+            {"prior": "profile" if field_prior is not None else None} if kernel_field.source == "estimated" else {}),
     )
 
 
