@@ -130,3 +130,25 @@ def test_working_scale_keeps_the_largest_layers():
 def test_estimation_config_refuses_bad_values(bad):
     with pytest.raises(ValueError):
         FieldEstimationConfig(**bad)
+
+
+def test_tv_step_runs_with_a_field_only_when_asked(tilted_scene):
+    """DeconvolutionConfig.with_field: the TV step is for the parametric kernels' streaks; a fit
+    with a field skips it unless asked (and records 0 iterations), without a field it runs."""
+    from edgedp.fit import DeconvolutionConfig
+
+    views = tilted_scene["views"]
+    base = FitConfig(max_radius=float(RADIUS), stage2_iterations=2, patches=(2, 3))
+    field_cfg = dataclasses.replace(base, kernel_estimation=FieldEstimationConfig(grid=(2, 3), scale=1, tilts_y=(0.0,)))
+    skipped = fit_scene(views[0:1], views[1:2], field_cfg)
+    asked = fit_scene(views[0:1], views[1:2], dataclasses.replace(field_cfg, deconvolution=DeconvolutionConfig(with_field=True)))
+    plain = fit_scene(views[0:1], views[1:2], dataclasses.replace(base, kernel_estimation=None))
+    names = [[s.name for s in r.stages] for r in (skipped, asked, plain)]
+    assert "stage 4 deconvolution" not in names[0] and skipped.config.deconvolution.iterations == 0
+    assert "stage 4 deconvolution" in names[1] and asked.config.deconvolution.iterations == 6
+    assert "stage 4 deconvolution" in names[2] and plain.kernel_field is None
+    # Without the step the output is Stage 1's composite with the fitted weights.
+    from edgedp.fit import PatchLatentSolver
+
+    latent = PatchLatentSolver(views, skipped.patch_kernels, float(skipped.config.latent_reg)).solve()
+    torch.testing.assert_close(skipped.allinfocus[0], (latent * skipped.weights).sum(0), atol=1e-5, rtol=0)

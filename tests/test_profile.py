@@ -157,7 +157,7 @@ def test_fit_with_profile(tmp_path, monkeypatch):
     real = edgedp.fit.pipeline.fit_scene
     calls = []
 
-    def recorder(left, right, config, *, kernel_field=None, gd_init=None, progress=None):
+    def recorder(left, right, config, *, kernel_field=None, field_prior=None, gd_init=None, progress=None):
         calls.append((config, gd_init, left.clone(), right.clone()))
         return real(left, right, config, gd_init=gd_init, progress=progress)
 

@@ -10,5 +10,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "onnx_gd": ("GD_INPUT_NORMALIZATION", "GDExportModule", "Standardize", "export_gd_onnx", "gd_reference", "gd_multiple_of", "verify_gd_onnx",),
     "onnx_tools": ("PAD_MODES", "SHAPE_PARAMETER_INPUTS", "constant_names", "default_opset", "emulate_fp16", "finalize_graph", "fold_constants", "iter_nodes", "load_model", "op_types", "external_locations", "require_onnx", "save_graph", "structural_problems",),
     "tensorrt": ("TRT85_MAX_OPSET", "TRT85_ONNX_OPS", "build_engine", "check_engine_support", "cuda_device_count", "import_tensorrt", "onnx_ops", "tensorrt_major", "unsupported_trt_ops",),
-    "profile_export": ("INSTANT_DEFAULTS", "export_profile", "instant_kernels", "load_profile_source", "profile_files", "profile_test_image", "verify_profile_export",),
+    "profile_export": ("INSTANT_DEFAULTS", "instant_settings", "export_profile", "instant_kernels", "load_profile_source", "profile_files", "profile_test_image", "verify_profile_export",),
 })

@@ -67,7 +67,7 @@ from ..fit.stage1 import default_latent_reg
 from ..formats.profile import DeviceProfile, load_profile, view_gain_entry
 
 
-__all__ = ["INSTANT_DEFAULTS", "export_profile", "instant_kernels", "load_profile_source", "profile_files", "profile_test_image", "verify_profile_export"]
+__all__ = ["INSTANT_DEFAULTS", "instant_settings", "export_profile", "instant_kernels", "load_profile_source", "profile_files", "profile_test_image", "verify_profile_export"]
 
 GD_FILE = schema.GRAPHS["gd"].file
 KERNELS_FILE = schema.KERNELS_FILE
@@ -88,6 +88,17 @@ INSTANT_DEFAULTS: dict[str, Any] = {
         key: getattr(FitConfig().deconvolution, key) for key in schema.INSTANT_DECONVOLUTION
     },
 }
+
+
+def instant_settings(with_field: bool) -> dict[str, Any]:
+    """:data:`INSTANT_DEFAULTS`, with the fit's rule for the TV step: off with a kernel field
+    unless ``DeconvolutionConfig.with_field`` (:class:`edgedp.fit.deconvolution.DeconvolutionConfig`)."""
+    settings = {key: dict(value) if isinstance(value, dict) else value for key, value in INSTANT_DEFAULTS.items()}
+    if with_field and not FitConfig().deconvolution.with_field:
+        settings["deconvolution"]["iterations"] = 0
+    return settings
+
+
 INPUT_NORMALIZATION = (
     "linear sensor values (raw - black_level) / white_level, unclipped, float32 (the profile's input settings; "
     "right view flat-field corrected when the profile names white-sheet frames)"
@@ -223,7 +234,7 @@ def export_profile(
         radii=[float(r) for r in profile.radii], kernel_model=profile.kernel_model,
         input_normalization=INPUT_NORMALIZATION, graphs={"gd": json_ready(entry)},
         profile=_profile_section(profile, path),
-        instant=schema.instant_entry(kernel_size=k, pad=k // 2 + 8, kernels=KERNELS_FILE, **patch_entry, **INSTANT_DEFAULTS),
+        instant=schema.instant_entry(kernel_size=k, pad=k // 2 + 8, kernels=KERNELS_FILE, **patch_entry, **instant_settings(patch_kernels is not None)),
     )
     if verify:
         sidecar["verification"] = {"gd": verify_gd_onnx(bundle, out / GD_FILE, atol=atol)}
