@@ -121,7 +121,7 @@ def test_working_scale_keeps_the_largest_layers():
     views = torch.rand(2, 37, 53, generator=torch.Generator().manual_seed(0))
     small, radii = working_scale(views, torch.arange(0.0, 9.0), 2)
     assert small.shape == (2, 18, 26)
-    assert radii.tolist() == [0.0, 0.5, 1.5, 2.5, 3.5]  # 8, 6, 4, 2 (and the in-focus 0), halved
+    assert radii.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]  # 8, 6, 4, 2 and the in-focus 0, halved
     same, r1 = working_scale(views, torch.arange(0.0, 3.0), 1)
     assert same is views and r1.tolist() == [0.0, 1.0, 2.0]
 
@@ -132,16 +132,16 @@ def test_estimation_config_refuses_bad_values(bad):
         FieldEstimationConfig(**bad)
 
 
-def test_tv_step_runs_with_a_field_only_when_asked(tilted_scene):
-    """DeconvolutionConfig.with_field: the TV step is for the parametric kernels' streaks; a fit
-    with a field skips it unless asked (and records 0 iterations), without a field it runs."""
+def test_tv_step_with_a_field_follows_with_field(tilted_scene):
+    """DeconvolutionConfig.with_field: a fit with a field runs the TV step by default and skips it
+    when ``with_field=False`` (recording 0 iterations); without a field it always runs."""
     from edgedp.fit import DeconvolutionConfig
 
     views = tilted_scene["views"]
     base = FitConfig(max_radius=float(RADIUS), stage2_iterations=2, patches=(2, 3))
     field_cfg = dataclasses.replace(base, kernel_estimation=FieldEstimationConfig(grid=(2, 3), scale=1, tilts_y=(0.0,)))
-    skipped = fit_scene(views[0:1], views[1:2], field_cfg)
-    asked = fit_scene(views[0:1], views[1:2], dataclasses.replace(field_cfg, deconvolution=DeconvolutionConfig(with_field=True)))
+    asked = fit_scene(views[0:1], views[1:2], field_cfg)
+    skipped = fit_scene(views[0:1], views[1:2], dataclasses.replace(field_cfg, deconvolution=DeconvolutionConfig(with_field=False)))
     plain = fit_scene(views[0:1], views[1:2], dataclasses.replace(base, kernel_estimation=None))
     names = [[s.name for s in r.stages] for r in (skipped, asked, plain)]
     assert "stage 4 deconvolution" not in names[0] and skipped.config.deconvolution.iterations == 0

@@ -92,7 +92,7 @@ INSTANT_DEFAULTS: dict[str, Any] = {
 
 def instant_settings(with_field: bool) -> dict[str, Any]:
     """:data:`INSTANT_DEFAULTS`, with the fit's rule for the TV step: off with a kernel field
-    unless ``DeconvolutionConfig.with_field`` (:class:`edgedp.fit.deconvolution.DeconvolutionConfig`)."""
+    with ``DeconvolutionConfig.with_field`` off (:class:`edgedp.fit.deconvolution.DeconvolutionConfig`)."""
     settings = {key: dict(value) if isinstance(value, dict) else value for key, value in INSTANT_DEFAULTS.items()}
     if with_field and not FitConfig().deconvolution.with_field:
         settings["deconvolution"]["iterations"] = 0

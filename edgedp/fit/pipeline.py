@@ -134,7 +134,7 @@ def fit_scene(
     # of its composite with the fitted weights (edgedp.fit.deconvolution).
     t0 = time.perf_counter()
     deconv = config.deconvolution
-    if kernel_field is not None and not deconv.with_field:  # the field removes the streaks the step is for
+    if kernel_field is not None and not deconv.with_field:  # asked to trade the TV step for speed with a field
         deconv = dataclasses.replace(deconv, iterations=0)
         config = dataclasses.replace(config, deconvolution=deconv)
     if deconv.tv_weight is None:
