@@ -362,9 +362,25 @@ def field_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("field")
     field = analytic_field((2, 3), 6.0, 17).to(dtype=torch.float32)
     path = save_profile(tiny_profile(kernel_field=field), root / "PHONE.profile")
-    res = CliRunner().invoke(app, ["export", str(path), "-o", str(root / "export"), "--no-verify"])
+    res = CliRunner().invoke(app, ["export", str(path), "-o", str(root / "export"), "--no-verify", "--instant-field"])
     assert res.exit_code == 0, res.output
     return path, root / "export", res.stdout
+
+
+def test_export_profile_with_a_field_uses_its_mean_unless_asked(field_export, tmp_path):
+    """Without --instant-field the instant path gets the field's mean kernels (the fit's uniform
+    kernels with a field) and a note says so; --instant-field on a scene is refused in one line."""
+    path, out, _ = field_export
+    plain = tmp_path / "plain"
+    res = CliRunner().invoke(app, ["export", str(path), "-o", str(plain), "--no-verify"])
+    assert res.exit_code == 0, res.output
+    assert not (plain / "patch_kernels.npy").exists()
+    assert "note     the profile's 2x3 kernel field goes to the instant path as its mean kernels" in res.stdout
+    assert np.abs(np.load(plain / "kernels.npy") - np.load(out / "kernels.npy")).max() == 0  # the same mean
+    side = json.loads((plain / "export.json").read_text())
+    assert "patch_kernels" not in side["instant"] and side["notes"]
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "no_scene"), "-o", str(tmp_path / "o"), "--instant-field"])
+    assert res.exit_code == 2 and "--instant-field does not apply to a scene export" in res.stderr
 
 
 def test_export_profile_with_a_field_writes_patch_kernels(field_export, tmp_path):

@@ -36,6 +36,7 @@ def export_cmd(
     atol: Annotated[float, typer.Option(help="Verification: absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Verification of a scene's render/refocus: tolerance relative to the largest reference value.")] = 1e-3,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing export in OUT.")] = False,
+    instant_field: Annotated[bool, typer.Option("--instant-field", help="Profiles with a kernel field: the instant path uses the field's per-cell kernels (patchwise, slower) instead of their mean.")] = False,
 ) -> None:
     """Bake a fitted scene into render.onnx, refocus.onnx and gd.onnx (+ export.json), or a
     device profile into gd.onnx and kernels.npy (+ patch_kernels.npy with a kernel field, +
@@ -63,7 +64,7 @@ def export_cmd(
     """
     from ..deploy.exporter import passed, run_export
 
-    given = explicit_options(ctx, ("opset", "half", "dynamic", "workspace", "verify", "atol", "rtol"))
+    given = explicit_options(ctx, ("opset", "half", "dynamic", "workspace", "verify", "atol", "rtol", "instant_field"))
     side = run_export(scene, out, format.value, given, overwrite=overwrite, log=typer.echo)
     files = [g["file"] for g in side["graphs"].values()] + [g["engine"] for g in side["graphs"].values() if "engine" in g]
     if "instant" in side:

@@ -187,6 +187,7 @@ def export_profile(
     verify: bool = True,
     overwrite: bool = False,
     atol: float = 1e-4,
+    instant_field: bool = False,
 ) -> dict[str, Any]:
     """Write ``gd.onnx``, ``kernels.npy`` (and ``patch_kernels.npy`` for a kernel field) and
     ``export.json`` for a device profile into ``out`` (module docstring); returns the sidecar dict.
@@ -218,6 +219,11 @@ def export_profile(
         raise OutputError(f"cannot create output folder {out} ({err.strerror or err})") from None
 
     kernels, patch_kernels = instant_kernels(profile, where)
+    notes = []
+    if patch_kernels is not None and not instant_field:
+        notes.append(f"the profile's {patch_kernels.shape[0]}x{patch_kernels.shape[1]} kernel field goes to the instant path as its "
+                     "mean kernels (patchwise is 3-16x slower there): --instant-field uses the field")
+        patch_kernels = None
     k = int(kernels.shape[-1])
     # The sidecar is written last: a failed export leaves no export.json naming missing files.
     entry = export_gd_onnx(bundle, out / GD_FILE, opset=opset, dynamic=dynamic)
@@ -236,6 +242,8 @@ def export_profile(
         profile=_profile_section(profile, path),
         instant=schema.instant_entry(kernel_size=k, pad=k // 2 + 8, kernels=KERNELS_FILE, **patch_entry, **instant_settings(patch_kernels is not None)),
     )
+    if notes:
+        sidecar["notes"] = notes
     if verify:
         sidecar["verification"] = {"gd": verify_gd_onnx(bundle, out / GD_FILE, atol=atol)}
     write_json(out / SIDECAR_NAME, sidecar, overwrite=True)
