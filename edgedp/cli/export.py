@@ -36,9 +36,11 @@ def export_cmd(
     atol: Annotated[float, typer.Option(help="Verification: absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Verification of a scene's render/refocus: tolerance relative to the largest reference value.")] = 1e-3,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing export in OUT.")] = False,
+    instant_field: Annotated[bool, typer.Option("--instant-field", help="Profiles with a kernel field: the instant path uses the field's per-cell kernels (patchwise, slower) instead of their mean.")] = False,
 ) -> None:
     """Bake a fitted scene into render.onnx, refocus.onnx and gd.onnx (+ export.json), or a
-    device profile into gd.onnx and kernels.npy (+ export.json) for the instant on-device path.
+    device profile into gd.onnx and kernels.npy (+ patch_kernels.npy with a kernel field, +
+    export.json) for the instant on-device path.
 
     render.onnx re-renders the DP pair from a latent map (compositing weights and kernels baked
     in); refocus.onnx re-blurs the all-in-focus image for a new focus (signed blur radius, px) and
@@ -62,11 +64,13 @@ def export_cmd(
     """
     from ..deploy.exporter import run_export, verification_passed
 
-    given = explicit_options(ctx, ("opset", "half", "dynamic", "workspace", "verify", "atol", "rtol"))
+    given = explicit_options(ctx, ("opset", "half", "dynamic", "workspace", "verify", "atol", "rtol", "instant_field"))
     sidecar = run_export(scene, out, format.value, given, overwrite=overwrite, log=typer.echo)
     files = [g["file"] for g in sidecar["graphs"].values()] + [g["engine"] for g in sidecar["graphs"].values() if "engine" in g]
     if "instant" in sidecar:
         files.append(sidecar["instant"]["kernels"])
+        if sidecar["instant"].get("patch_kernels"):  # a profile with a kernel field (--instant-field)
+            files.append(sidecar["instant"]["patch_kernels"])
     typer.echo(f"wrote    {out}: {', '.join(files)}, export.json (opset {sidecar['opset']})")
     for note in sidecar.get("notes", []):
         typer.echo(f"note     {note}")

@@ -13,5 +13,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "trt_rules": ("PAD_MODES", "RESIZE_COORDINATE_MODES", "RESIZE_MODES", "RESIZE_NEAREST_MODES", "SHAPE_PARAMETER_INPUTS", "TRT85_MAX_OPSET", "TRT85_ONNX_OPS", "onnx_ops", "structural_problems", "unsupported_trt_ops",),
     "onnx_finalize": ("finalize_graph",),
     "tensorrt": ("build_engine", "check_engine_support", "cuda_device_count", "import_tensorrt", "tensorrt_major",),
-    "profile_export": ("INSTANT_DEFAULTS", "export_profile", "load_profile_source", "profile_files", "profile_gd_source", "profile_test_image", "verify_profile_export",),
+    "profile_export": ("INSTANT_DEFAULTS", "instant_settings", "export_profile", "instant_kernels", "load_profile_source", "profile_files", "profile_gd_source", "profile_test_image", "verify_profile_export",),
 })

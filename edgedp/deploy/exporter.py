@@ -74,7 +74,7 @@ class ExportFormat:
 
 
 #: Options every format takes.
-COMMON_ARGUMENTS = ("opset", "dynamic", "verify", "atol", "rtol")
+COMMON_ARGUMENTS = ("opset", "dynamic", "verify", "atol", "rtol", "instant_field")
 
 
 def export_formats() -> tuple[ExportFormat, ...]:
@@ -99,10 +99,13 @@ class ExportSource:
 
 def export_sources() -> dict[str, ExportSource]:
     return {
-        "scene": ExportSource("scene", schema.SOURCE_GRAPHS["scene"], schema.SOURCE_FILES["scene"], {}),
         "profile": ExportSource(
             "profile", schema.SOURCE_GRAPHS["profile"], schema.SOURCE_FILES["profile"],
             {"rtol": "a profile export has only gd.onnx, verified by its absolute error (--atol)"},
+        ),
+        "scene": ExportSource(
+            "scene", schema.SOURCE_GRAPHS["scene"], schema.SOURCE_FILES["scene"],
+            {"instant_field": "a scene's graphs carry its own kernels; the instant path is a profile's"},
         ),
     }
 
@@ -119,6 +122,9 @@ class ExportOptions:
     half: engines may use FP16 kernels (``--half``; the gd standardization stays FP32) and the
         sidecar records an FP16 verification (:data:`FP16_TOLERANCE`).
     workspace: TensorRT builder workspace limit in MiB.
+    instant_field: profiles with a kernel field: the instant path solves with the field's
+        per-cell kernels (``patch_kernels.npy``; patchwise, measured 3x to 16x the uniform call by
+        ``tools/bench_instant.py``) instead of their mean over the cells (``--instant-field``).
     """
 
     opset: int = 17
@@ -128,11 +134,12 @@ class ExportOptions:
     rtol: float = 1e-3
     half: bool = False
     workspace: int = 1024
+    instant_field: bool = False
 
 
 FLAGS = {
     "opset": "--opset", "dynamic": "--dynamic/--static", "verify": "--verify/--no-verify", "atol": "--atol",
-    "rtol": "--rtol", "half": "--half", "workspace": "--workspace",
+    "rtol": "--rtol", "half": "--half", "workspace": "--workspace", "instant_field": "--instant-field",
 }
 
 
@@ -273,7 +280,7 @@ def run_export(
                 else:
                     sidecar = export_profile(
                         source_path, staging, opset=options.opset, dynamic=options.dynamic, verify=options.verify,
-                        overwrite=True, atol=options.atol,
+                        overwrite=True, atol=options.atol, instant_field=options.instant_field,
                     )
                 if spec.engines:
                     if options.half and options.verify:

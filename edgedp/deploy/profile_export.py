@@ -14,6 +14,11 @@ capture with ONNX Runtime and numpy alone:
     (2, L, K, K) float32: ``kernel_pyramid(profile.radii, profile.kernel_model,
     profile.butterworth)``, [left, right] x layers, true-convolution PSFs centred at
     ``(K // 2, K // 2)`` (CONVENTIONS.md).
+``patch_kernels.npy``
+    only for a profile with a kernel field (``edgedp tune --kernels``): (Pr, Pc, 2, L, K, K)
+    float32, the field's per-cell layer kernels for the profile's radii as ``edgedp fit --profile``
+    makes them (:func:`instant_kernels`); ``kernels.npy`` is then their mean over the cells, and
+    the runtime's instant path runs patchwise (``edgedp_runtime.instant.solve_latent_patchwise``).
 ``export.json``
     the sidecar of :mod:`edgedp_runtime.schema` with ``"source": "profile"``, ``"scene_id"`` = the
     device name, ``"height"`` / ``"width"`` = the profile's sensor size, ``"graphs": {"gd": ...}``,
@@ -29,7 +34,8 @@ capture with ONNX Runtime and numpy alone:
     (replicate padding of the stage-1 solve), "latent_reg": {"gain": 4.0, "floor": 1e-3, "ceil":
     0.3} (lam = clamp(gain * sigma^2 / s^2, floor, ceil), edgedp.physics.noise.default_latent_reg),
     "fuse_window": 15 (px, edgedp.fit.stage2.fuse_with_likelihood's window; 0 = G_D's weights alone),
-    "weight_floor": 1e-6}``
+    "weight_floor": 1e-6, "deconvolution": {...}}`` plus, with a kernel field, ``"patch_kernels":
+    "patch_kernels.npy", "patch_grid": [Pr, Pc]``
 
 The defaults of ``instant`` are :class:`edgedp.fit.config.FitConfig`'s (``fuse_window``) and
 :func:`edgedp.physics.noise.default_latent_reg`'s, so the instant path is ``edgedp fit --profile`` with
@@ -61,10 +67,11 @@ from ..physics.noise import default_latent_reg
 from ..formats.profile import DeviceProfile, load_profile, view_gain_entry
 
 
-__all__ = ["INSTANT_DEFAULTS", "export_profile", "load_profile_source", "profile_files", "profile_gd_source", "profile_test_image", "verify_profile_export"]
+__all__ = ["INSTANT_DEFAULTS", "instant_settings", "export_profile", "instant_kernels", "load_profile_source", "profile_files", "profile_gd_source", "profile_test_image", "verify_profile_export"]
 
 GD_FILE = schema.GRAPHS["gd"].file
 KERNELS_FILE = schema.KERNELS_FILE
+PATCH_KERNELS_FILE = schema.PATCH_KERNELS_FILE
 SIDECAR_NAME = schema.SIDECAR_NAME
 #: The instant path's settings: read off edgedp fit's own defaults (``default_latent_reg``'s
 #: keyword defaults, ``FitConfig.fuse_window``, the clamp of ``fuse_with_likelihood``), so the
@@ -81,6 +88,17 @@ INSTANT_DEFAULTS: dict[str, Any] = {
         key: getattr(FitConfig().deconvolution, key) for key in schema.INSTANT_DECONVOLUTION
     },
 }
+
+
+def instant_settings(with_field: bool) -> dict[str, Any]:
+    """:data:`INSTANT_DEFAULTS`, with the fit's rule for the TV step: off with a kernel field
+    with ``DeconvolutionConfig.with_field`` off (:class:`edgedp.fit.deconvolution.DeconvolutionConfig`)."""
+    settings = {key: dict(value) if isinstance(value, dict) else value for key, value in INSTANT_DEFAULTS.items()}
+    if with_field and not FitConfig().deconvolution.with_field:
+        settings["deconvolution"]["iterations"] = 0
+    return settings
+
+
 INPUT_NORMALIZATION = (
     "linear sensor values (raw - black_level) / white_level, unclipped, float32 (the profile's input settings; "
     "right view flat-field corrected when the profile names white-sheet frames)"
@@ -171,9 +189,10 @@ def export_profile(
     verify: bool = True,
     overwrite: bool = False,
     atol: float = 1e-4,
+    instant_field: bool = False,
 ) -> dict[str, Any]:
-    """Write ``gd.onnx``, ``kernels.npy`` and ``export.json`` for a device profile into ``out``
-    (module docstring); returns the sidecar dict.
+    """Write ``gd.onnx``, ``kernels.npy`` (and ``patch_kernels.npy`` for a kernel field) and
+    ``export.json`` for a device profile into ``out`` (module docstring); returns the sidecar dict.
 
     ``profile``: a :class:`DeviceProfile` or the path of a profile file.  ``dynamic``: gd.onnx
     takes any H, W (multiples of ``8 * input_scale``), else the profile's sensor size rounded up.
@@ -181,18 +200,14 @@ def export_profile(
     into the sidecar's ``verification.gd`` (``passed``: max abs error <= ``atol``).
 
     Raises:
-        InputError: unreadable profile, or radii / G_D weights that do not fit its layers, or a
-            profile with a kernel field (not carried by the instant export yet).
+        InputError: unreadable profile, or radii / G_D weights that do not fit its layers, or
+            kernels that cannot be built.
         OutputError: a file of the export exists and ``overwrite`` is False; ``out`` is a file or
             not writable; onnx / onnxruntime missing.
     """
     from .onnx_gd import export_gd_onnx, verify_gd_onnx
 
     profile, path, where = load_profile_source(profile)
-    if profile.kernel_field is not None:
-        # Not silently the parametric kernels: the instant runtime's patchwise twin is issue 16's open step.
-        raise InputError(f"{where}: holds a kernel field, which the instant export does not carry yet "
-                         "(its runtime solves Stage 1 with uniform kernels only); export a profile tuned without --kernels")
     bundle = profile_gd_source(profile, where)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -205,26 +220,62 @@ def export_profile(
     except OSError as err:
         raise OutputError(f"cannot create output folder {out} ({err.strerror or err})") from None
 
-    try:
-        kernels = kernel_pyramid(list(profile.radii), profile.kernel_model, profile.butterworth).numpy().astype(np.float32)
-    except ValueError as err:
-        raise InputError(f"{where}: cannot build its kernels: {err}") from None
+    kernels, patch_kernels = instant_kernels(profile, where)
+    notes = []
+    if patch_kernels is not None and not instant_field:
+        notes.append(f"the profile's {patch_kernels.shape[0]}x{patch_kernels.shape[1]} kernel field goes to the instant path as its "
+                     "mean kernels (patchwise is 3-16x slower there): --instant-field uses the field")
+        patch_kernels = None
     k = int(kernels.shape[-1])
     # The sidecar is written last: a failed export leaves no export.json naming missing files.
     entry = export_gd_onnx(bundle, out / GD_FILE, opset=opset, dynamic=dynamic)
     write_npy(out / KERNELS_FILE, kernels, overwrite=True)
+    patch_entry: dict[str, Any] = {}
+    if patch_kernels is not None:
+        write_npy(out / PATCH_KERNELS_FILE, patch_kernels, overwrite=True)
+        patch_entry = {"patch_kernels": PATCH_KERNELS_FILE, "patch_grid": patch_kernels.shape[:2]}
+    elif (out / PATCH_KERNELS_FILE).exists():  # an earlier export's field (overwrite checked above)
+        (out / PATCH_KERNELS_FILE).unlink()
     sidecar = schema.new_sidecar(
         source="profile", edgedp_version=__version__, scene_id=profile.device, opset=int(opset),
         height=profile.height, width=profile.width, layers=profile.layers, kernel_size=k,
         radii=[float(r) for r in profile.radii], kernel_model=profile.kernel_model,
         input_normalization=INPUT_NORMALIZATION, graphs={"gd": json_ready(entry)},
         profile=_profile_section(profile, path),
-        instant=schema.instant_entry(kernel_size=k, pad=k // 2 + 8, kernels=KERNELS_FILE, **INSTANT_DEFAULTS),
+        instant=schema.instant_entry(kernel_size=k, pad=k // 2 + 8, kernels=KERNELS_FILE, **patch_entry, **instant_settings(patch_kernels is not None)),
     )
+    if notes:
+        sidecar["notes"] = notes
     if verify:
         sidecar["verification"] = {"gd": verify_gd_onnx(bundle, out / GD_FILE, atol=atol)}
     write_json(out / SIDECAR_NAME, sidecar, overwrite=True)
     return sidecar
+
+
+def instant_kernels(profile: DeviceProfile, where: str = "profile") -> tuple[np.ndarray, np.ndarray | None]:
+    """The instant path's kernels of a profile, float32: ``(kernels (2, L, K, K), patch_kernels
+    (Pr, Pc, 2, L, K, K) or None)``.
+
+    Without a kernel field: ``kernel_pyramid(profile.radii, profile.kernel_model,
+    profile.butterworth)`` and None.  With one: what ``edgedp fit --profile`` uses,
+    :func:`edgedp.fit.pipeline.field_kernels` of the field for the profile's radii (disparity per
+    radius :func:`edgedp.fit.pipeline.field_disparity_per_radius` of the profile's fit config,
+    at least the pyramid's K), and as ``kernels`` their mean over the cells (the fit's uniform
+    kernels with a field).  [left, right] x layers, true-convolution PSFs centred at ``K // 2``.
+    One-line InputError when they cannot be built."""
+    from ..fit.pipeline import field_kernels
+
+    try:
+        kernels = kernel_pyramid(list(profile.radii), profile.kernel_model, profile.butterworth)
+        if profile.kernel_field is None:
+            return kernels.numpy().astype(np.float32), None
+        config = profile.apply_to(FitConfig())
+        field = profile.kernel_field.to(dtype=torch.float32)
+        patch = field_kernels(field, torch.tensor(profile.radii, dtype=torch.float32), config, int(kernels.shape[-1]))
+    except ValueError as err:
+        raise InputError(f"{where}: cannot build its kernels: {err}") from None
+    patch = patch.detach().cpu().float()
+    return patch.mean(dim=(0, 1)).numpy().astype(np.float32), patch.numpy().astype(np.float32)
 
 
 def profile_files() -> list[str]:

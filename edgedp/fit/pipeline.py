@@ -135,6 +135,9 @@ def fit_scene(
     # of its composite with the fitted weights (edgedp.fit.deconvolution).
     t0 = time.perf_counter()
     deconv = config.deconvolution
+    if kernel_field is not None and not deconv.with_field:  # asked to trade the TV step for speed with a field
+        deconv = dataclasses.replace(deconv, iterations=0)
+        config = dataclasses.replace(config, deconvolution=deconv)
     if deconv.tv_weight is None:
         deconv = dataclasses.replace(deconv, tv_weight=default_tv_weight(views, lam))
         config = dataclasses.replace(config, deconvolution=deconv)
@@ -175,7 +178,8 @@ def fit_scene(
         config=config,
         stages=stages,
         disparity={"low": est.low, "median": est.median, "high": est.high, "side": est.side},
-        kernel_field=None if kernel_field is None else field_summary(kernel_field, config),
+        kernel_field=None if kernel_field is None else field_summary(kernel_field, config) | (
+            {"prior": "profile" if field_prior is not None else None} if kernel_field.source == "estimated" else {}),
     )
 
 

@@ -70,6 +70,7 @@ from torch.autograd.function import once_differentiable
 
 # One definition of the FFT grid sizes for the library and the device's numpy instant path (the
 # runtime needs no torch; edgedp may import it, not the reverse), so their padded grids agree.
+from edgedp_runtime import instant as runtime_instant
 from edgedp_runtime.instant import fast_size
 
 __all__ = [
@@ -551,17 +552,8 @@ def tent_weights(n: int, parts: int) -> Tensor:
     """
     if not 1 <= parts <= n:
         raise ValueError(f"cannot split {n} pixels into {parts} patches")
-    if parts == 1:
-        return torch.ones(1, n, dtype=torch.float64)
-    step = n / parts
-    pos = torch.arange(n, dtype=torch.float64)
-    t = ((pos - (0.5 * step - 0.5)) / step).clamp(0, parts - 1)
-    i = t.floor().clamp(max=parts - 2).long()
-    f = t - i
-    out = torch.zeros(parts, n, dtype=torch.float64)
-    out[i, torch.arange(n)] = 1 - f
-    out[i + 1, torch.arange(n)] += f
-    return out
+    # One definition for the library and the device's numpy instant path (a kernel field's cells).
+    return torch.from_numpy(runtime_instant.tent_weights(n, parts))
 
 
 def patch_blend_weights(
@@ -586,17 +578,14 @@ def patch_blend_weights(
     """
     h, w = (int(s) for s in image_shape)
     pr, pc = (int(g) for g in grid)
-    a, b = tent_weights(h, pr), tent_weights(w, pc)
+    a, b = tent_weights(h, pr), tent_weights(w, pc)  # float64, edgedp_runtime.instant's tents
     return (a[:, None, :, None] * b[None, :, None, :]).to(device=device, dtype=dtype)
 
 
 def support_spans(weights_1d: Tensor) -> list[tuple[int, int]]:
-    """``[start, stop)`` of the non-zero entries of each row of a 1-D tent table."""
-    out = []
-    for row in weights_1d:
-        nz = torch.nonzero(row > 0).flatten()
-        out.append((int(nz[0]), int(nz[-1]) + 1))
-    return out
+    """``[start, stop)`` of the non-zero entries of each row of a 1-D tent table
+    (:func:`edgedp_runtime.instant.support_spans`)."""
+    return runtime_instant.support_spans(weights_1d.detach().cpu().numpy())
 
 
 @dataclass(frozen=True)

@@ -484,8 +484,7 @@ def _write_outputs(result, pair, info, targets, config, options, left, right, ou
         "disparity": result.disparity,
         "kernel_field": None if result.kernel_field is None else {
             **result.kernel_field,
-            "from": "--kernels" if options.kernels is not None else "estimated" if result.kernel_field.get("source") == "estimated" else "profile",
-            "prior": "profile" if capture_field_prior(options, device_profile) is not None else None},
+            "from": "--kernels" if options.kernels is not None else "estimated" if result.kernel_field.get("source") == "estimated" else "profile"},
         "stages": result.stages,
         "seconds": {"read": read_seconds, "fit": fit_seconds, "write": write_seconds, "total": total_seconds},
         "peak_rss_bytes": peak,

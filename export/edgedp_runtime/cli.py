@@ -451,6 +451,7 @@ def cmd_instant(args, info: ExportInfo, backend) -> int:
     if sensor is not None:  # the rule edgedp fit --profile applies too
         instant.sensor_crop(sensor, views.shape[1:], device)
     print(f"input: {settings}")
+    print(f"kernels: {instant.describe_kernels(inst)}")
     if (info.height, info.width) != views.shape[1:]:
         print(f"note: the profile was tuned on {info.height}x{info.width} captures; this {views.shape[1]}x"
               f"{views.shape[2]} one is taken as their centred crop (view gain cut there)")
@@ -468,7 +469,7 @@ def cmd_instant(args, info: ExportInfo, backend) -> int:
         s0 = time.perf_counter()
         alphas = instant.run_gd(model, views, multiple, (pair_name, alphas_name))
         seconds["gd"] = time.perf_counter() - s0
-        return instant.instant_predict(views, alphas, inst.kernels, inst.radii, config=inst.config, timings=seconds)
+        return instant.instant_predict(views, alphas, inst.predict_kernels, inst.radii, config=inst.config, timings=seconds)
 
     aif, defocus, _ = timed(once, args.repeat, "instant (gd + latent + fuse)")
     t3 = time.perf_counter()

@@ -25,6 +25,12 @@ after Stage 2, with the fitted G_D replaced by a device profile's G_D (``gd.onnx
 Conventions (the project's CONVENTIONS.md): views are float32 ``(2, H, W)`` = [left, right] on
 the fit's normalized scale (``(raw - black) / white``, unclipped); kernels ``(2, L, K, K)`` =
 [left, right] x layers, true-convolution PSFs centred at ``(K // 2, K // 2)``; borders replicate.
+
+A kernel field (a profile tuned with ``--kernels``): per-cell kernels ``(Pr, Pc, 2, L, K, K)`` of a
+``Pr x Pc`` grid (row-major from the top-left; cells blended by the bilinear tents of
+:func:`patch_blend_weights`).  Steps 2 and 4 then use :func:`solve_latent_patchwise` (the twin of
+edgedp.fit.stage3.PatchLatentSolver) and the re-render error comes from :func:`blur_patchwise` of
+the latent (edgedp.physics.blur.blur_stack_patchwise), as ``edgedp fit`` does with a field.
 Everything runs in float32 / complex64 (numpy >= 2 computes float32 FFTs natively) and loops over
 layers, so the peak memory is about three (L, H, W) float32 stacks (alphas, latent, weights).
 
@@ -38,7 +44,9 @@ Sidecar fields read here (schema: :mod:`edgedp_runtime.schema`; written by ``edg
                 "fuse_window": 15,                 box window (px) of the likelihood, 0 = off
                 "weight_floor": 1e-6,              clamp of G_D's weights before the product
                 "deconvolution": {"iterations": 6, "beta_start": 0.25, "beta_growth": 2.0,
-                                  "min_layer_weight": 1e-3}}    step 4 (absent: these defaults)
+                                  "min_layer_weight": 1e-3},    step 4 (absent: these defaults)
+                "patch_kernels": "patch_kernels.npy",  only with a kernel field: (Pr, Pc, 2, L, K, K)
+                "patch_grid": [Pr, Pc]}                float32 (``kernels`` is then their mean)
     "profile": {"input": {"black_level", "white_level", "flat_field",      input defaults
                           "view_gain": {"model": "exp-poly3", "coefficients": [10]} or null}, ...}
                (view_gain: the right view's gain over the frame measured by edgedp tune,
@@ -65,6 +73,7 @@ __all__ = [
     "estimate_noise_sigma",
     "flat_field_gain",
     "deconvolve_layers",
+    "describe_kernels",
     "fuse_weights",
     "instant_predict",
     "latent_reg",
@@ -73,6 +82,12 @@ __all__ = [
     "run_gd",
     "run_instant",
     "solve_latent",
+    "solve_latent_patchwise",
+    "blur_patchwise",
+    "patch_blend_weights",
+    "rerender_error_patchwise",
+    "support_spans",
+    "tent_weights",
     "view_gain_applies",
     "sensor_crop",
     "view_gain_map",
@@ -182,15 +197,18 @@ def solve_latent(
     target_weight: float = 0.0,
     layers=None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Closed-form per-layer latent map (numpy port of edgedp.physics.fourier.LatentSolver.solve).
+    """Closed-form per-layer latent map (numpy port of edgedp.physics.fourier.LatentSolver.solve; with
+    per-cell kernels of edgedp.fit.stage3.PatchLatentSolver.solve, :func:`solve_latent_patchwise`).
 
     Args:
         views: (2, H, W) float32 [left, right].
-        kernels: (2, L, K, K) [left, right] x layers, centred true-convolution PSFs.
+        kernels: (2, L, K, K) [left, right] x layers, centred true-convolution PSFs; or per cell
+            of a kernel field (Pr, Pc, 2, L, K, K).
         reg: ``lam``, weight of the squared-gradient prior.
         pad: replicate padding (px); default ``K // 2 + 8``.
         error: also return each layer's re-render error ``sum_v (x_i conv f_i^v - y_v)^2``,
-            computed on the padded grid from the same spectra (``irfft2(X_i F_i^v - Y_v)``).
+            computed on the padded grid from the same spectra (``irfft2(X_i F_i^v - Y_v)``); with
+            per-cell kernels by the patchwise blur of the latent (:func:`rerender_error_patchwise`).
         target, target_weight: a gradient field (2, H, W) the solution's forward differences are
             pulled towards with ``target_weight * ||grad x - target||^2`` (zero over the padding).
         layers: the layer indices to solve (default: all), in that order.
@@ -200,6 +218,10 @@ def solve_latent(
     """
     views = np.asarray(views, np.float32)
     kernels = np.asarray(kernels, np.float32)
+    if kernels.ndim == 6:
+        index = list(range(kernels.shape[3])) if layers is None else list(layers)
+        latent = solve_latent_patchwise(views, kernels, reg, pad=pad, target=target, target_weight=target_weight, layers=index)
+        return latent, (rerender_error_patchwise(views, latent, kernels[:, :, :, index]) if error else None)
     _, h, w = views.shape
     k = kernels.shape[-1]
     index = list(range(kernels.shape[1])) if layers is None else list(layers)
@@ -237,6 +259,206 @@ def solve_latent(
     return latent, err
 
 
+# --- per-cell kernels (a kernel field): tents, patchwise blur, patchwise Stage 1 ----------------
+def tent_weights(n: int, parts: int) -> np.ndarray:
+    """1-D bilinear tent weights ``(parts, n)`` float64 centred on ``parts`` equal cells (centre of
+    cell ``r`` at ``(r + 1/2) n / parts - 1/2``), each reaching zero at the neighbouring centres and
+    flat (clamped) beyond the first / last centre; columns sum to 1.  The one definition of
+    edgedp.physics.blur.tent_weights (which wraps it as a tensor).
+
+    Example:
+        >>> tent_weights(6, 2).round(4).tolist()
+        [[1.0, 1.0, 0.6667, 0.3333, 0.0, 0.0], [0.0, 0.0, 0.3333, 0.6667, 1.0, 1.0]]
+    """
+    if not 1 <= parts <= n:
+        raise RunnerError(f"cannot split {n} pixels into {parts} patches")
+    if parts == 1:
+        return np.ones((1, n), np.float64)
+    step = n / parts
+    t = np.clip((np.arange(n, dtype=np.float64) - (0.5 * step - 0.5)) / step, 0, parts - 1)
+    i = np.minimum(np.floor(t), parts - 2).astype(np.int64)
+    f = t - i
+    out = np.zeros((parts, n), np.float64)
+    cols = np.arange(n)
+    out[i, cols] = 1 - f
+    out[i + 1, cols] += f
+    return out
+
+
+def patch_blend_weights(image_shape: tuple[int, int], grid: tuple[int, int], dtype=np.float32) -> np.ndarray:
+    """Seamless blending weights ``(Pr, Pc, H, W)`` of a ``Pr x Pc`` grid: ``w[r, c] = a_r(y) b_c(x)``
+    with the tents of :func:`tent_weights` (computed in float64, then ``dtype``); a partition of
+    unity (edgedp.physics.blur.patch_blend_weights).  The solver and the blur below use the two
+    1-D tables instead (this array is ``Pr Pc`` frames large).
+
+    Example:
+        >>> w = patch_blend_weights((37, 53), (2, 3))
+        >>> w.shape, bool(np.allclose(w.sum(axis=(0, 1)), 1))
+        ((2, 3, 37, 53), True)
+    """
+    a, b = tent_weights(int(image_shape[0]), int(grid[0])), tent_weights(int(image_shape[1]), int(grid[1]))
+    return (a[:, None, :, None] * b[None, :, None, :]).astype(dtype)
+
+
+def support_spans(weights_1d) -> list[tuple[int, int]]:
+    """``[start, stop)`` of the non-zero entries of each row of a 1-D tent table ``(parts, n)``
+    (edgedp.physics.blur.support_spans).
+
+    Example:
+        >>> support_spans(tent_weights(6, 2))
+        [(0, 4), (2, 6)]
+    """
+    out = []
+    for row in np.asarray(weights_1d):
+        nz = np.flatnonzero(row > 0)
+        out.append((int(nz[0]), int(nz[-1]) + 1))
+    return out
+
+
+def _cell_geometry(h: int, w: int, grid: tuple[int, int]):
+    """Row / column tents (float64) and their support spans of a ``grid`` over ``h x w``."""
+    rows, cols = tent_weights(h, grid[0]), tent_weights(w, grid[1])
+    return rows, cols, support_spans(rows), support_spans(cols)
+
+
+def _cell_weight(rows: np.ndarray, cols: np.ndarray, i: int, j: int, rspan, cspan) -> np.ndarray:
+    """Cell ``(i, j)``'s blend weight over its support, float32 (the product taken in float64)."""
+    return (rows[i, rspan[0] : rspan[1], None] * cols[j, None, cspan[0] : cspan[1]]).astype(np.float32)
+
+
+def _check_patch_kernels(kernels: np.ndarray, layers: int | None = None) -> None:
+    shape = kernels.shape
+    if kernels.ndim != 6 or shape[2] != 2 or shape[-1] != shape[-2] or shape[-1] % 2 == 0:
+        raise RunnerError(f"patch kernels must be (Pr, Pc, 2, L, K, K) with K odd, got {shape}")
+    if layers is not None and shape[3] != layers:
+        raise RunnerError(f"patch kernels have {shape[3]} layers, expected {layers}")
+
+
+def blur_patchwise(stack: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    """Non-uniform blur over a ``Pr x Pc`` grid (numpy twin of edgedp.physics.blur.blur_stack_patchwise
+    without the batch): ``stack`` (l, H, W), ``kernels`` (Pr, Pc, 2, l, K, K) [left, right] ->
+    (2, l, H, W) float32, ``out = sum_p w_p (stack conv kernels[p])`` with the tents of
+    :func:`patch_blend_weights`; true convolution, the whole image's borders replicated; each
+    cell's blur is computed on its support (plus ``K // 2`` px of context) only."""
+    stack = np.asarray(stack, np.float32)
+    kernels = np.asarray(kernels, np.float32)
+    _check_patch_kernels(kernels, stack.shape[0])
+    l, h, w = stack.shape
+    k = kernels.shape[-1]
+    p = k // 2
+    rows, cols, rspans, cspans = _cell_geometry(h, w, kernels.shape[:2])
+    xp = np.pad(stack, ((0, 0), (p, p), (p, p)), mode="edge")
+    out = np.zeros((2, l, h, w), np.float32)
+    for i, (r0, r1) in enumerate(rspans):
+        for j, (c0, c1) in enumerate(cspans):
+            hw, ww = r1 - r0, c1 - c0
+            shape = (fast_size(hw + 2 * p), fast_size(ww + 2 * p, even=True))
+            phase = _centre_phase(shape, k)
+            wgt = _cell_weight(rows, cols, i, j, (r0, r1), (c0, c1))
+            for n in range(l):
+                # The window holds the cell's support and p px of context: a centred kernel's
+                # circular wrap-around never reaches the kept [p, p + support) outputs.
+                xf = np.fft.rfft2(xp[n, r0 : r1 + 2 * p, c0 : c1 + 2 * p], s=shape)
+                for v, f in enumerate(kernel_spectrum(kernels[i, j, :, n], shape, phase)):
+                    out[v, n, r0:r1, c0:c1] += np.fft.irfft2(xf * f, s=shape)[p : p + hw, p : p + ww] * wgt
+    return out
+
+
+def rerender_error_patchwise(views: np.ndarray, latent: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    """Each layer's re-render error ``e_i = sum_v (blur_patchwise(x_i)^v - y_v)^2`` (l, H, W) float32
+    for views (2, H, W), latent (l, H, W) and patch kernels (Pr, Pc, 2, l, K, K): what the fit's
+    likelihood fusion uses with a kernel field (edgedp.fit.stage2.rerender_error of
+    blur_stack_patchwise).  One layer at a time (no (2, l, H, W) stack)."""
+    views = np.asarray(views, np.float32)
+    err = np.empty(latent.shape, np.float32)
+    for n in range(latent.shape[0]):
+        r = blur_patchwise(latent[n : n + 1], kernels[:, :, :, n : n + 1])[:, 0] - views
+        err[n] = (r * r).sum(axis=0)
+    return err
+
+
+def solve_latent_patchwise(
+    views: np.ndarray,
+    kernels: np.ndarray,
+    reg: float,
+    *,
+    pad: int | None = None,
+    margin: int | None = None,
+    target: np.ndarray | None = None,
+    target_weight: float = 0.0,
+    layers=None,
+) -> np.ndarray:
+    """Closed-form latent map with per-cell kernels, blended seamlessly (numpy twin of
+    edgedp.fit.stage3.PatchLatentSolver.solve, same algorithm and grids).
+
+    A global solve ``x_0`` (:func:`solve_latent`) with the cells' mean kernels, then per cell a
+    correction on a window (its tent's support plus ``margin`` px, clipped to the image, replicated
+    by ``K // 2 + 8`` px out to an FFT-friendly size): ``A_p d = r`` with ``A_p = K_p^T K_p + (reg +
+    target_weight) G^T G`` and the normal equations' residual ``r = K_p^T y + target_weight G^T z -
+    A_p x_0`` kept only ``K`` px inside the window (the replicated margins are not a solution
+    pair); ``x_p = x_0 + d`` blended with the tents of :func:`patch_blend_weights`.  Equal kernels
+    give ``x_0``; a 1 x 1 grid is the global solve.
+
+    Args:
+        views: (2, H, W) float32 [left, right].
+        kernels: (Pr, Pc, 2, L, K, K) per cell (row-major from the top-left), centred
+            true-convolution PSFs.
+        reg: ``lam``.  pad: replicate padding of the global solve (default ``K // 2 + 8``).
+        margin: context px around each support (>= K); default ``K + 8``.
+        target, target_weight, layers: as :func:`solve_latent`.
+
+    Returns:
+        latent (l, H, W) float32.
+    """
+    views = np.asarray(views, np.float32)
+    kernels = np.asarray(kernels, np.float32)
+    _check_patch_kernels(kernels)
+    _, h, w = views.shape
+    pr, pc, _, nl, k, _ = kernels.shape
+    index = list(range(nl)) if layers is None else list(layers)
+    base, _ = solve_latent(views, kernels.mean(axis=(0, 1)), reg, pad=pad, target=target,
+                           target_weight=target_weight, layers=index)
+    if pr * pc == 1:
+        return base
+    use_target = target is not None and target_weight > 0
+    weight = float(reg) + (float(target_weight) if use_target else 0.0)
+    m = k + 8 if margin is None else int(margin)
+    band, wpad = k, k // 2 + 8  # band: support radius of K^T K (2 (K // 2)) + 1 for the prior
+    rows, cols, rspans, cspans = _cell_geometry(h, w, (pr, pc))
+    out = np.zeros((len(index), h, w), np.float32)
+    for i, (r0, r1) in enumerate(rspans):
+        for j, (c0, c1) in enumerate(cspans):
+            a0, a1 = max(0, r0 - m), min(h, r1 + m)
+            b0, b1 = max(0, c0 - m), min(w, c1 + m)
+            hw, ww = a1 - a0, b1 - b0
+            hp, wp = fast_size(hw + 2 * wpad), fast_size(ww + 2 * wpad, even=True)
+            widths = ((wpad, hp - hw - wpad), (wpad, wp - ww - wpad))
+            yf = np.fft.rfft2(np.pad(views[:, a0:a1, b0:b1], ((0, 0),) + widths, mode="edge"))
+            extra = None
+            if use_target:
+                zf = np.fft.rfft2(np.pad(np.asarray(target, np.float32)[:, a0:a1, b0:b1], ((0, 0),) + widths))
+                gx, gy = gradient_operator_spectra((hp, wp))
+                extra = np.complex64(target_weight) * (np.conj(gx) * zf[0] + np.conj(gy) * zf[1])
+            g2 = np.float32(weight) * gradient_spectrum((hp, wp))
+            phase = _centre_phase((hp, wp), k)
+            # Keep the residual where the window's data decide it: at least ``band`` px inside.
+            mask = np.zeros((hp, wp), np.float32)
+            mask[wpad + band : wpad + hw - band, wpad + band : wpad + ww - band] = 1
+            keep = (slice(wpad + r0 - a0, wpad + r1 - a0), slice(wpad + c0 - b0, wpad + c1 - b0))
+            wgt = _cell_weight(rows, cols, i, j, (r0, r1), (c0, c1))
+            for n, li in enumerate(index):
+                xg = np.pad(base[n, a0:a1, b0:b1], widths, mode="edge")
+                fl, fr = kernel_spectrum(kernels[i, j, :, li], (hp, wp), phase)
+                den = (fl.real**2 + fl.imag**2) + (fr.real**2 + fr.imag**2) + g2
+                rhs = np.conj(fl) * yf[0] + np.conj(fr) * yf[1] - den * np.fft.rfft2(xg)
+                if extra is not None:
+                    rhs += extra
+                resid = np.fft.irfft2(rhs, s=(hp, wp)) * mask
+                d = np.fft.irfft2(np.fft.rfft2(resid) / den, s=(hp, wp))
+                out[n, r0:r1, c0:c1] += (xg[keep] + d[keep]) * wgt
+    return out
+
+
 # --- the final TV deconvolution (edgedp.fit.deconvolution) -----------------------------------------
 def image_gradient(x: np.ndarray) -> np.ndarray:
     """Forward differences of (H, W) -> (2, H, W), zero in the last column / row
@@ -269,7 +491,8 @@ def deconvolve_layers(
 ) -> np.ndarray:
     """The TV deconvolution of the composite ``sum_i d_i x_i`` by half-quadratic splitting (numpy
     port of edgedp.fit.deconvolution.deconvolve_layers): returns the (L, H, W) latent map whose
-    composite is the deconvolved image (``latent`` is updated in place)."""
+    composite is the deconvolved image (``latent`` is updated in place).  ``kernels``: (2, L, K, K)
+    or per cell (Pr, Pc, 2, L, K, K) (each step then :func:`solve_latent_patchwise`)."""
     if config.tv_iterations <= 0 or tv <= 0:
         return latent
     used = [i for i in range(latent.shape[0]) if float(weights[i].max()) >= config.tv_min_layer_weight]
@@ -476,7 +699,9 @@ def instant_predict(
     Args:
         views: (2, H, W) float32 [left, right], normalized (unclipped) linear values.
         alphas: (L, H, W) MPI alphas from gd.onnx (layer L - 1 on top, alphas[0] = 1).
-        kernels: (2, L, K, K) [left, right] x layers.
+        kernels: (2, L, K, K) [left, right] x layers, or per cell of a kernel field
+            (Pr, Pc, 2, L, K, K): Stage 1, the re-render error and the deconvolution then run
+            patchwise (:func:`solve_latent_patchwise`, :func:`rerender_error_patchwise`).
         radii: (L,) signed blur radius (px) per layer.
         config: regularization, fusion window, weight floor, padding.
         reg: ``lam``; None: :func:`latent_reg` of the views with ``config``'s gain/floor/ceil.
@@ -496,8 +721,9 @@ def instant_predict(
         raise RunnerError(f"views must be (2, H, W) [left, right], got {views.shape}")
     if alphas.shape != (layers,) + views.shape[1:]:
         raise RunnerError(f"alphas {alphas.shape} do not match {layers} layers of a {views.shape[1]}x{views.shape[2]} pair")
-    if kernels.ndim != 4 or kernels.shape[:2] != (2, layers):
-        raise RunnerError(f"kernels must be (2, {layers}, K, K), got {kernels.shape}")
+    if not ((kernels.ndim == 4 and kernels.shape[:2] == (2, layers))
+            or (kernels.ndim == 6 and kernels.shape[2:4] == (2, layers))):
+        raise RunnerError(f"kernels must be (2, {layers}, K, K) or per cell (Pr, Pc, 2, {layers}, K, K), got {kernels.shape}")
     t0 = time.perf_counter()
     lam = latent_reg(views, gain=config.gain, floor=config.floor, ceil=config.ceil) if reg is None else float(reg)
     latent, error = solve_latent(views, kernels, lam, pad=config.pad, error=config.fuse_window > 0)
@@ -559,6 +785,13 @@ class InstantExport:
     kernels: np.ndarray  # (2, L, K, K) float32
     radii: np.ndarray  # (L,) float32
     config: InstantConfig
+    patch_kernels: np.ndarray | None = None  # (Pr, Pc, 2, L, K, K) float32 of a kernel field, or None
+
+    @property
+    def predict_kernels(self) -> np.ndarray:
+        """What :func:`instant_predict` takes: the per-cell kernels when the export has a kernel
+        field, else the uniform ones."""
+        return self.kernels if self.patch_kernels is None else self.patch_kernels
 
     @property
     def inputs(self) -> dict:
@@ -568,8 +801,9 @@ class InstantExport:
 
 
 def load_instant(folder) -> InstantExport:
-    """Read the sidecar, the kernels and the instant settings; one-line RunnerError if the
-    export has none (a scene export) or they disagree with the layers."""
+    """Read the sidecar, the kernels (and a kernel field's per-cell ``patch_kernels``) and the
+    instant settings; one-line RunnerError if the export has none (a scene export) or they
+    disagree with the layers, the kernel size or the recorded ``patch_grid``."""
     info = schema.load_export(folder)
     entry = info.data.get("instant")
     side = info.folder / schema.SIDECAR_NAME
@@ -583,7 +817,29 @@ def load_instant(folder) -> InstantExport:
     radii = np.asarray(info.radii, np.float32)
     if kernels.ndim != 4 or kernels.shape[0] != 2 or kernels.shape[1] != radii.size or kernels.shape[2] != kernels.shape[3]:
         raise RunnerError(f"{side}: kernels {kernels.shape} do not match (2, {radii.size}, K, K) for its {radii.size} radii")
-    return InstantExport(info=info, kernels=kernels, radii=radii, config=InstantConfig.from_sidecar(entry))
+    patch = None
+    if entry.get("patch_kernels") is not None:
+        name = str(entry["patch_kernels"])
+        patch = device_io.load_npy(info.folder / name, "instant patch kernels")
+        grid = entry.get("patch_grid")
+        if not (isinstance(grid, list) and len(grid) == 2 and all(isinstance(g, int) and g >= 1 for g in grid)):
+            raise RunnerError(f"{side}: 'instant' names {name} without a valid \"patch_grid\": [rows, cols] (got {grid!r})")
+        want = (grid[0], grid[1], 2, radii.size) + kernels.shape[2:]
+        if patch.shape != want:
+            raise RunnerError(f"{side}: {name} is {patch.shape}, expected (Pr, Pc, 2, L, K, K) = {want} "
+                              f"for its {grid[0]}x{grid[1]} grid, {radii.size} radii and K = {kernels.shape[-1]}")
+    return InstantExport(info=info, kernels=kernels, radii=radii, config=InstantConfig.from_sidecar(entry), patch_kernels=patch)
+
+
+def describe_kernels(inst: InstantExport) -> str:
+    """One line on the kernels an instant export predicts with, e.g. ``kernel field 2x3 cells
+    (patch_kernels.npy), 6 layers, K 11`` or ``uniform, 6 layers, K 11``."""
+    k = inst.kernels
+    if inst.patch_kernels is None:
+        return f"uniform, {k.shape[1]} layers, K {k.shape[-1]}"
+    pr, pc = inst.patch_kernels.shape[:2]
+    name = inst.info.data["instant"].get("patch_kernels")
+    return f"kernel field {pr}x{pc} cells ({name}), {k.shape[1]} layers, K {k.shape[-1]}"
 
 
 def run_gd(model, views: np.ndarray, multiple_of: int, names: tuple[str, str] = ("pair", "alphas")) -> np.ndarray:
@@ -634,7 +890,7 @@ def run_instant(export_folder, views: np.ndarray, threads: int | None = None) ->
     alphas = run_gd(model, views, graph.multiple_of)
     t2 = time.perf_counter()
     timings: dict = {}
-    aif, defocus, weights = instant_predict(views, alphas, inst.kernels, inst.radii, config=inst.config, timings=timings)
+    aif, defocus, weights = instant_predict(views, alphas, inst.predict_kernels, inst.radii, config=inst.config, timings=timings)
     seconds = {"load": t1 - t0, "gd": t2 - t1, "latent": timings["latent"], "fuse": timings["fuse"]}
     seconds["total"] = time.perf_counter() - t0
     return {"allinfocus": aif, "defocus": defocus, "weights": weights, "latent_reg": timings["latent_reg"], "seconds": seconds}

@@ -60,6 +60,8 @@ ONNX_SUFFIX = ".onnx"
 ENGINE_SUFFIX = ".engine"
 REFOCUS_BANK = "refocus_bank.npy"
 KERNELS_FILE = "kernels.npy"
+#: Per-cell layer kernels (Pr, Pc, 2, L, K, K) of a profile with a kernel field (optional).
+PATCH_KERNELS_FILE = "patch_kernels.npy"
 DEFAULT_MULTIPLE_OF = 16
 #: Sidecar key of the gd graph: node names an FP16 engine must keep in FP32.
 FP32_NODES_KEY = "fp32_nodes"
@@ -116,7 +118,7 @@ GRAPHS: dict[str, GraphSpec] = {
 SOURCE_GRAPHS: dict[str, tuple[str, ...]] = {"scene": ("render", "refocus", "gd"), "profile": ("gd",)}
 SOURCE_FILES: dict[str, tuple[str, ...]] = {
     "scene": (GRAPHS["render"].test_input, GRAPHS["refocus"].test_input, REFOCUS_BANK),  # type: ignore[dict-item]
-    "profile": (KERNELS_FILE,),
+    "profile": (KERNELS_FILE, PATCH_KERNELS_FILE),  # the second only with a kernel field
 }
 
 
@@ -183,10 +185,13 @@ INSTANT_SETTINGS: dict[str, type] = {
 def instant_entry(
     *, kernel_size: int, pad: int, latent_reg: dict[str, float], fuse_window: int, weight_floor: float,
     deconvolution: dict[str, float] | None = None, kernels: str = KERNELS_FILE,
+    patch_kernels: str | None = None, patch_grid: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The sidecar's ``instant`` object: ``{"kernels", "kernel_size", "pad", "latent_reg": {"gain",
     "floor", "ceil"}, "fuse_window", "weight_floor", "deconvolution": {"iterations", "beta_start",
-    "beta_growth", "min_layer_weight"}}`` (meanings: edgedp_runtime.instant)."""
+    "beta_growth", "min_layer_weight"}}`` and, for a profile with a kernel field, ``"patch_kernels":
+    file of the (Pr, Pc, 2, L, K, K) per-cell kernels, "patch_grid": [Pr, Pc]`` (meanings:
+    edgedp_runtime.instant)."""
     missing = [k for k in INSTANT_LATENT_REG if k not in latent_reg]
     if missing:
         raise ValueError(f"latent_reg lacks {missing}")
@@ -198,6 +203,11 @@ def instant_entry(
         "fuse_window": int(fuse_window),
         "weight_floor": float(weight_floor),
     }
+    if patch_kernels is not None:
+        if patch_grid is None:
+            raise ValueError("patch_kernels needs its patch_grid")
+        entry["patch_kernels"] = str(patch_kernels)
+        entry["patch_grid"] = [int(g) for g in patch_grid]
     if deconvolution is not None:
         entry["deconvolution"] = {k: float(deconvolution[k]) for k in INSTANT_DECONVOLUTION}
         entry["deconvolution"]["iterations"] = int(deconvolution["iterations"])

@@ -56,7 +56,7 @@ class FakeFit:
         self.calls: list[dict] = []
 
     def __call__(self, left, right, config=FitConfig(), *, kernel_field=None, field_prior=None, gd_init=None, progress=None) -> FitResult:
-        self.calls.append({"left": left, "right": right, "config": config, "gd_init": gd_init, "kernel_field": kernel_field})
+        self.calls.append({"left": left, "right": right, "config": config, "gd_init": gd_init, "kernel_field": kernel_field, "field_prior": field_prior})
         net = torch.nn.Conv2d(2, self.LAYERS, 3)
         if gd_init is not None:
             for key, value in net.state_dict().items():
@@ -345,7 +345,9 @@ def test_real_fit_end_to_end(synth_scene, tmp_path):
     allinfocus = cv2.imread(str(out / "allinfocus.png"), cv2.IMREAD_UNCHANGED)
     assert allinfocus.shape == (97, 131) and allinfocus.dtype == np.uint16
     report = json.loads((out / "report.json").read_text())
-    assert report["stages"][1]["iterations"] == 20 and report["focus"]["decided"] == "behind"
+    stages = {s["name"]: s for s in report["stages"]}
+    assert list(stages)[0] == "kernel field estimation"  # the default estimates the kernel field first
+    assert stages["stage 2 defocus map"]["iterations"] == 20 and report["focus"]["decided"] == "behind"
     bundle = load_bundle(out / "scene")
     torch.testing.assert_close(bundle.weights.sum(0), torch.ones(97, 131), atol=1e-5, rtol=0)
     # The bundle stores the weights in float16 (relative rounding 2^-11, then renormalized) and the

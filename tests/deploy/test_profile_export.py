@@ -351,3 +351,112 @@ def test_runner_instant_refuses_a_frame_beyond_its_memory_budget(exported, no_to
     proc = run(["instant", out, tmp_path / "big.npy", tmp_path / "big.npy", "-o", tmp_path / "o", "--max-memory", "0.1"],
                no_torch_env)
     assert_runner_error(proc, "--max-memory 0.1: at least 0.5 GiB is needed")
+
+
+# --- a profile with a kernel field ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def field_export(tmp_path_factory):
+    """A tiny profile carrying tests/test_kernel_field.py's asymmetric 2x3 analytic field, exported
+    with ``edgedp export PHONE.profile``: (profile file, export folder, CLI stdout)."""
+    from test_kernel_field import analytic_field
+
+    root = tmp_path_factory.mktemp("field")
+    field = analytic_field((2, 3), 6.0, 17).to(dtype=torch.float32)
+    path = save_profile(tiny_profile(kernel_field=field), root / "PHONE.profile")
+    res = CliRunner().invoke(app, ["export", str(path), "-o", str(root / "export"), "--no-verify", "--instant-field"])
+    assert res.exit_code == 0, res.output
+    return path, root / "export", res.stdout
+
+
+def test_export_profile_with_a_field_uses_its_mean_unless_asked(field_export, tmp_path):
+    """Without --instant-field the instant path gets the field's mean kernels (the fit's uniform
+    kernels with a field) and a note says so; --instant-field on a scene is refused in one line."""
+    path, out, _ = field_export
+    plain = tmp_path / "plain"
+    res = CliRunner().invoke(app, ["export", str(path), "-o", str(plain), "--no-verify"])
+    assert res.exit_code == 0, res.output
+    assert not (plain / "patch_kernels.npy").exists()
+    assert "note     the profile's 2x3 kernel field goes to the instant path as its mean kernels" in res.stdout
+    assert np.abs(np.load(plain / "kernels.npy") - np.load(out / "kernels.npy")).max() == 0  # the same mean
+    side = json.loads((plain / "export.json").read_text())
+    assert "patch_kernels" not in side["instant"] and side["notes"]
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "no_scene"), "-o", str(tmp_path / "o"), "--instant-field"])
+    assert res.exit_code == 2 and "--instant-field does not apply to a scene export" in res.stderr
+
+
+def test_export_profile_with_a_field_writes_patch_kernels(field_export, tmp_path):
+    from edgedp.fit import FitConfig
+    from edgedp.fit.pipeline import field_kernels
+    from edgedp.formats import load_profile
+
+    path, out, stdout = field_export
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "gd.onnx", "kernels.npy", "patch_kernels.npy"]
+    assert "gd.onnx, kernels.npy, patch_kernels.npy, export.json" in stdout
+    side = json.loads((out / "export.json").read_text())
+    inst = side["instant"]
+    pk = np.load(out / "patch_kernels.npy")
+    k = side["kernel_size"]
+    assert inst["patch_kernels"] == "patch_kernels.npy" and inst["patch_grid"] == [2, 3] and inst["pad"] == k // 2 + 8
+    # The fit's rule for the TV step with a kernel field (DeconvolutionConfig.with_field, on by default).
+    assert inst["deconvolution"]["iterations"] == 6
+    assert pk.dtype == np.float32 and pk.shape == (2, 3, 2, LAYERS, k, k) and k >= 11
+    # what edgedp fit --profile uses: the field's layer kernels at the fit's disparity per radius
+    profile = load_profile(path)
+    want = field_kernels(profile.kernel_field, torch.tensor(profile.radii), profile.apply_to(FitConfig()), 11).numpy()
+    assert np.abs(pk - want).max() <= 1e-6
+    assert np.abs(pk[0, 0] - pk[1, 2]).max() > 1e-2  # the cells differ
+    kernels = np.load(out / "kernels.npy")
+    assert kernels.shape == (2, LAYERS, k, k) and np.abs(kernels - pk.mean(axis=(0, 1))).max() <= 1e-6
+    loaded = instant.load_instant(out)
+    assert loaded.patch_kernels.shape == pk.shape and loaded.predict_kernels is loaded.patch_kernels
+    assert instant.describe_kernels(loaded) == f"kernel field 2x3 cells (patch_kernels.npy), {LAYERS} layers, K {k}"
+    # re-exporting a profile without a field over it leaves no stale patch_kernels.npy
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    plain = save_profile(tiny_profile(), tmp_path / "plain.profile")
+    res = CliRunner().invoke(app, ["export", str(plain), "-o", str(copy), "--no-verify", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert not (copy / "patch_kernels.npy").exists() and "patch_kernels" not in json.loads((copy / "export.json").read_text())["instant"]
+    assert json.loads((copy / "export.json").read_text())["instant"]["deconvolution"]["iterations"] == 6
+    assert instant.load_instant(copy).patch_kernels is None
+
+
+def test_runner_instant_with_a_field(field_export, pair, no_torch_env, tmp_path):
+    """``edgedp-runtime instant`` on a profile export with a field (no torch): it says so, runs
+    the patchwise path and gives the plain API's numbers; a patch_kernels.npy of the wrong shape
+    or a missing grid is one line."""
+    _, out, _ = field_export
+    folder, sc = pair
+    res = tmp_path / "res"
+    proc = run(["instant", out, folder / "left.png", folder / "right.png", "-o", res, "--npy", "--threads", 1], no_torch_env)
+    assert proc.returncode == 0, proc.stderr
+    assert "kernels: kernel field 2x3 cells (patch_kernels.npy)" in proc.stdout, proc.stdout
+    aif = np.load(res / "allinfocus.npy")
+    defocus = np.load(res / "defocus.npy")
+    assert aif.shape == defocus.shape == (H, W) and np.isfinite(aif).all() and 0.0 <= defocus.min() <= defocus.max() <= 5.0
+    quant = np.stack([common.decode_png((folder / f"{s}.png").read_bytes()) for s in ("left", "right")])
+    direct = instant.run_instant(out, quant.astype(np.float32) / 65535, threads=1)
+    assert np.abs(direct["allinfocus"] - aif).max() <= 1e-5
+    uniform = instant.instant_predict(quant.astype(np.float32) / 65535, np.ones((LAYERS, H, W), np.float32),
+                                      instant.load_instant(out).kernels, np.arange(LAYERS, dtype=np.float32))[0]
+    patch = instant.instant_predict(quant.astype(np.float32) / 65535, np.ones((LAYERS, H, W), np.float32),
+                                    instant.load_instant(out).patch_kernels, np.arange(LAYERS, dtype=np.float32))[0]
+    assert np.abs(patch - uniform).max() > 1e-3  # the field's cells are used, not only their mean
+    # a bad patch_kernels.npy shape, a missing grid: one line each
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    np.save(bad / "patch_kernels.npy", np.load(out / "patch_kernels.npy")[:, :2])
+    proc = run(["instant", bad, folder / "left.png", folder / "right.png", "-o", tmp_path / "o"], no_torch_env)
+    assert_runner_error(proc, "patch_kernels.npy is (2, 2, 2, 6,")
+    assert "expected (Pr, Pc, 2, L, K, K) = (2, 3, 2, 6," in proc.stderr
+    shutil.copy(out / "patch_kernels.npy", bad / "patch_kernels.npy")
+    side = json.loads((bad / "export.json").read_text())
+    del side["instant"]["patch_grid"]
+    (bad / "export.json").write_text(json.dumps(side))
+    proc = run(["instant", bad, folder / "left.png", folder / "right.png", "-o", tmp_path / "o"], no_torch_env)
+    assert_runner_error(proc, "without a valid \"patch_grid\"")
+    (bad / "patch_kernels.npy").unlink()
+    side["instant"]["patch_grid"] = [2, 3]
+    (bad / "export.json").write_text(json.dumps(side))
+    proc = run(["instant", bad, folder / "left.png", folder / "right.png", "-o", tmp_path / "o"], no_torch_env)
+    assert_runner_error(proc, "instant patch kernels not found")

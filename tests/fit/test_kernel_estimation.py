@@ -121,7 +121,7 @@ def test_working_scale_keeps_the_largest_layers():
     views = torch.rand(2, 37, 53, generator=torch.Generator().manual_seed(0))
     small, radii = working_scale(views, torch.arange(0.0, 9.0), 2)
     assert small.shape == (2, 18, 26)
-    assert radii.tolist() == [0.0, 0.5, 1.5, 2.5, 3.5]  # 8, 6, 4, 2 (and the in-focus 0), halved
+    assert radii.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]  # 8, 6, 4, 2 and the in-focus 0, halved
     same, r1 = working_scale(views, torch.arange(0.0, 3.0), 1)
     assert same is views and r1.tolist() == [0.0, 1.0, 2.0]
 
@@ -130,3 +130,25 @@ def test_working_scale_keeps_the_largest_layers():
 def test_estimation_config_refuses_bad_values(bad):
     with pytest.raises(ValueError):
         FieldEstimationConfig(**bad)
+
+
+def test_tv_step_with_a_field_follows_with_field(tilted_scene):
+    """DeconvolutionConfig.with_field: a fit with a field runs the TV step by default and skips it
+    when ``with_field=False`` (recording 0 iterations); without a field it always runs."""
+    from edgedp.fit import DeconvolutionConfig
+
+    views = tilted_scene["views"]
+    base = FitConfig(max_radius=float(RADIUS), stage2_iterations=2, patches=(2, 3))
+    field_cfg = dataclasses.replace(base, kernel_estimation=FieldEstimationConfig(grid=(2, 3), scale=1, tilts_y=(0.0,)))
+    asked = fit_scene(views[0:1], views[1:2], field_cfg)
+    skipped = fit_scene(views[0:1], views[1:2], dataclasses.replace(field_cfg, deconvolution=DeconvolutionConfig(with_field=False)))
+    plain = fit_scene(views[0:1], views[1:2], dataclasses.replace(base, kernel_estimation=None))
+    names = [[s.name for s in r.stages] for r in (skipped, asked, plain)]
+    assert "stage 4 deconvolution" not in names[0] and skipped.config.deconvolution.iterations == 0
+    assert "stage 4 deconvolution" in names[1] and asked.config.deconvolution.iterations == 6
+    assert "stage 4 deconvolution" in names[2] and plain.kernel_field is None
+    # Without the step the output is Stage 1's composite with the fitted weights.
+    from edgedp.fit import PatchLatentSolver
+
+    latent = PatchLatentSolver(views, skipped.patch_kernels, float(skipped.config.latent_reg)).solve()
+    torch.testing.assert_close(skipped.allinfocus[0], (latent * skipped.weights).sum(0), atol=1e-5, rtol=0)

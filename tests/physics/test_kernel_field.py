@@ -358,15 +358,3 @@ def test_profile_round_trip_with_a_field_and_which_field_a_fit_uses(tmp_path, fi
         _np.savez(fh, **arrays)
     with pytest.raises(InputError, match="kernel field"):
         load_profile(tmp_path / "bad.profile")
-
-
-def test_export_of_a_profile_with_a_field_is_refused_in_one_line(tmp_path, field_scene):
-    from edgedp.deploy.profile_export import export_profile
-    from edgedp.formats.profile import DeviceProfile
-    from edgedp.physics import ButterworthParams
-
-    profile = DeviceProfile("phone", 97, 131, "butterworth", ButterworthParams(), 1.0, 5, 0.25, 2, {"w": torch.ones(1)},
-                            radii=(0.0, 1.0, 2.0, 3.0, 4.0), kernel_field=field_scene["field"])
-    with pytest.raises(InputError, match="kernel field") as info:
-        export_profile(profile, tmp_path / "x", verify=False)
-    assert "\n" not in str(info.value) and not (tmp_path / "x").exists()
