@@ -358,7 +358,7 @@ def test_runner_instant_refuses_a_frame_beyond_its_memory_budget(exported, no_to
 def field_export(tmp_path_factory):
     """A tiny profile carrying tests/test_kernel_field.py's asymmetric 2x3 analytic field, exported
     with ``edgedp export PHONE.profile``: (profile file, export folder, CLI stdout)."""
-    from test_kernel_field import analytic_field
+    from tests.physics.test_kernel_field import analytic_field
 
     root = tmp_path_factory.mktemp("field")
     field = analytic_field((2, 3), 6.0, 17).to(dtype=torch.float32)

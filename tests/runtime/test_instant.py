@@ -237,7 +237,7 @@ def test_view_gain_map_matches_torch():
 def _field_kernels(grid, radii, size=None):
     """Per-cell layer kernels (Pr, Pc, 2, L, K, K) float32 of tests/test_kernel_field.py's
     asymmetric analytic field (split line and stretch vary over the columns, radius over the rows)."""
-    from test_kernel_field import analytic_field
+    from tests.physics.test_kernel_field import analytic_field
 
     from edgedp.physics import field_layer_kernels
 
