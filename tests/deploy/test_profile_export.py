@@ -434,7 +434,7 @@ def test_runner_instant_with_a_field(field_export, pair, no_torch_env, tmp_path)
     aif = np.load(res / "allinfocus.npy")
     defocus = np.load(res / "defocus.npy")
     assert aif.shape == defocus.shape == (H, W) and np.isfinite(aif).all() and 0.0 <= defocus.min() <= defocus.max() <= 5.0
-    quant = np.stack([common.decode_png((folder / f"{s}.png").read_bytes()) for s in ("left", "right")])
+    quant = np.stack([device_io.decode_png((folder / f"{s}.png").read_bytes()) for s in ("left", "right")])
     direct = instant.run_instant(out, quant.astype(np.float32) / 65535, threads=1)
     assert np.abs(direct["allinfocus"] - aif).max() <= 1e-5
     uniform = instant.instant_predict(quant.astype(np.float32) / 65535, np.ones((LAYERS, H, W), np.float32),
