@@ -87,11 +87,14 @@ def memory_line(memory: dict | None) -> str:
 
 
 def stage_line(index: int, stage) -> str:
-    """``stage 2  defocus map   300 it   41.2 s   loss 1.23e-4`` for a StageReport."""
+    """``stage 2  defocus map   300 it   41.2 s   loss 1.23e-4`` for a StageReport; a step without a
+    stage number keeps its own name (``kernel  field estimation   15 it ...``), not the list index."""
     name = str(stage.name)
     words = name.split()
     if len(words) >= 2 and words[0] == "stage" and words[1].isdigit():
         head, rest = f"stage {words[1]}", " ".join(words[2:])
+    elif len(words) >= 2:
+        head, rest = f"{words[0]:<7}", " ".join(words[1:])
     else:
         head, rest = f"stage {index}", name
     return f"{head}  {rest:<14}{stage.iterations:>6} it {stage.seconds:>8.1f} s   loss {short_number(stage.final_loss)}"

@@ -363,3 +363,11 @@ def test_real_fit_end_to_end(synth_scene, tmp_path):
     bad = run("fit", synth_scene / "left.png", synth_scene / "right.png", "-o", tmp_path / "bad", "--preset", "fast",
               "--iterations", 5, "--layers", layers + 2, "--warm-start", out / "scene")
     assert_one_line_error(bad, "--warm-start", "shape")
+
+
+def test_stage_lines_name_unnumbered_steps_by_their_own_name():
+    from edgedp.cli.output import stage_line
+    from edgedp.fit import StageReport
+
+    assert stage_line(0, StageReport("kernel field estimation", 11.9, 15, None)).startswith("kernel   field estimation")
+    assert stage_line(1, StageReport("stage 1 latent map", 1.0, 1, None)).startswith("stage 1  latent map")
