@@ -14,7 +14,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "pipeline": ("estimates_field", "LUMINANCE", "fit_inputs", "fit_scene", "fit_channel", "disparity_per_radius", "layer_radii", "thin_curve", "field_disparity_per_radius", "field_kernels", "field_summary",),
     "stage3": ("KernelFitSettings", "fit_patch_kernels", "patch_layer_kernels", "PatchLatentSolver", "solve_latent_map_patchwise", "warm_start",),
     "deconvolution": ("DeconvolutionConfig", "default_tv_weight", "deconvolve_layers", "shrink_gradient", "used_layers",),
-    "kernel_estimation": ("FieldEstimationConfig", "FieldEvidence", "FieldEstimate", "estimate_kernel_field", "field_evidence", "cross_convolution_evidence", "tilted_field", "cell_sums", "working_scale", "pair_size",),
+    "kernel_estimation": ("FieldEstimationConfig", "FieldEvidence", "FieldEstimate", "estimate_kernel_field", "field_evidence", "cross_convolution_evidence", "tilted_field", "recentred_tilted_pair", "cell_sums", "working_scale", "pair_size",),
     "tiling": ("RegionSolver", "Tile", "TilingConfig", "TilePlan", "fit_within_budget", "plan_fit", "stage2_bytes", "tile_bytes", "tile_grid", "frame_gradient_scale", "periodic_index", "tiled_quadratic_form", "whole_frame_bytes",),
     "tune": ("ORDERS", "CUTOFFS", "BETAS", "RADIUS_SCALES", "TuneProgress", "KernelScore", "TunedDevice", "stage1_error", "cross_error_map", "cross_error", "search_kernels", "estimate_radius_scale", "estimate_view_gain", "tune_device",),
 })

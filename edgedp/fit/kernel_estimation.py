@@ -211,6 +211,14 @@ def pair_size(radius: float) -> int:
     return 2 * math.ceil(float(radius) - 1e-6) + 5
 
 
+def recentred_tilted_pair(
+    radius: float, tilt: tuple[float, float], *, model: str = "butterworth", params: ButterworthParams = ButterworthParams()
+) -> Tensor:
+    """The ``(2, K, K)`` float64 pair of one candidate tilt at ``radius`` px, recentred
+    (``K = pair_size(radius)``): what a cell of an estimated field holds."""
+    return recentre_pair(tilted_kernel_pair(radius, tilt[0], tilt[1], model, params, size=pair_size(radius), dtype=torch.float64))
+
+
 def field_evidence(
     views: Tensor,
     radii: Tensor,
@@ -229,12 +237,11 @@ def field_evidence(
         raise ValueError("a kernel field needs a layer with blur (max |radius| > 0)")
     views, radii = working_scale(views, radii, config.scale)
     big = float(radii.abs().max())
-    size = pair_size(big)
     cands = config.candidates
     residual, energy = [], []
     layer_size = 2 * math.ceil(big - 1e-6) + 1  # the fit's kernel size
     for step, (tx, ty) in enumerate(cands, 1):
-        pair = recentre_pair(tilted_kernel_pair(big, tx, ty, model, params, size=size, dtype=torch.float64))
+        pair = recentred_tilted_pair(big, (tx, ty), model=model, params=params)
         layers = field_layer_kernels(KernelField(pair[None, None]), radii, disparity_per_radius, layer_size)[0, 0]
         e, n = cross_convolution_evidence(views, layers.to(views.dtype), config.grid, config.window)
         residual.append(e)
@@ -257,7 +264,7 @@ def tilted_field(
     for t in tilts.reshape(-1, 2).tolist():
         key = (round(t[0], 6), round(t[1], 6))
         if key not in cache:
-            cache[key] = recentre_pair(tilted_kernel_pair(radius, key[0], key[1], model, params, size=size, dtype=torch.float64))
+            cache[key] = recentred_tilted_pair(radius, key, model=model, params=params)
         out.append(cache[key])
     return KernelField(torch.stack(out).reshape(pr, pc, 2, size, size).to(dtype), source)
 

@@ -121,6 +121,11 @@ def _min_size(radius: float) -> int:
     return 2 * max(0, math.ceil(abs(radius) - _SIZE_TOL)) + 1
 
 
+def _check_model(model: str) -> None:
+    if model not in _MODELS:
+        raise ValueError(f"unknown kernel model {model!r}; expected one of {_MODELS}")
+
+
 def _check_size(size: int | None, radius: float) -> int:
     need = _min_size(radius)
     if size is None:
@@ -196,9 +201,10 @@ def _splat_matrix(size: int, positions: Tensor) -> Tensor:
 
 
 def _half_aperture_kernels(
-    radius: float, model: str, params: ButterworthParams, size: int, device, dtype, tilt: tuple[float, float] = (0.0, 0.0)
+    radius: float, model: str, params: ButterworthParams, size: int, device, dtype, tilt: tuple[float, float] = (0.0, 0.0),
+    views: tuple[int, ...] = (0, 1),
 ) -> Tensor:
-    """``(2, size, size)`` [left, right] kernels for ``radius > 0``, each normalised.
+    """``(len(views), size, size)`` kernels for ``radius > 0`` (view 0 left, 1 right), each normalised.
 
     The full-aperture PSF ``S`` (disk x radial profile x the pupil tilt ``1 + tx u_x + ty u_y``,
     clipped at 0) is split between the views by the horizontal linear ramp: left ``S (1 - u_x) / 2``
@@ -214,13 +220,14 @@ def _half_aperture_kernels(
     if tilt != (0.0, 0.0):
         full = full * (1.0 + float(tilt[0]) * ux + float(tilt[1]) * uy).clamp(min=0.0)
     splat = _splat_matrix(size, u * radius)  # same for rows and columns
-    pair = torch.stack([splat @ (full * (1.0 - ux) / 2.0) @ splat.T, splat @ (full * (1.0 + ux) / 2.0) @ splat.T])
-    return pair / pair.sum(dim=(-2, -1), keepdim=True)
+    ramps = ((1.0 - ux) / 2.0, (1.0 + ux) / 2.0)  # the left view's share, the right view's
+    out = torch.stack([splat @ (full * ramps[v]) @ splat.T for v in views])
+    return out / out.sum(dim=(-2, -1), keepdim=True)
 
 
 def _left_kernel(radius: float, model: str, params: ButterworthParams, size: int, device, dtype) -> Tensor:
     """Left kernel for ``radius > 0`` (mass on the left), (size, size), normalised."""
-    return _half_aperture_kernels(radius, model, params, size, device, dtype)[0]
+    return _half_aperture_kernels(radius, model, params, size, device, dtype, views=(0,))[0]
 
 
 def tilted_kernel_pair(
@@ -262,8 +269,7 @@ def tilted_kernel_pair(
         >>> bool(torch.allclose(pair[1], mirror_kernel(pair[0]), atol=1e-3))  # no longer mirrored
         False
     """
-    if model not in _MODELS:
-        raise ValueError(f"unknown kernel model {model!r}; expected one of {_MODELS}")
+    _check_model(model)
     radius = float(radius)
     if not (math.isfinite(radius) and radius > 0):
         raise ValueError(f"radius must be finite and > 0, got {radius}")
@@ -323,8 +329,7 @@ def dp_kernel_pair(
         >>> float(kernel_disparity(pair)) > 0  # r > 0: the right kernel's mass lies right
         True
     """
-    if model not in _MODELS:
-        raise ValueError(f"unknown kernel model {model!r}; expected one of {_MODELS}")
+    _check_model(model)
     radius = float(radius)
     if not math.isfinite(radius):
         raise ValueError(f"radius must be finite, got {radius}")

@@ -13,10 +13,8 @@ from edgedp.fit.kernel_estimation import (
     tilted_field,
     working_scale,
 )
-from edgedp.fit.pipeline import disparity_per_radius
 from edgedp.metrics import psnr
-from edgedp.physics import behind_radii, render_dual_pixel_patchwise
-from edgedp.physics.kernel_field import field_layer_kernels, spread_ratio
+from edgedp.physics.kernel_field import spread_ratio
 from edgedp.physics.kernels import kernel_centroid, tilted_kernel_pair
 
 SIZE, RADIUS = (121, 181), 5
@@ -28,21 +26,13 @@ def tilted_scene():
     """121 x 181 behind scene rendered patchwise with a known tilted field (2 x 3 cells, tilt_x
     +0.6 / 0 / -0.6 from left to right, as the Pixel 4 calibration's), layered defocus 1.5 .. 5
     px, noise std 0.003."""
-    from edgedp.synth import dead_leaves, layered_defocus
+    from tests.physics.test_kernel_field import render_field_scene
 
-    h, w = SIZE
-    sharp = dead_leaves(SIZE, seed=5)
-    defocus = layered_defocus(SIZE, [4.5, 1.5, 3.0, 5.0], seed=5)
-    radii = behind_radii(RADIUS, RADIUS + 1)
-    weights = (1 - (defocus[None] - radii[:, None, None]).abs()).clamp(min=0)
-    weights = weights / weights.sum(0, keepdim=True)
     tilts = torch.tensor([[[t, 0.0] for t in TRUE_TILTS]] * 2, dtype=torch.float64)
     field = tilted_field(tilts, float(RADIUS))
-    dpr = disparity_per_radius("butterworth", FitConfig().butterworth)
-    pk = field_layer_kernels(field, radii, dpr, 2 * RADIUS + 1)
-    views = render_dual_pixel_patchwise(sharp.expand(1, RADIUS + 1, h, w).contiguous(), weights[None], pk)[0]
-    views = views + 0.003 * torch.randn(views.shape, generator=torch.Generator().manual_seed(1))
-    return {"views": views, "sharp": sharp, "field": field, "radii": radii, "dpr": dpr}
+    scene = render_field_scene(field, SIZE, RADIUS, [4.5, 1.5, 3.0, 5.0], seed=5, noise=0.003, noise_seed=1,
+                               kernel_size=2 * RADIUS + 1)
+    return {"views": scene["views"], "sharp": scene["sharp"], "field": field, "radii": scene["radii"], "dpr": scene["dpr"]}
 
 
 def test_tilted_pair_is_the_parametric_pair_without_tilt_and_asymmetric_with_it():

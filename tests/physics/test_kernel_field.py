@@ -180,27 +180,37 @@ def test_load_kernel_grid_errors(tmp_path):
 SIZE, RADIUS = (97, 131), 4
 
 
-@pytest.fixture(scope="module")
-def field_scene():
-    """97 x 131 behind scene rendered patchwise with a known asymmetric analytic field over a 2 x 3
-    grid (layered defocus 0.5 .. 4 px, hat weights over the fit's layers 0..4), noise std 0.005."""
+def render_field_scene(field: KernelField, size, radius: int, depths, *, seed: int, noise: float, noise_seed: int,
+                       kernel_size: int | None = None) -> dict:
+    """A behind scene rendered patchwise with a known kernel field: a dead-leaves image
+    (``seed``), layered defocus of the given ``depths`` (px), hat weights over the fit's layers
+    0..``radius``, the field's layer kernels at the default fit's disparity per radius, Gaussian
+    noise of std ``noise``.  Returns views, sharp, layer_kernels, radii, dpr."""
+    from edgedp.fit import FitConfig
     from edgedp.fit.pipeline import disparity_per_radius
     from edgedp.physics import behind_radii, render_dual_pixel_patchwise
     from edgedp.synth import dead_leaves, layered_defocus
 
-    h, w = SIZE
-    sharp = dead_leaves(SIZE, seed=3)
-    defocus = layered_defocus(SIZE, [3.5, 0.5, 2.0, 4.0], seed=3)
-    radii = behind_radii(RADIUS, RADIUS + 1)
+    h, w = size
+    sharp = dead_leaves(size, seed=seed)
+    defocus = layered_defocus(size, list(depths), seed=seed)
+    radii = behind_radii(radius, radius + 1)
     weights = (1 - (defocus[None] - radii[:, None, None]).abs()).clamp(min=0)
     weights = weights / weights.sum(0, keepdim=True)
-    field = analytic_field((2, 3), 6.0, 17).to(dtype=torch.float32)
-    from edgedp.fit import FitConfig
+    dpr = disparity_per_radius("butterworth", FitConfig().butterworth)
+    pk = field_layer_kernels(field, radii, dpr, kernel_size)
+    views = render_dual_pixel_patchwise(sharp.expand(1, radius + 1, h, w).contiguous(), weights[None], pk)[0]
+    views = views + noise * torch.randn(views.shape, generator=torch.Generator().manual_seed(noise_seed))
+    return {"views": views, "sharp": sharp, "layer_kernels": pk, "radii": radii, "dpr": dpr}
 
-    pk = field_layer_kernels(field, radii, disparity_per_radius("butterworth", FitConfig().butterworth))
-    views = render_dual_pixel_patchwise(sharp.expand(1, RADIUS + 1, h, w).contiguous(), weights[None], pk)[0]
-    views = views + 0.005 * torch.randn(views.shape, generator=torch.Generator().manual_seed(0))
-    return {"views": views, "sharp": sharp, "field": field, "layer_kernels": pk}
+
+@pytest.fixture(scope="module")
+def field_scene():
+    """97 x 131 behind scene rendered patchwise with a known asymmetric analytic field over a 2 x 3
+    grid (layered defocus 0.5 .. 4 px, hat weights over the fit's layers 0..4), noise std 0.005."""
+    field = analytic_field((2, 3), 6.0, 17).to(dtype=torch.float32)
+    scene = render_field_scene(field, SIZE, RADIUS, [3.5, 0.5, 2.0, 4.0], seed=3, noise=0.005, noise_seed=0)
+    return {"views": scene["views"], "sharp": scene["sharp"], "field": field, "layer_kernels": scene["layer_kernels"]}
 
 
 @pytest.fixture()
