@@ -316,28 +316,38 @@ class PatchLatentSolver:
         rows = support_spans(blend[:, 0, :, 0])
         cols = support_spans(blend[0, :, 0, :])
         out = views.new_zeros(len(index), h, w)
+        grids: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}  # per padded shape: |G|^2, Gx, Gy
         for i, (r0, r1) in enumerate(rows):
             for j, (c0, c1) in enumerate(cols):
                 a0, a1 = max(0, r0 - m), min(h, r1 + m)
                 b0, b1 = max(0, c0 - m), min(w, c1 + m)
                 hw, ww = a1 - a0, b1 - b0
                 hp, wp = fast_size(hw + 2 * pad), fast_size(ww + 2 * pad, even=True)
+                if (hp, wp) not in grids:
+                    g2 = gradient_spectrum((hp, wp), device=views.device, dtype=views.dtype)
+                    grids[hp, wp] = (g2, *gradient_operator_spectra((hp, wp), device=views.device, dtype=views.dtype))
+                g2, gx, gy = grids[hp, wp]
                 lrtb = (pad, wp - ww - pad, pad, hp - hw - pad)
                 yf = torch.fft.rfft2(F.pad(views[None, :, a0:a1, b0:b1], lrtb, mode="replicate")[0])
                 xg = F.pad(base[None, :, a0:a1, b0:b1], lrtb, mode="replicate")[0]
                 kf = centred_kernel_spectrum(patch_kernels[i, j][:, index], (hp, wp))  # (2, l, Hp, Wf)
-                den = kf.abs().square().sum(0) + weight * gradient_spectrum((hp, wp), device=views.device, dtype=views.dtype)
-                rhs = (kf.conj() * yf[:, None]).sum(0) - den * torch.fft.rfft2(xg)
+                # |F_L|^2 + |F_R|^2 + weight |G|^2 (real and imaginary parts: no complex abs)
+                den = (kf.real.square() + kf.imag.square()).sum(0).add_(g2, alpha=weight)
+                rhs = torch.fft.rfft2(xg).mul_(den).neg_()
+                rhs += kf[0].conj() * yf[0]
+                rhs += kf[1].conj() * yf[1]
+                del kf
                 if use_target:
                     zf = torch.fft.rfft2(F.pad(target[None, :, a0:a1, b0:b1], lrtb)[0])
-                    gx, gy = gradient_operator_spectra((hp, wp), device=views.device, dtype=views.dtype)
-                    rhs = rhs + target_weight * (gx.conj() * zf[0] + gy.conj() * zf[1])
+                    rhs += target_weight * (gx.conj() * zf[0] + gy.conj() * zf[1])
                 resid = torch.fft.irfft2(rhs, s=(hp, wp))
                 # Keep the residual where the window's data decide it: at least ``band`` px inside
                 # the window (the replicated margins of y and x_0 are not a solution pair).
-                mask = torch.zeros(hp, wp, device=views.device, dtype=views.dtype)
-                mask[pad + band : pad + hw - band, pad + band : pad + ww - band] = 1
-                d = torch.fft.irfft2(torch.fft.rfft2(resid * mask) / den, s=(hp, wp))
+                resid[:, : pad + band] = 0
+                resid[:, pad + hw - band :] = 0
+                resid[:, :, : pad + band] = 0
+                resid[:, :, pad + ww - band :] = 0
+                d = torch.fft.irfft2(torch.fft.rfft2(resid).div_(den), s=(hp, wp))
                 x = xg[:, pad + r0 - a0 : pad + r1 - a0, pad + c0 - b0 : pad + c1 - b0]
                 x = x + d[:, pad + r0 - a0 : pad + r1 - a0, pad + c0 - b0 : pad + c1 - b0]
                 out[:, r0:r1, c0:c1] += x * blend[i, j, r0:r1, c0:c1]

@@ -34,14 +34,21 @@ def gradient_spectrum(padded_shape: tuple[int, int], *, device=None, dtype=torch
 
 
 def centred_kernel_spectrum(kernels: Tensor, shape: tuple[int, int]) -> Tensor:
-    """rfft2 of ``(..., K, K)`` kernels centred at index (0, 0) of a circular ``shape`` grid."""
+    """rfft2 of ``(..., K, K)`` kernels centred at index (0, 0) of a circular ``shape`` grid: tap
+    ``(K // 2, K // 2)`` lands on (0, 0), the taps before it wrap to the grid's far ends.
+    Complex ``(..., Hp, Wp // 2 + 1)``."""
     k = kernels.shape[-1]
-    spec = torch.fft.fft(torch.fft.rfft(kernels, n=shape[1], dim=-1), n=shape[0], dim=-2)
-    # The kernel sits at [0, K): undo the shift of K // 2 by a phase ramp (no full-size roll).
-    fy = torch.fft.fftfreq(shape[0], device=kernels.device, dtype=kernels.dtype)
-    fx = torch.fft.rfftfreq(shape[1], device=kernels.device, dtype=kernels.dtype)
-    phase = torch.exp(2j * math.pi * (k // 2) * (fy[:, None] + fx[None, :]))
-    return spec * phase
+    hp, wp = shape
+    # Two small DFT matrices instead of zero-padded FFTs: the kernel has only K x K taps, so
+    # ``E_H (Hp x K) @ k @ E_W (K x Wf)`` costs less than transforming (and first zero-filling and
+    # transposing) a full-size array, and the centring is built into the matrices' phases.
+    taps = torch.arange(k, device=kernels.device, dtype=torch.float64) - k // 2
+    fy = torch.fft.fftfreq(hp, device=kernels.device, dtype=torch.float64)
+    fx = torch.fft.rfftfreq(wp, device=kernels.device, dtype=torch.float64)
+    complex_dtype = (kernels.new_zeros(()) * 1j).dtype
+    e_h = torch.polar(torch.ones((), dtype=torch.float64, device=kernels.device), -2 * math.pi * fy[:, None] * taps[None, :])
+    e_w = torch.polar(torch.ones((), dtype=torch.float64, device=kernels.device), -2 * math.pi * taps[:, None] * fx[None, :])
+    return e_h.to(complex_dtype) @ (kernels.to(complex_dtype) @ e_w.to(complex_dtype))
 
 
 def gradient_operator_spectra(padded_shape: tuple[int, int], *, device=None, dtype=torch.float32) -> tuple[Tensor, Tensor]:
@@ -118,7 +125,7 @@ class LatentSolver:
             num = fl.conj() * yf[:, 0] + fr.conj() * yf[:, 1]
             if extra is not None:
                 num = num + extra
-            den = fl.abs().square() + fr.abs().square() + weight * self.g2
+            den = fl.real.square() + fl.imag.square() + fr.real.square() + fr.imag.square() + weight * self.g2
             x = torch.fft.irfft2(num / den, s=(hp, wp))
             out.append(x[:, p : p + h, p : p + w])
         latent = torch.stack(out, dim=1)

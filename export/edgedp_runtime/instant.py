@@ -161,20 +161,23 @@ def gradient_spectrum(shape: tuple[int, int]) -> np.ndarray:
     return (ky[:, None] + kx[None, :]).astype(np.float32)
 
 
-def kernel_spectrum(kernels: np.ndarray, shape: tuple[int, int], phase: np.ndarray | None = None) -> np.ndarray:
+def kernel_spectrum(kernels: np.ndarray, shape: tuple[int, int], dft: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """rfft2 of ``(..., K, K)`` kernels centred at index (0, 0) of a circular ``shape`` grid:
-    (..., Hp, Wp // 2 + 1) complex64.  ``phase``: :func:`_centre_phase` (reused across layers)."""
-    k = kernels.shape[-1]
-    # Only K rows are non-zero: a 1-D rfft along x, then an FFT along y (cheaper than rfft2).
-    spec = np.fft.fft(np.fft.rfft(kernels.astype(np.float32), n=shape[1], axis=-1), n=shape[0], axis=-2)
-    return spec * (_centre_phase(shape, k) if phase is None else phase)
+    (..., Hp, Wp // 2 + 1) complex64.  ``dft``: :func:`centred_dft` of ``shape`` and K (reused
+    across layers and cells)."""
+    e_h, e_w = centred_dft(shape, kernels.shape[-1]) if dft is None else dft
+    return e_h @ (kernels.astype(np.complex64) @ e_w)
 
 
-def _centre_phase(shape: tuple[int, int], k: int) -> np.ndarray:
-    # The kernel sits at [0, K): undo its shift of K // 2 by a phase ramp (no full-size roll).
-    fy = np.fft.fftfreq(shape[0])
-    fx = np.fft.rfftfreq(shape[1])
-    return np.exp(2j * np.pi * (k // 2) * (fy[:, None] + fx[None, :])).astype(np.complex64)
+def centred_dft(shape: tuple[int, int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two DFT matrices of :func:`kernel_spectrum` (edgedp.physics.fourier.centred_kernel_spectrum):
+    ``E_H`` (Hp, K) and ``E_W`` (K, Wp // 2 + 1), complex64, with tap K // 2 at frequency origin's
+    phase 0.  Only K x K taps are non-zero, so two small matrix products cost less than zero-filled
+    FFTs of the full grid, and the centring is built into the phases."""
+    taps = np.arange(k) - k // 2
+    e_h = np.exp(-2j * np.pi * np.fft.fftfreq(shape[0])[:, None] * taps[None, :])
+    e_w = np.exp(-2j * np.pi * taps[:, None] * np.fft.rfftfreq(shape[1])[None, :])
+    return e_h.astype(np.complex64), e_w.astype(np.complex64)
 
 
 def gradient_operator_spectra(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -238,12 +241,12 @@ def solve_latent(
         extra = np.complex64(target_weight) * (np.conj(gx) * zf[0] + np.conj(gy) * zf[1])
         weight += float(target_weight)
     g2 = np.float32(weight) * gradient_spectrum((hp, wp))
-    phase = _centre_phase((hp, wp), k)
+    dft = centred_dft((hp, wp), k)
     latent = np.empty((len(index), h, w), np.float32)
     err = np.empty((len(index), h, w), np.float32) if error else None
     crop = (slice(p, p + h), slice(p, p + w))
     for n, i in enumerate(index):  # per layer: a few full-size buffers, not (2, L, Hp, Wf) spectra
-        fl, fr = kernel_spectrum(kernels[:, i], (hp, wp), phase)
+        fl, fr = kernel_spectrum(kernels[:, i], (hp, wp), dft)
         den = (fl.real**2 + fl.imag**2) + (fr.real**2 + fr.imag**2) + g2
         num = np.conj(fl) * yf[0] + np.conj(fr) * yf[1]
         if extra is not None:
@@ -353,13 +356,13 @@ def blur_patchwise(stack: np.ndarray, kernels: np.ndarray) -> np.ndarray:
         for j, (c0, c1) in enumerate(cspans):
             hw, ww = r1 - r0, c1 - c0
             shape = (fast_size(hw + 2 * p), fast_size(ww + 2 * p, even=True))
-            phase = _centre_phase(shape, k)
+            dft = centred_dft(shape, k)
             wgt = _cell_weight(rows, cols, i, j, (r0, r1), (c0, c1))
             for n in range(l):
                 # The window holds the cell's support and p px of context: a centred kernel's
                 # circular wrap-around never reaches the kept [p, p + support) outputs.
                 xf = np.fft.rfft2(xp[n, r0 : r1 + 2 * p, c0 : c1 + 2 * p], s=shape)
-                for v, f in enumerate(kernel_spectrum(kernels[i, j, :, n], shape, phase)):
+                for v, f in enumerate(kernel_spectrum(kernels[i, j, :, n], shape, dft)):
                     out[v, n, r0:r1, c0:c1] += np.fft.irfft2(xf * f, s=shape)[p : p + hw, p : p + ww] * wgt
     return out
 
@@ -440,7 +443,7 @@ def solve_latent_patchwise(
                 gx, gy = gradient_operator_spectra((hp, wp))
                 extra = np.complex64(target_weight) * (np.conj(gx) * zf[0] + np.conj(gy) * zf[1])
             g2 = np.float32(weight) * gradient_spectrum((hp, wp))
-            phase = _centre_phase((hp, wp), k)
+            dft = centred_dft((hp, wp), k)
             # Keep the residual where the window's data decide it: at least ``band`` px inside.
             mask = np.zeros((hp, wp), np.float32)
             mask[wpad + band : wpad + hw - band, wpad + band : wpad + ww - band] = 1
@@ -448,7 +451,7 @@ def solve_latent_patchwise(
             wgt = _cell_weight(rows, cols, i, j, (r0, r1), (c0, c1))
             for n, li in enumerate(index):
                 xg = np.pad(base[n, a0:a1, b0:b1], widths, mode="edge")
-                fl, fr = kernel_spectrum(kernels[i, j, :, li], (hp, wp), phase)
+                fl, fr = kernel_spectrum(kernels[i, j, :, li], (hp, wp), dft)
                 den = (fl.real**2 + fl.imag**2) + (fr.real**2 + fr.imag**2) + g2
                 rhs = np.conj(fl) * yf[0] + np.conj(fr) * yf[1] - den * np.fft.rfft2(xg)
                 if extra is not None:
