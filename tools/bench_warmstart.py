@@ -69,18 +69,10 @@ class Run:
         return float("nan") if self.scores is None else self.scores.registered.psnr
 
 
-def input_args(data: Path, crop: tuple[int, int]) -> list[str]:
-    white_left, white_right = pixel4.flat_field_frames(data)
-    return [
-        "--black-level", str(pixel4.BLACK_LEVEL), "--white-level", str(pixel4.WHITE_LEVEL),
-        "--flat-field", str(white_left), str(white_right), "--crop", f"{crop[0]}x{crop[1]}",
-    ]  # fmt: skip
-
-
 def commands(edgedp: Path, scene: pixel4.Scene, others: Sequence[pixel4.Scene], data: Path, out: Path,
              preset: str, tune_preset: str, crop: tuple[int, int]) -> dict[str, list[str]]:
     """The five commands of one left-out scene (see the module docstring)."""
-    inputs = input_args(data, crop)
+    inputs = pixel4.input_args(data, crop)
     profile = out / "PHONE.profile"
     pair = [str(scene.left), str(scene.right)]
     return {

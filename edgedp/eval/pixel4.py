@@ -147,16 +147,23 @@ def fit_command(
     extra: Sequence[str] = (),
 ) -> list[str]:
     """The issue's invocation for ``scene`` (``--extra`` arguments appended)."""
-    white_left, white_right = flat_field_frames(data)
     return [
         str(edgedp), "fit", str(scene.left), str(scene.right),
         "-o", str(out_dir / scene.name),
-        "--black-level", str(BLACK_LEVEL), "--white-level", str(WHITE_LEVEL),
-        "--flat-field", str(white_left), str(white_right),
-        "--crop", f"{crop[0]}x{crop[1]}",
+        *input_args(data, crop),
         "--preset", preset,
         "--overwrite",
         *extra,
+    ]  # fmt: skip
+
+
+def input_args(data: Path, crop: tuple[int, int]) -> list[str]:
+    """Protocol steps 1-2 and the crop as the command-line options of ``edgedp fit`` / ``tune`` and
+    ``edgedp-runtime instant``."""
+    white_left, white_right = flat_field_frames(data)
+    return [
+        "--black-level", str(BLACK_LEVEL), "--white-level", str(WHITE_LEVEL),
+        "--flat-field", str(white_left), str(white_right), "--crop", f"{crop[0]}x{crop[1]}",
     ]  # fmt: skip
 
 
