@@ -2,7 +2,7 @@
 (``config``: ``FitConfig``, ``FitResult``), Stage 1, the closed-form latent map (``stage1``), Stage 2, G_D
 and its fusion (``stage2``), the whole fit (``pipeline``: ``fit_scene``), Stage 3, per-patch kernels
 (``stage3``), the final TV deconvolution (``deconvolution``), fits within a memory budget (``tiling``) and
-a device profile from several captures (``tune``)."""
+what several captures of one phone share, for its device profile (``device_tuning``)."""
 
 from .. import lazy_exports
 
@@ -16,5 +16,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "deconvolution": ("DeconvolutionConfig", "default_tv_weight", "deconvolve_layers", "shrink_gradient", "used_layers",),
     "kernel_estimation": ("FieldEstimationConfig", "FieldEvidence", "FieldEstimate", "estimate_kernel_field", "field_evidence", "cross_convolution_evidence", "tilted_field", "recentred_tilted_pair", "cell_sums", "working_scale", "pair_size",),
     "tiling": ("RegionSolver", "Tile", "TilingConfig", "TilePlan", "fit_within_budget", "plan_fit", "stage2_bytes", "tile_bytes", "tile_grid", "frame_gradient_scale", "periodic_index", "tiled_quadratic_form", "whole_frame_bytes",),
-    "tune": ("ORDERS", "CUTOFFS", "BETAS", "RADIUS_SCALES", "TuneProgress", "KernelScore", "TunedDevice", "stage1_error", "cross_error_map", "cross_error", "search_kernels", "estimate_radius_scale", "estimate_view_gain", "tune_device",),
+    "device_tuning": ("ORDERS", "CUTOFFS", "BETAS", "RADIUS_SCALES", "TuneProgress", "KernelScore", "TunedDevice", "stage1_error", "cross_error_map", "cross_error", "search_kernels", "estimate_radius_scale", "estimate_view_gain", "tune_device",),
 })
