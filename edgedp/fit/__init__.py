@@ -16,5 +16,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "deconvolution": ("DeconvolutionConfig", "default_tv_weight", "deconvolve_layers", "shrink_gradient", "used_layers",),
     "kernel_estimation": ("FieldEstimationConfig", "FieldEvidence", "FieldEstimate", "estimate_kernel_field", "field_evidence", "cross_convolution_evidence", "tilted_field", "recentred_tilted_pair", "cell_sums", "working_scale", "pair_size",),
     "tiling": ("RegionSolver", "TiledFrame", "deconvolution_layers", "note_tiled_fit", "restore_tiles", "Tile", "TilingConfig", "TilePlan", "fit_within_budget", "plan_fit", "stage2_bytes", "tile_bytes", "tile_grid", "frame_gradient_scale", "periodic_index", "tiled_quadratic_form", "whole_frame_bytes",),
-    "device_tuning": ("ORDERS", "CUTOFFS", "BETAS", "RADIUS_SCALES", "TuneProgress", "KernelScore", "TunedDevice", "stage1_error", "cross_error_map", "cross_error", "search_kernels", "estimate_radius_scale", "estimate_view_gain", "tune_device",),
+    "device_tuning": ("ORDERS", "CUTOFFS", "BETAS", "RADIUS_SCALES", "TuneProgress", "KernelScore", "TunedDevice", "stage1_error", "cross_error_map", "cross_error", "search_kernels", "estimate_radius_scale", "estimate_view_gain", "tune_device", "tuning_captures", "correct_view_gain", "device_focus", "search_kernel_shape", "shared_layers", "pooled_field_evidence", "fit_shared_gd",),
 })
