@@ -330,6 +330,76 @@ def make_scene(
     return render_scene(sharp, defocus, config, kernels=kernels)
 
 
+#: The files of a simulated capture (:func:`write_synth_capture`).
+SYNTH_FILES = ("left.png", "right.png", "gt_allinfocus.png", "gt_defocus.npy", "scene.json")
+
+
+def synth_transfer(transfer: str) -> str:
+    """The transfer a simulated capture is written in: ``linear`` (16-bit linear views) or
+    ``srgb`` (8-bit sRGB views); a one-line InputError for anything else."""
+    from .io.transfer import SRGB, check_transfer
+
+    transfer = check_transfer(transfer)
+    if transfer not in ("linear", SRGB):
+        raise InputError(f"--transfer {transfer}: synth writes linear or srgb files")
+    return transfer
+
+
+def synth_config(*, size: str, focus: str | None, transfer: str, kernel: str, kernel_file: Path | str | None = None,
+                 **fields) -> tuple[SynthConfig, Tensor | None]:
+    """The :class:`SynthConfig` of ``edgedp synth`` and the user kernels of ``kernel_file``
+    (:func:`load_kernel_file`, which then replace ``kernel``): ``size`` as ``HxW``, ``focus``
+    None: ``both`` for ``srgb`` (DPDD-like pairs), else ``behind``; ``fields``: the other
+    SynthConfig fields.  A value SynthConfig refuses is a one-line InputError."""
+    from .io.images import parse_size
+    from .io.transfer import SRGB
+
+    if focus is None:
+        focus = BOTH if transfer == SRGB else BEHIND
+    user_kernels = load_kernel_file(kernel_file) if kernel_file is not None else None
+    try:
+        config = SynthConfig(size=parse_size(size), focus=focus, kernel="file" if user_kernels is not None else kernel,
+                             **fields)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    return config, user_kernels
+
+
+def write_synth_capture(out: Path | str, config: SynthConfig, *, transfer: str = "linear",
+                        kernels: Tensor | None = None, overwrite: bool = False) -> tuple[Path, SynthScene]:
+    """Render :func:`make_scene` of ``config`` and write :data:`SYNTH_FILES` into ``out``: the
+    views 16-bit linear PNG (``linear``) or 8-bit sRGB PNG (``srgb``), the ground truth
+    all-in-focus 16-bit PNG in the same transfer, the signed blur radius ``gt_defocus.npy``
+    (float32, px) and ``scene.json`` (the scene's parameters, the transfer and the files'
+    formats).  Returns ``(out, scene)``.
+
+    Raises:
+        OutputError: a file of the capture exists and ``overwrite`` is False; ``out`` unusable.
+    """
+    from .errors import OutputError
+    from .io.transfer import SRGB
+    from .io.writers import prepare_output_dir, write_json, write_npy, write_png16, write_srgb_png8
+
+    out = prepare_output_dir(out)
+    existing = [name for name in SYNTH_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise OutputError(f"{out / existing[0]} exists (use --overwrite)")
+    scene = make_scene(config, kernels=kernels)
+    scene.params["transfer"] = transfer
+    if transfer == SRGB:
+        scene.params["files"] = {"views": "8-bit sRGB", "gt_allinfocus": "16-bit sRGB"}
+        write_srgb_png8(out / "left.png", scene.left, overwrite=overwrite)
+        write_srgb_png8(out / "right.png", scene.right, overwrite=overwrite)
+    else:
+        scene.params["files"] = {"views": "16-bit linear", "gt_allinfocus": "16-bit linear"}
+        write_png16(out / "left.png", scene.left, overwrite=overwrite)
+        write_png16(out / "right.png", scene.right, overwrite=overwrite)
+    write_png16(out / "gt_allinfocus.png", scene.allinfocus, overwrite=overwrite, transfer=transfer)
+    write_npy(out / "gt_defocus.npy", scene.defocus.numpy().astype(np.float32), overwrite=overwrite)
+    write_json(out / "scene.json", scene.params, overwrite=overwrite)
+    return out, scene
+
+
 def _kernel_bank(
     levels: Tensor, config: SynthConfig, user_kernels: Tensor | None, *, device, dtype
 ) -> Tensor:

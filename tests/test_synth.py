@@ -107,3 +107,22 @@ def test_load_kernel_file_refuses_in_one_line(tmp_path):
             load_kernel_file(tmp_path / name)
     with pytest.raises(InputError, match="not found"):
         load_kernel_file(tmp_path / "missing.npy")
+
+
+def test_synth_rules_live_in_the_library(tmp_path):
+    from edgedp.errors import InputError, OutputError
+    from edgedp.synth import SYNTH_FILES, synth_config, synth_transfer, write_synth_capture
+
+    assert synth_transfer(" SRGB ") == "srgb"
+    with pytest.raises(InputError, match="synth writes linear or srgb"):
+        synth_transfer("auto")
+    config, kernels = synth_config(size="33x41", focus=None, transfer="srgb", kernel="disk", max_radius=2.0)
+    assert (config.size, config.focus, config.kernel, kernels) == ((33, 41), "both", "disk", None)
+    assert synth_config(size="33x41", focus=None, transfer="linear", kernel="disk")[0].focus == "behind"
+    with pytest.raises(InputError, match="max_radius"):
+        synth_config(size="33x41", focus=None, transfer="linear", kernel="disk", max_radius=-1.0)
+    out, scene = write_synth_capture(tmp_path / "s", config, transfer="srgb")
+    assert sorted(p.name for p in out.iterdir()) == sorted(SYNTH_FILES)
+    assert scene.params["files"] == {"views": "8-bit sRGB", "gt_allinfocus": "16-bit sRGB"}
+    with pytest.raises(OutputError, match="use --overwrite"):
+        write_synth_capture(out, config, transfer="srgb")

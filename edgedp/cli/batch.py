@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import InputError
 from .app import app, user_errors
 from .options import with_fit_options
 from .output import BatchProgress, echo_warnings
@@ -67,16 +66,10 @@ def batch(
 
       edgedp batch list.txt a_left.png,a_right.png -o out/b --camera pixel4 --backend ray --address head:6379
     """
-    import time
+    from ..run.batch import (BatchConfig, batch_captures, finished_captures, grouped_warnings, run_batch, status_counts,
+                             summary_line, summary_rows)
 
-    from ..run.batch import BatchConfig, run_batch, summary_rows
-    from ..io.discovery import find_captures
-
-    if out is None:
-        raise InputError("missing -o/--out: the batch folder to write into")
-    if not inputs:
-        raise InputError("no captures given: name folders of pairs, LEFT,RIGHT pairs or .txt lists")
-    captures, notes = find_captures(inputs)
+    captures, notes = batch_captures(inputs, out)
     echo_warnings(notes)
     config = BatchConfig(out=out, options=options, jobs=jobs, threads=threads, backend=backend.strip().lower(),
                          address=address, connect_timeout=connect_timeout, resume=resume, overwrite=overwrite)
@@ -85,27 +78,13 @@ def batch(
         with progress:
             result = run_batch(config, captures, on_record=progress)
     except KeyboardInterrupt:
-        from ..run.batch import read_manifest
-
-        finished = sum(r["status"] != "failed" for r in read_manifest(out).values())
-        typer.echo(f"error: interrupted with {finished} of {len(captures)} captures complete in {out}; "
+        typer.echo(f"error: interrupted with {finished_captures(out)} of {len(captures)} captures complete in {out}; "
                    "run the same command with --resume to fit the rest", err=True)
         raise typer.Exit(130) from None
-    grouped: dict[str, list[str]] = {}
-    for record in result.records:
-        for message in record.get("warnings") or []:
-            grouped.setdefault(message, []).append(record["name"])
-    for message, names in grouped.items():
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        echo_warnings([f"{message} ({shown})" if len(names) > 1 else f"{names[0]}: {message}"])
+    for line in grouped_warnings(result.records):
+        echo_warnings([line])
     for row in summary_rows(result.records):
         typer.echo(row)
-    counts = {s: sum(r["status"] == s for r in result.records) for s in ("done", "failed", "skipped")}
-    fitted = counts["done"]
-    rate = f", {fitted / result.seconds * 60:.2f} captures/min" if fitted and result.seconds > 0 else ""
-    typer.echo(
-        f"batch    {counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped in {result.seconds:.1f} s"
-        f"{rate} ({config.backend}, {config.jobs} job(s)); wrote {out / 'manifest.jsonl'}, {out / 'index.html'}"
-    )
-    if counts["failed"]:
+    typer.echo(summary_line(result, config))
+    if status_counts(result.records)["failed"]:
         raise typer.Exit(1)

@@ -8,8 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..conventions import BEHIND, BOTH
-from ..errors import InputError, OutputError
 from .app import app, user_errors
 from .options import FocusChoice, SynthKernel, focus_option
 
@@ -17,9 +15,6 @@ from .options import FocusChoice, SynthKernel, focus_option
 class DepthChoice(str, Enum):
     layered = "layered"
     smooth = "smooth"
-
-
-SYNTH_FILES = ("left.png", "right.png", "gt_allinfocus.png", "gt_defocus.npy", "scene.json")
 
 
 @app.command()
@@ -66,51 +61,14 @@ def synth(
 
       edgedp synth -o dpdd_like --transfer srgb
     """
-    import numpy as np
+    from ..synth import synth_config, synth_transfer, write_synth_capture
 
-    from ..io.images import parse_size
-    from ..io.writers import prepare_output_dir, write_json, write_npy, write_png16, write_srgb_png8
-    from ..synth import SynthConfig, load_kernel_file, make_scene
-    from ..io.transfer import SRGB, check_transfer
-
-    transfer = check_transfer(transfer)
-    if transfer not in ("linear", SRGB):
-        raise InputError(f"--transfer {transfer}: synth writes linear or srgb files")
-    focus = focus_option(focus)
-    if focus is None:
-        focus = BOTH if transfer == SRGB else BEHIND
-
-    user_kernels = load_kernel_file(kernel_file) if kernel_file is not None else None
-    try:
-        config = SynthConfig(
-            size=parse_size(size),
-            focus=focus,
-            kernel="file" if user_kernels is not None else kernel.value,
-            max_radius=max_radius,
-            depth=depth.value,
-            spatially_varying=spatially_varying,
-            noise_std=noise,
-            seed=seed,
-        )
-    except ValueError as err:
-        raise InputError(str(err)) from None
-    out = prepare_output_dir(out)
-    existing = [name for name in SYNTH_FILES if (out / name).exists()]
-    if existing and not overwrite:
-        raise OutputError(f"{out / existing[0]} exists (use --overwrite)")
-    scene = make_scene(config, kernels=user_kernels)
-    scene.params["transfer"] = transfer
-    if transfer == SRGB:
-        scene.params["files"] = {"views": "8-bit sRGB", "gt_allinfocus": "16-bit sRGB"}
-        write_srgb_png8(out / "left.png", scene.left, overwrite=overwrite)
-        write_srgb_png8(out / "right.png", scene.right, overwrite=overwrite)
-    else:
-        scene.params["files"] = {"views": "16-bit linear", "gt_allinfocus": "16-bit linear"}
-        write_png16(out / "left.png", scene.left, overwrite=overwrite)
-        write_png16(out / "right.png", scene.right, overwrite=overwrite)
-    write_png16(out / "gt_allinfocus.png", scene.allinfocus, overwrite=overwrite, transfer=transfer)
-    write_npy(out / "gt_defocus.npy", scene.defocus.numpy().astype(np.float32), overwrite=overwrite)
-    write_json(out / "scene.json", scene.params, overwrite=overwrite)
+    transfer = synth_transfer(transfer)
+    config, user_kernels = synth_config(
+        size=size, focus=focus_option(focus), transfer=transfer, kernel=kernel.value, kernel_file=kernel_file,
+        max_radius=max_radius, depth=depth.value, spatially_varying=spatially_varying, noise_std=noise, seed=seed,
+    )
+    out, scene = write_synth_capture(out, config, transfer=transfer, kernels=user_kernels, overwrite=overwrite)
     lo, hi = scene.params["disparity_percentiles_2_98_px"]
     typer.echo(
         f"wrote {out}: {config.size[0]}x{config.size[1]}, {transfer}, focus {config.focus}, {config.kernel} kernels, "

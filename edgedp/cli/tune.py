@@ -1,4 +1,4 @@
-"""``edgedp tune``: a device profile from several captures of one phone (:func:`edgedp.fit.tune.tune_device`)."""
+"""``edgedp tune``: a device profile from several captures of one phone (:func:`edgedp.fit.device_tuning.tune_device`)."""
 
 from __future__ import annotations
 

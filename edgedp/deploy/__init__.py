@@ -6,7 +6,7 @@ handling (``onnx_tools``), what TensorRT 8.5 parses (``trt_rules``), the last st
 from .. import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "exporter": ("ExportFormat", "ExportOptions", "ExportSource", "FP16_TOLERANCE", "check_options", "export_formats", "export_sources", "gd_engine_profile", "run_export", "source_kind", "verification_passed",),
+    "exporter": ("ExportFormat", "ExportOptions", "ExportSource", "FP16_TOLERANCE", "build_engines", "check_options", "export_formats", "export_sources", "gd_engine_profile", "run_export", "source_kind", "verification_passed",),
     "onnx_export": ("FORBIDDEN_OPS", "ExportConfig", "RenderModule", "RefocusModule", "export_scene", "export_torch", "factor_kernels", "read_sidecar", "refocus_reference", "render_reference", "verify_export",),
     "onnx_gd": ("GD_INPUT_NORMALIZATION", "GDExportModule", "Standardize", "export_gd_onnx", "gd_reference", "gd_multiple_of", "verify_gd_onnx",),
     "onnx_tools": ("constant_names", "default_opset", "emulate_fp16", "fold_constants", "graph_verification", "iter_nodes", "load_model", "node_attribute", "op_types", "output_errors", "external_locations", "require_onnx", "save_graph",),

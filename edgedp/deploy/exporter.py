@@ -3,7 +3,8 @@
 ``edgedp export SOURCE -o OUT --format F`` is :func:`run_export`:
 
 1. the source: a fit OUTDIR / scene bundle (graphs render, refocus, gd) or a ``PHONE.profile``
-   (gd and the instant kernels); the table :func:`export_sources` says what each writes;
+   (gd and the instant kernels); the table :func:`export_sources` says what each writes and how it
+   is loaded (once), exported and verified;
 2. the options: every option the format or the source would ignore is refused (one line, before
    any work), values are range-checked (opset 13-17, finite non-negative tolerances, ...);
 3. for engines, TensorRT and a CUDA GPU must be there (:func:`edgedp.deploy.tensorrt.check_engine_support`),
@@ -38,6 +39,7 @@ __all__ = [
     "ExportOptions",
     "ExportSource",
     "FP16_TOLERANCE",
+    "build_engines",
     "check_options",
     "export_formats",
     "export_sources",
@@ -89,23 +91,72 @@ def export_formats() -> tuple[ExportFormat, ...]:
 
 @dataclass(frozen=True)
 class ExportSource:
-    """What a source exports: its graphs, extra files and the options it does not take (with why)."""
+    """What a source exports (one row of the sources table): its graphs, extra files and the
+    options it does not take (with why), and how it is exported: ``load`` (source path -> the
+    loaded source; read errors before anything is written), ``export`` (loaded source, staging
+    folder, :class:`ExportOptions` -> the sidecar dict, graphs and files written) and ``verify``
+    (staging folder, loaded source, ``atol=``, ``rtol=``, ``fp16=`` -> the verification dict)."""
 
     kind: str
     graphs: tuple[str, ...]
     files: tuple[str, ...]
     ignores: Mapping[str, str]
+    load: Callable[[Path], Any]
+    export: Callable[[Any, Path, "ExportOptions"], dict[str, Any]]
+    verify: Callable[..., dict[str, Any]]
+
+
+def _load_scene(path: Path) -> Any:
+    from ..formats.bundle import load_bundle  # noqa: PLC0415
+
+    return load_bundle(scene_folder(path))
+
+
+def _export_scene(bundle: Any, staging: Path, options: "ExportOptions") -> dict[str, Any]:
+    from .onnx_export import ExportConfig, export_scene  # noqa: PLC0415
+
+    config = ExportConfig(opset=options.opset, atol=options.atol, rtol=options.rtol)
+    return export_scene(bundle, staging, config, overwrite=True, dynamic=options.dynamic, verify=options.verify)
+
+
+def _verify_scene(staging: Path, bundle: Any, **tolerances) -> dict[str, Any]:
+    from .onnx_export import verify_export  # noqa: PLC0415
+
+    return verify_export(staging, bundle, **tolerances)
+
+
+def _load_profile(path: Path) -> Any:
+    from .profile_export import load_profile_source  # noqa: PLC0415
+
+    return load_profile_source(path)
+
+
+def _export_profile(loaded: Any, staging: Path, options: "ExportOptions") -> dict[str, Any]:
+    from .profile_export import export_profile  # noqa: PLC0415
+
+    profile, path, _ = loaded
+    return export_profile(profile, staging, path=path, opset=options.opset, dynamic=options.dynamic, verify=options.verify,
+                          overwrite=True, atol=options.atol, instant_field=options.instant_field)
+
+
+def _verify_profile(staging: Path, loaded: Any, **tolerances) -> dict[str, Any]:
+    from .profile_export import verify_profile_export  # noqa: PLC0415
+
+    return verify_profile_export(staging, loaded[0], **tolerances)
 
 
 def export_sources() -> dict[str, ExportSource]:
+    """The sources table: a device profile file and a fitted scene (:func:`source_kind`)."""
     return {
         "profile": ExportSource(
             "profile", schema.SOURCE_GRAPHS["profile"], schema.SOURCE_FILES["profile"],
             {"rtol": "a profile export has only gd.onnx, verified by its absolute error (--atol)"},
+            load=_load_profile, export=_export_profile, verify=_verify_profile,
         ),
         "scene": ExportSource(
             "scene", schema.SOURCE_GRAPHS["scene"], schema.SOURCE_FILES["scene"],
             {"instant_field": "a scene's graphs carry its own kernels; the instant path is a profile's"},
+            load=_load_scene, export=_export_scene, verify=_verify_scene,
         ),
     }
 
@@ -225,6 +276,8 @@ def _dropped(source: ExportSource, produced: set[str], overwrite: bool) -> set[s
     replaces and (with ``overwrite``) the stale ones of other formats (engines of the replaced
     graphs), so no engine outlives its graph; the user's own files stay."""
     return set(produced) | (set(_stale(source, produced)) if overwrite else set())
+
+
 def run_export(
     source_path: Path | str,
     out: Path | str,
@@ -243,20 +296,11 @@ def run_export(
         OutputError: OUT holds an export and ``overwrite`` is False, OUT is a file or not writable.
         EdgedpError: ``--format engine`` without TensorRT or a CUDA GPU; an engine build failed.
     """
-    from .onnx_export import ExportConfig, export_scene, verify_export  # noqa: PLC0415
-    from .profile_export import export_profile, load_profile_source, verify_profile_export  # noqa: PLC0415
-
     source_path, out = Path(source_path), Path(out)
     spec = format_by_argument(fmt)
-    kind = source_kind(source_path)
-    source = export_sources()[kind]
+    source = export_sources()[source_kind(source_path)]
     options = check_options(spec, source, dict(given or {}))
-    if kind == "scene":
-        from ..formats.bundle import load_bundle  # noqa: PLC0415
-
-        loaded: Any = load_bundle(scene_folder(source_path))
-    else:
-        loaded, _, _ = load_profile_source(source_path)  # read errors before anything is written
+    loaded = source.load(source_path)  # read errors before anything is written
     if spec.engines:
         from .tensorrt import check_engine_support  # noqa: PLC0415
 
@@ -273,40 +317,14 @@ def run_export(
     try:
         with folder_writer(out, keep=lambda name: name not in drop) as staging:
             try:
-                log(f"export   {kind} {source_path} -> {out} (--format {spec.argument}, opset {options.opset})")
-                if kind == "scene":
-                    config = ExportConfig(opset=options.opset, atol=options.atol, rtol=options.rtol)
-                    sidecar = export_scene(loaded, staging, config, overwrite=True, dynamic=options.dynamic, verify=options.verify)
-                else:
-                    sidecar = export_profile(
-                        source_path, staging, opset=options.opset, dynamic=options.dynamic, verify=options.verify,
-                        overwrite=True, atol=options.atol, instant_field=options.instant_field,
-                    )
+                log(f"export   {source.kind} {source_path} -> {out} (--format {spec.argument}, opset {options.opset})")
+                sidecar = source.export(loaded, staging, options)
                 if spec.engines:
                     if options.half and options.verify:
                         log("verify   FP16 emulation of every graph (ONNX Runtime, CPU)")
-                        tol = FP16_TOLERANCE
-                        if kind == "scene":
-                            fp16 = verify_export(staging, loaded, atol=tol["atol"], rtol=tol["rtol"], fp16=True)
-                        else:
-                            fp16 = verify_profile_export(staging, loaded, atol=tol["atol"], rtol=tol["rtol"], fp16=True)
+                        fp16 = source.verify(staging, loaded, **FP16_TOLERANCE, fp16=True)
                         sidecar["verification_fp16"] = {"method": FP16_METHOD, **fp16}
-                    from .tensorrt import build_engine  # noqa: PLC0415
-
-                    pinned_total, version = 0, "?"
-                    for name, entry in sidecar["graphs"].items():
-                        engine = schema.GRAPHS[name].engine_file
-                        log(f"engine   building {engine} ({'FP16' if options.half else 'FP32'}) ...")
-                        info = build_engine(
-                            staging / entry["file"], staging / engine, half=options.half, workspace_mib=options.workspace,
-                            dynamic_shapes=gd_engine_profile(sidecar) if name == "gd" else None,
-                            fp32_layers=entry.get(schema.FP32_NODES_KEY, ()),
-                        )
-                        entry["engine"] = engine
-                        pinned_total += len(info["fp32_layers"])
-                        version = info["tensorrt"]
-                    sidecar["engine"] = {"half": options.half, "workspace_mib": options.workspace, "tensorrt": version,
-                                      "fp32_layers": pinned_total}
+                    sidecar["engine"] = build_engines(staging, sidecar, options, log)
                 write_json(staging / schema.SIDECAR_NAME, sidecar, overwrite=True)
                 drop.update(_dropped(source, {p.name for p in staging.iterdir()}, overwrite))
             except EdgedpError as err:  # name OUT, not the staging folder that is about to go
@@ -314,6 +332,27 @@ def run_export(
     except OSError as err:
         raise OutputError(f"cannot write the export into {out} ({err.strerror or err})") from None
     return sidecar
+
+
+def build_engines(folder: Path, sidecar: dict[str, Any], options: ExportOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """A TensorRT engine of every graph of ``sidecar`` in ``folder`` (each graph's entry gets its
+    ``engine`` file); returns the sidecar's ``engine`` entry (half, workspace, TensorRT version,
+    layers pinned to FP32)."""
+    from .tensorrt import build_engine  # noqa: PLC0415
+
+    pinned_total, version = 0, "?"
+    for name, entry in sidecar["graphs"].items():
+        engine = schema.GRAPHS[name].engine_file
+        log(f"engine   building {engine} ({'FP16' if options.half else 'FP32'}) ...")
+        info = build_engine(
+            folder / entry["file"], folder / engine, half=options.half, workspace_mib=options.workspace,
+            dynamic_shapes=gd_engine_profile(sidecar) if name == "gd" else None,
+            fp32_layers=entry.get(schema.FP32_NODES_KEY, ()),
+        )
+        entry["engine"] = engine
+        pinned_total += len(info["fp32_layers"])
+        version = info["tensorrt"]
+    return {"half": options.half, "workspace_mib": options.workspace, "tensorrt": version, "fp32_layers": pinned_total}
 
 
 def scene_folder(path: Path) -> Path:

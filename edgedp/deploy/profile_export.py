@@ -190,11 +190,13 @@ def export_profile(
     overwrite: bool = False,
     atol: float = 1e-4,
     instant_field: bool = False,
+    path: Path | None = None,
 ) -> dict[str, Any]:
     """Write ``gd.onnx``, ``kernels.npy`` (and ``patch_kernels.npy`` for a kernel field) and
     ``export.json`` for a device profile into ``out`` (module docstring); returns the sidecar dict.
 
-    ``profile``: a :class:`DeviceProfile` or the path of a profile file.  ``dynamic``: gd.onnx
+    ``profile``: a :class:`DeviceProfile` or the path of a profile file; ``path``: the file a
+    loaded profile was read from (recorded in the sidecar).  ``dynamic``: gd.onnx
     takes any H, W (multiples of ``8 * input_scale``), else the profile's sensor size rounded up.
     ``verify``: run gd.onnx in ONNX Runtime (CPU) against PyTorch at two sizes; the result goes
     into the sidecar's ``verification.gd`` (``passed``: max abs error <= ``atol``).
@@ -207,7 +209,7 @@ def export_profile(
     """
     from .onnx_gd import export_gd_onnx, verify_gd_onnx
 
-    profile, path, where = load_profile_source(profile)
+    profile, path, where = load_profile_source(profile, path)
     bundle = profile_gd_source(profile, where)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -283,9 +285,9 @@ def profile_files() -> list[str]:
     return [schema.GRAPHS[g].file for g in schema.SOURCE_GRAPHS["profile"]] + list(schema.SOURCE_FILES["profile"]) + [SIDECAR_NAME]
 
 
-def load_profile_source(profile: DeviceProfile | Path | str) -> tuple[DeviceProfile, Path | None, str]:
-    """``(profile, its path or None, a name for messages)`` of a profile or a profile file."""
-    path = None
+def load_profile_source(profile: DeviceProfile | Path | str, path: Path | None = None) -> tuple[DeviceProfile, Path | None, str]:
+    """``(profile, its path or None, a name for messages)`` of a profile or a profile file;
+    ``path``: the file a loaded ``profile`` was read from."""
     if not isinstance(profile, DeviceProfile):
         path = Path(profile)
         profile = load_profile(path)

@@ -115,7 +115,7 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class CaptureInfo:
-    """One capture a device was tuned on (no ground truth; :func:`edgedp.fit.tune.tune_device`, stored in
+    """One capture a device was tuned on (no ground truth; :func:`edgedp.fit.device_tuning.tune_device`, stored in
     a device profile): its path, size, DP disparity range, the seconds and last loss of its G_D fit."""
 
     path: str | None

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..conventions import BOTH, focus_for_side
-from ..physics.disparity import estimate_disparity
+from ..physics.disparity import DisparityEstimate, estimate_disparity
 from ..errors import InputError
 from ..physics.kernels import ButterworthParams, both_radii, behind_radii, kernel_disparity, kernel_pyramid
 from ..physics.kernel_field import KernelField, field_layer_kernels, spread_ratio
@@ -83,33 +83,19 @@ def fit_scene(
         raise InputError("a kernel field (--kernels) replaces stage 3's learned kernels: run it with 0 stage 3 "
                          "iterations (--iterations N,0), or stage 3 without --kernels")
     left, right, views = fit_inputs(left, right, config)  # views (2, H, W)
-    device = views.device
     report = progress or (lambda *args: None)
     stages: list[StageReport] = []
 
     # Blur range from the DP disparity (physics, not a constant).
     t0 = time.perf_counter()
-    est = estimate_disparity(views[0], views[1])
-    focus, radii = layer_radii(config, est.low, est.high, est.side)
-    config = dataclasses.replace(config, focus=focus, max_radius=float(radii.abs().max()), layers=int(radii.numel()))
+    est, config, radii, kernels = fit_layers(views, config)
     if gd_init is not None:  # fail before the long stages, not after
         load_gd_state(DefocusNet(int(radii.numel()), config.gd_width), gd_init)
-    kernels = kernel_pyramid(radii, config.kernel_model, config.butterworth, device=device)
-    lam = config.latent_reg if config.latent_reg is not None else default_latent_reg(views)
-    config = dataclasses.replace(config, latent_reg=lam)
-    cell_kernels = None
+    config = with_latent_reg(config, views)
+    lam = config.latent_reg
     if kernel_field is None and estimates_field(config, radii):
-        t1 = time.perf_counter()
-        tick = lambda step, total: report("kernel field", step, total, None)  # noqa: E731
-        kernel_field = estimate_kernel_field(
-            views, radii, field_disparity_per_radius(config), config.kernel_estimation,
-            model=config.kernel_model, params=config.butterworth, prior=field_prior, progress=tick,
-        ).field
-        stages.append(StageReport("kernel field estimation", time.perf_counter() - t1, len(config.kernel_estimation.candidates), None))
-    if kernel_field is not None:
-        cell_kernels = field_kernels(kernel_field, radii, config, int(kernels.shape[-1])).to(views)
-        kernels = cell_kernels.mean(dim=(0, 1))
-        config = dataclasses.replace(config, patches=kernel_field.grid)
+        kernel_field = estimate_fit_field(views, radii, config, field_prior, report, stages)
+    cell_kernels, kernels, config = with_kernel_field(kernel_field, views, radii, kernels, config)
 
     # Stage 1: closed-form latent map on the fit channel.
     solver = _layer_solver(views, kernels, cell_kernels, lam)
@@ -119,8 +105,8 @@ def fit_scene(
 
     # Stage 2: G_D.
     t0 = time.perf_counter()
-    stage2_kernels = kernels if cell_kernels is None else cell_kernels
-    net, alphas, weights, losses = fit_defocus_map(views, latent, stage2_kernels, radii, config, gd_init=gd_init, progress=report)
+    net, alphas, weights, losses = fit_defocus_map(views, latent, kernels if cell_kernels is None else cell_kernels, radii,
+                                                   config, gd_init=gd_init, progress=report)
     stages.append(StageReport("stage 2 defocus map", time.perf_counter() - t0, config.stage2_iterations, losses[-1] if losses else None, thin_curve(losses)))
 
     patch_kernels = cell_kernels
@@ -134,13 +120,90 @@ def fit_scene(
     # Every channel: its own latent map with the fitted kernels, then the final TV deconvolution
     # of its composite with the fitted weights (edgedp.fit.deconvolution).
     t0 = time.perf_counter()
+    config = with_tv_weight(config, views, with_field=kernel_field is not None)
+    stage1_solver = solver if patch_kernels is None or kernel_field is not None else None  # Stage 1's kernels still
+    latents = restore_channels(left, right, views, latent, weights, kernels, patch_kernels, stage1_solver, config, report)
+    allinfocus = (latents * weights[None]).sum(1)
+    if config.deconvolution.iterations > 0:
+        stages.append(StageReport("stage 4 deconvolution", time.perf_counter() - t0, config.deconvolution.iterations, None))
+    defocus = (weights * radii[:, None, None].to(weights)).sum(0)
+    return fit_result(
+        allinfocus=allinfocus, defocus=defocus, weights=weights, alphas=alphas, latent=latents, radii=radii,
+        kernels=kernels, patch_kernels=patch_kernels, net=net, config=config, stages=stages, disparity=est,
+        kernel_field=None if kernel_field is None else field_summary(kernel_field, config) | (
+            {"prior": "profile" if field_prior is not None else None} if kernel_field.source == "estimated" else {}),
+    )
+
+
+def fit_layers(views: Tensor, config: FitConfig) -> tuple[DisparityEstimate, FitConfig, Tensor, Tensor]:
+    """The layers of a fit of ``views`` (2, H, W): the DP disparity estimate, the config with the
+    focus, ``max_radius`` and ``layers`` it decides (:func:`layer_radii`) filled in, the signed
+    radii (L,) and the parametric kernels (2, L, K, K) on the views' device."""
+    est = estimate_disparity(views[0], views[1])
+    focus, radii = layer_radii(config, est.low, est.high, est.side)
+    config = dataclasses.replace(config, focus=focus, max_radius=float(radii.abs().max()), layers=int(radii.numel()))
+    kernels = kernel_pyramid(radii, config.kernel_model, config.butterworth, device=views.device)
+    return est, config, radii, kernels
+
+
+def with_latent_reg(config: FitConfig, views: Tensor) -> FitConfig:
+    """``config`` with Stage 1's ``latent_reg`` filled in from the noise level of ``views``
+    (:func:`edgedp.physics.noise.default_latent_reg`) unless given."""
+    lam = config.latent_reg if config.latent_reg is not None else default_latent_reg(views)
+    return dataclasses.replace(config, latent_reg=lam)
+
+
+def with_tv_weight(config: FitConfig, views: Tensor, *, with_field: bool = False) -> FitConfig:
+    """``config`` with the final deconvolution's TV weight filled in from ``views`` and the
+    filled-in ``latent_reg`` (:func:`edgedp.fit.deconvolution.default_tv_weight`) unless given;
+    ``with_field`` (a fit with a kernel field): no deconvolution iterations unless
+    ``deconvolution.with_field`` (the TV step traded for speed)."""
     deconv = config.deconvolution
-    if kernel_field is not None and not deconv.with_field:  # asked to trade the TV step for speed with a field
+    if with_field and not deconv.with_field:
         deconv = dataclasses.replace(deconv, iterations=0)
         config = dataclasses.replace(config, deconvolution=deconv)
     if deconv.tv_weight is None:
-        deconv = dataclasses.replace(deconv, tv_weight=default_tv_weight(views, lam))
+        deconv = dataclasses.replace(deconv, tv_weight=default_tv_weight(views, config.latent_reg))
         config = dataclasses.replace(config, deconvolution=deconv)
+    return config
+
+
+def estimate_fit_field(views: Tensor, radii: Tensor, config: FitConfig, field_prior: FieldEvidence | None,
+                       report: ProgressCallback, stages: list[StageReport]) -> KernelField:
+    """The capture's own kernel field (:func:`edgedp.fit.kernel_estimation.estimate_kernel_field`
+    with ``config.kernel_estimation``, the profile's ``field_prior`` added), progress as the stage
+    ``kernel field``; appends its StageReport to ``stages``."""
+    t1 = time.perf_counter()
+    tick = lambda step, total: report("kernel field", step, total, None)  # noqa: E731
+    field = estimate_kernel_field(
+        views, radii, field_disparity_per_radius(config), config.kernel_estimation,
+        model=config.kernel_model, params=config.butterworth, prior=field_prior, progress=tick,
+    ).field
+    stages.append(StageReport("kernel field estimation", time.perf_counter() - t1, len(config.kernel_estimation.candidates), None))
+    return field
+
+
+def with_kernel_field(field: KernelField | None, views: Tensor, radii: Tensor, kernels: Tensor,
+                      config: FitConfig) -> tuple[Tensor | None, Tensor, FitConfig]:
+    """``(cell_kernels, kernels, config)`` of a fit with ``field``: its per-cell layer kernels
+    (:func:`field_kernels`, at least as large as the parametric ``kernels``), their mean over the
+    cells and the config with the field's grid as ``patches``; without a field ``(None, kernels,
+    config)``."""
+    if field is None:
+        return None, kernels, config
+    cell_kernels = field_kernels(field, radii, config, int(kernels.shape[-1])).to(views)
+    return cell_kernels, cell_kernels.mean(dim=(0, 1)), dataclasses.replace(config, patches=field.grid)
+
+
+def restore_channels(left: Tensor, right: Tensor, views: Tensor, latent: Tensor, weights: Tensor, kernels: Tensor,
+                     patch_kernels: Tensor | None, stage1_solver, config: FitConfig, report: ProgressCallback) -> Tensor:
+    """The deconvolved latent maps (C, L, H, W) of every channel of the pair ``left``, ``right``
+    (C, H, W): each channel's own Stage 1 with the fitted kernels (``patch_kernels`` when given),
+    then the final TV deconvolution (:func:`edgedp.fit.deconvolution.deconvolve_layers`) of its
+    composite with the fitted ``weights`` (L, H, W).  A single-channel pair reuses the fit
+    channel's ``views`` and ``latent`` (Stage 1's or Stage 3's), and ``stage1_solver`` when
+    given (the kernels did not change since Stage 1)."""
+    lam, deconv = config.latent_reg, config.deconvolution
     channels = left.shape[0]
     steps = deconv.iterations * channels
 
@@ -149,8 +212,8 @@ def fit_scene(
             channel_views, channel_latent = views, latent
         else:
             channel_views, channel_latent = torch.stack([left[c], right[c]]), None
-        if channels == 1 and (patch_kernels is None or kernel_field is not None):  # Stage 1's kernels still
-            channel_solver = solver
+        if channels == 1 and stage1_solver is not None:
+            channel_solver = stage1_solver
         else:
             channel_solver = _layer_solver(channel_views, kernels, patch_kernels, lam)
         if channel_latent is None:
@@ -158,28 +221,36 @@ def fit_scene(
         tick = lambda step, total: report("deconvolution", c * deconv.iterations + step, steps, None)  # noqa: E731
         return deconvolve_layers(channel_solver, channel_latent, weights, lam, float(deconv.tv_weight), deconv, progress=tick)
 
-    latents = torch.stack([channel_result(c) for c in range(channels)])
-    allinfocus = (latents * weights[None]).sum(1)
-    if deconv.iterations > 0:
-        stages.append(StageReport("stage 4 deconvolution", time.perf_counter() - t0, deconv.iterations, None))
-    defocus = (weights * radii[:, None, None].to(weights)).sum(0)
+    return torch.stack([channel_result(c) for c in range(channels)])
+
+
+def fit_result(*, allinfocus: Tensor, defocus: Tensor, weights, alphas, latent, radii: Tensor, kernels: Tensor,
+               patch_kernels: Tensor | None, net: DefocusNet, config: FitConfig, stages: list[StageReport],
+               disparity: DisparityEstimate, tiling: dict | None = None, kernel_field: dict | None = None) -> FitResult:
+    """The :class:`FitResult` of a fit (whole frame or tiled): tensors moved to the CPU (a tiled
+    fit's disk arrays stay as they are), G_D's state and how to rebuild it at ``config.gd_scale``,
+    the focus ``config`` decided and the disparity summary (low, median, high, side)."""
+
+    def cpu(x):
+        return x.cpu() if isinstance(x, Tensor) else x
+
     return FitResult(
         allinfocus=allinfocus.cpu(),
         defocus=defocus.cpu(),
-        weights=weights.cpu(),
-        alphas=alphas.cpu(),
-        latent=latents.cpu(),
+        weights=cpu(weights),
+        alphas=cpu(alphas),
+        latent=cpu(latent),
         radii=radii.cpu().float(),
         kernels=kernels.cpu(),
         patch_kernels=None if patch_kernels is None else patch_kernels.cpu(),
         gd_state={k: v.detach().cpu() for k, v in net.state_dict().items()},
         gd_config=net.config() | {"input_scale": config.gd_scale},
-        focus=focus,
+        focus=config.focus,
         config=config,
         stages=stages,
-        disparity={"low": est.low, "median": est.median, "high": est.high, "side": est.side},
-        kernel_field=None if kernel_field is None else field_summary(kernel_field, config) | (
-            {"prior": "profile" if field_prior is not None else None} if kernel_field.source == "estimated" else {}),
+        disparity={"low": disparity.low, "median": disparity.median, "high": disparity.high, "side": disparity.side},
+        tiling=tiling,
+        kernel_field=kernel_field,
     )
 
 

@@ -422,22 +422,56 @@ def fit_patch_kernels(
     report = progress or (lambda *args: None)
     diag: dict = info if info is not None else {}
     t_start = time.perf_counter()
+    radii = checked_stage3_inputs(views, weights, kernels, radii)
+    k = int(kernels.shape[-1])
+    grid = (int(config.patches[0]), int(config.patches[1]))
+    device, dtype = views.device, views.dtype
+    lam = float(config.latent_reg) if getattr(config, "latent_reg", None) is not None else default_latent_reg(views)
+
+    sides, side_radius, targets = warm_start_targets(radii, kernels, device=device, dtype=dtype)
+    if not sides:  # everything in focus: nothing to learn
+        pk = kernels.to(device=device, dtype=dtype)[None, None].expand(*grid, *kernels.shape).clone()
+        return pk, solve_latent_map_patchwise(views, pk, lam, margin=settings.latent_margin), []
+
+    gens = KernelGenerators(tuple(sides), side_radius, grid[0] * grid[1], k, width=settings.width, seed=config.seed).to(
+        device=device, dtype=dtype
+    )
+    t0 = time.perf_counter()
+    diag["warm_max_abs_error"] = warm_start(gens, targets, settings.warm_iterations, settings.warm_lr, progress=report)
+    diag["warm_seconds"] = time.perf_counter() - t0
+
+    problem = WorkingProblem.of(gens, side_radius, radii, grid, views, weights, lam, k, settings)
+    diag.update(scale=problem.scale, working_shape=tuple(problem.views.shape[-2:]), working_kernel=problem.kernel_size,
+                lam=lam, lam_working=problem.lam)
+    losses = train_kernels(problem, int(config.stage3_iterations), settings, report, diag)
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        patch_kernels = problem.layer_kernels(k, 1.0).contiguous()
+        latent_full = solve_latent_map_patchwise(views, patch_kernels, lam, margin=settings.latent_margin)
+    diag["latent_full_seconds"] = time.perf_counter() - t0
+    diag["seconds"] = time.perf_counter() - t_start
+    return patch_kernels, latent_full, losses
+
+
+def checked_stage3_inputs(views: Tensor, weights: Tensor, kernels: Tensor, radii: Tensor) -> Tensor:
+    """The radii (L,) as float64 on the CPU, after checking that ``views`` are (2, H, W) and that
+    ``weights`` (L, H, W), ``radii`` and ``kernels`` (2, L, K, K) agree (ValueError)."""
     if views.dim() != 3 or views.shape[0] != 2:
         raise ValueError(f"views must be (2, H, W), got {tuple(views.shape)}")
     radii = torch.as_tensor(radii).detach().cpu().double().reshape(-1)
-    layers, k = int(kernels.shape[1]), int(kernels.shape[-1])
+    layers = int(kernels.shape[1])
     if weights.shape != (layers,) + tuple(views.shape[-2:]) or radii.numel() != layers:
         raise ValueError(
             f"weights {tuple(weights.shape)}, radii {tuple(radii.shape)} and kernels {tuple(kernels.shape)} disagree"
         )
-    h, w = views.shape[-2:]
-    grid = (int(config.patches[0]), int(config.patches[1]))
-    patches = grid[0] * grid[1]
-    device, dtype = views.device, views.dtype
-    lam = float(config.latent_reg) if getattr(config, "latent_reg", None) is not None else default_latent_reg(views)
-    total = int(config.stage3_iterations)
+    return radii
 
-    # Sides present and the parametric targets of the warm start (the largest |r| layer per side).
+
+def warm_start_targets(radii: Tensor, kernels: Tensor, *, device=None, dtype=None) -> tuple[list[str], dict[str, float], dict[str, Tensor]]:
+    """The focus sides present in ``radii`` (``behind``, ``in_front``), each side's largest
+    |radius| and its parametric kernel pair (2, K, K) of ``kernels`` (2, L, K, K): the targets of
+    the warm start.  No side: everything in focus."""
     sides, side_radius, targets = [], {}, {}
     for side, sign in ((BEHIND, 1.0), (IN_FRONT, -1.0)):
         signed = radii * sign
@@ -446,32 +480,67 @@ def fit_patch_kernels(
             sides.append(side)
             side_radius[side] = float(signed[idx])
             targets[side] = kernels[:, idx].to(device=device, dtype=dtype)
-    if not sides:  # everything in focus: nothing to learn
-        pk = kernels.to(device=device, dtype=dtype)[None, None].expand(*grid, *kernels.shape).clone()
-        return pk, solve_latent_map_patchwise(views, pk, lam, margin=settings.latent_margin), []
+    return sides, side_radius, targets
 
-    gens = KernelGenerators(tuple(sides), side_radius, patches, k, width=settings.width, seed=config.seed).to(
-        device=device, dtype=dtype
-    )
-    t0 = time.perf_counter()
-    diag["warm_max_abs_error"] = warm_start(gens, targets, settings.warm_iterations, settings.warm_lr, progress=report)
-    diag["warm_seconds"] = time.perf_counter() - t0
 
-    # Working resolution of the kernel steps.
-    s = working_scale((h, w), settings)
-    views_s = _downscale(views, s)
-    weights_s = _downscale(weights, s)
-    lam_s = lam * default_latent_reg(views_s) / default_latent_reg(views) if s > 1 else lam
-    ks = 2 * math.ceil((k // 2) / s - 1e-6) + 1 if s > 1 else k
-    diag.update(scale=s, working_shape=tuple(views_s.shape[-2:]), working_kernel=ks, lam=lam, lam_working=lam_s)
+@dataclass(frozen=True)
+class WorkingProblem:
+    """Stage 3's kernel steps at the working resolution: the generators and what turns their
+    side kernels into per-patch layer kernels, the views (2, h, w) and weights (L, h, w) down-scaled
+    by ``scale`` (:func:`working_scale`), Stage 1's regularization ``lam`` there and the kernel
+    size there."""
 
-    def layer_kernels(size: int, scale: float) -> Tensor:
-        return patch_layer_kernels(gens(), side_radius, radii, grid, size, scale)
+    gens: KernelGenerators
+    side_radius: dict[str, float]
+    radii: Tensor
+    grid: tuple[int, int]
+    views: Tensor
+    weights: Tensor
+    lam: float
+    scale: int
+    kernel_size: int
+    latent_margin: int | None
 
-    def data_loss(latent_s: Tensor, pk: Tensor) -> Tensor:
-        rendered = render_dual_pixel_patchwise(latent_s[None], weights_s[None], pk)
-        return (rendered[0] - views_s).square().mean() * 2
+    @classmethod
+    def of(cls, gens, side_radius: dict[str, float], radii: Tensor, grid: tuple[int, int], views: Tensor, weights: Tensor,
+           lam: float, k: int, settings: KernelFitSettings) -> "WorkingProblem":
+        """The working problem of full-resolution ``views`` (2, H, W), ``weights``, ``lam`` and
+        kernel size ``k``."""
+        s = working_scale(tuple(views.shape[-2:]), settings)
+        views_s = _downscale(views, s)
+        weights_s = _downscale(weights, s)
+        lam_s = lam * default_latent_reg(views_s) / default_latent_reg(views) if s > 1 else lam
+        ks = 2 * math.ceil((k // 2) / s - 1e-6) + 1 if s > 1 else k
+        return cls(gens, side_radius, radii, grid, views_s, weights_s, lam_s, s, ks, settings.latent_margin)
 
+    def layer_kernels(self, size: int, scale: float, side_kernels: dict[str, Tensor] | None = None) -> Tensor:
+        """Per-patch layer kernels (Pr, Pc, 2, L, size, size) of the generators' side kernels
+        (``side_kernels``, default: the generators' current output) at ``scale``."""
+        side_kernels = self.gens() if side_kernels is None else side_kernels
+        return patch_layer_kernels(side_kernels, self.side_radius, self.radii, self.grid, size, scale)
+
+    def working_kernels(self, side_kernels: dict[str, Tensor] | None = None) -> Tensor:
+        """:meth:`layer_kernels` at the working resolution."""
+        return self.layer_kernels(self.kernel_size, self.scale, side_kernels)
+
+    def latent(self) -> Tensor:
+        """The closed-form latent map (L, h, w) of the working views with the current kernels."""
+        return solve_latent_map_patchwise(self.views, self.working_kernels(), self.lam, margin=self.latent_margin)
+
+    def data_loss(self, latent: Tensor, pk: Tensor) -> Tensor:
+        """Twice the mean squared re-render error of the working views with the latent map and
+        the patch kernels ``pk``."""
+        rendered = render_dual_pixel_patchwise(latent[None], self.weights[None], pk)
+        return (rendered[0] - self.views).square().mean() * 2
+
+
+def train_kernels(problem: WorkingProblem, total: int, settings: KernelFitSettings, report: ProgressCallback,
+                  diag: dict) -> list[float]:
+    """The kernel steps of Stage 3: ``total`` Adam steps on the generators of the re-render loss
+    (:meth:`WorkingProblem.data_loss`) plus the gauge penalty towards the warm start's common
+    moments, the latent map re-solved every ``settings.latent_every`` steps; ``diag`` gets the
+    loss before and after and the seconds.  Returns the data loss per step."""
+    gens = problem.gens
     gauge_scale = None
     with torch.no_grad():
         anchor = gens()  # the warm start: the gauge keeps its common moments
@@ -484,15 +553,15 @@ def fit_patch_kernels(
         if step == 0 or (settings.latent_every > 0 and step % settings.latent_every == 0):
             t1 = time.perf_counter()
             with torch.no_grad():
-                latent_s = solve_latent_map_patchwise(views_s, layer_kernels(ks, s), lam_s, margin=settings.latent_margin)
+                latent_s = problem.latent()
             t_latent += time.perf_counter() - t1
             if step == 0:
                 with torch.no_grad():
-                    diag["loss_before"] = float(data_loss(latent_s, layer_kernels(ks, s)))
+                    diag["loss_before"] = float(problem.data_loss(latent_s, problem.working_kernels()))
                     gauge_scale = diag["loss_before"]
         opt.zero_grad(set_to_none=True)
         side_k = gens()
-        data = data_loss(latent_s, patch_layer_kernels(side_k, side_radius, radii, grid, ks, s))
+        data = problem.data_loss(latent_s, problem.working_kernels(side_k))
         loss = data
         if settings.gauge_weight > 0:
             loss = loss + settings.gauge_weight * gauge_scale * gauge_penalty(side_k, anchor)
@@ -504,13 +573,6 @@ def fit_patch_kernels(
     diag["latent_working_seconds"] = t_latent
     if total > 0:
         with torch.no_grad():
-            latent_s = solve_latent_map_patchwise(views_s, layer_kernels(ks, s), lam_s, margin=settings.latent_margin)
-            diag["loss_after"] = float(data_loss(latent_s, layer_kernels(ks, s)))
-
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        patch_kernels = layer_kernels(k, 1.0).contiguous()
-        latent_full = solve_latent_map_patchwise(views, patch_kernels, lam, margin=settings.latent_margin)
-    diag["latent_full_seconds"] = time.perf_counter() - t0
-    diag["seconds"] = time.perf_counter() - t_start
-    return patch_kernels, latent_full, losses
+            latent_s = problem.latent()
+            diag["loss_after"] = float(problem.data_loss(latent_s, problem.working_kernels()))
+    return losses

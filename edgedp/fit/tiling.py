@@ -53,6 +53,7 @@ the peak memory does not grow with the image once tiling starts.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -65,9 +66,8 @@ from torch import Tensor
 from edgedp_runtime.memory import GIB, MemoryBudget, memory_budget
 
 from . import pipeline as fit_module
-from .deconvolution import deconvolve_layers, default_tv_weight
+from .deconvolution import deconvolve_layers
 from ..io.diskarray import DiskArray, scratch_folder
-from ..physics.disparity import estimate_disparity
 from ..errors import InputError
 from .config import FitConfig, FitResult, ProgressCallback, StageReport
 from .stage2 import (
@@ -81,17 +81,19 @@ from .stage2 import (
     stage2_quadratic_form,
     train_defocus_net,
 )
-from .pipeline import fit_inputs, layer_radii, thin_curve
-from ..physics.kernels import kernel_pyramid
+from .pipeline import fit_inputs, fit_layers, fit_result, thin_curve, with_latent_reg, with_tv_weight
 from ..physics.kernel_field import KernelField
 from ..physics.fourier import LatentSolver
-from ..physics.noise import default_latent_reg
 from ..models.defocus_net import DefocusNet, alphas_from_logits, gd_input, upsample_logits_region
 from ..physics.blur import blur_stack_fft, fast_size, over_weights
 
 
 __all__ = [
     "RegionSolver",
+    "TiledFrame",
+    "deconvolution_layers",
+    "note_tiled_fit",
+    "restore_tiles",
     "Tile",
     "TilingConfig",
     "TilePlan",
@@ -619,13 +621,9 @@ def fit_within_budget(
     report = progress or (lambda *args: None)
     t0 = time.perf_counter()
     left, right, views = fit_inputs(left, right, config)
-    device = views.device
     channels, h, w = (int(s) for s in left.shape)
-    est = estimate_disparity(views[0], views[1])
-    focus, radii = layer_radii(config, est.low, est.high, est.side)
     requested = config
-    config = dataclasses.replace(config, focus=focus, max_radius=float(radii.abs().max()), layers=int(radii.numel()))
-    kernels = kernel_pyramid(radii, config.kernel_model, config.butterworth, device=device)
+    est, config, radii, kernels = fit_layers(views, config)
     layers, k = int(radii.numel()), int(kernels.shape[-1])
     warm_head = gd_init is not None and config.gd_train == "head"
     plan = plan_fit(h, w, channels, layers, k, config, tiling, budget=budget, warm_head=warm_head)
@@ -642,39 +640,17 @@ def fit_within_budget(
 
     if gd_init is not None:  # fail before the long stages, not after
         load_gd_state(DefocusNet(layers, config.gd_width), gd_init)
-    if config.kernel_estimation is not None and config.stage3_iterations == 0:
-        message = (f"the kernel field is not estimated in a tiled fit of {h}x{w}: parametric kernels "
-                   f"(--max-memory above {plan.estimate_whole_frame / GIB / 0.8:.1f} GiB estimates it)")
-        plan.notes.append(message)
-        if warn is not None:
-            warn(message)
-    if config.stage3_iterations > 0:
-        message = (f"stage 3 (learned kernels) needs the whole {h}x{w} frame in memory: skipped in this tiled fit "
-                   f"(--max-memory above {plan.estimate_whole_frame / GIB / 0.8:.1f} GiB runs it)")
-        plan.notes.append(message)
-        if warn is not None:
-            warn(message)
+    note_tiled_fit(config, plan, h, w, warn)
     config = dataclasses.replace(config, gd_scale=plan.gd_scale, stage2_block=plan.stage2_block, stage3_iterations=0)
-    lam = config.latent_reg if config.latent_reg is not None else default_latent_reg(views)
-    config = dataclasses.replace(config, latent_reg=lam)
-    deconv = config.deconvolution
-    if deconv.tv_weight is None:
-        deconv = dataclasses.replace(deconv, tv_weight=default_tv_weight(views, lam))
-        config = dataclasses.replace(config, deconvolution=deconv)
-    tiles = plan.tiles
+    config = with_tv_weight(with_latent_reg(config, views), views)
+    lam, deconv, tiles = config.latent_reg, config.deconvolution, plan.tiles
     deconvolving = deconv.iterations > 0 and float(deconv.tv_weight) > 0
-    passes = 3 if deconvolving else 2
-    total = passes * len(tiles)
-    done = [0]
-
-    def tick(_index: int) -> None:
-        done[0] += 1
-        report("tiles", done[0], total, None)
+    total, done = (3 if deconvolving else 2) * len(tiles), itertools.count(1)
+    tick = lambda _index: report("tiles", next(done), total, None)  # noqa: E731
 
     stages: list[StageReport] = []
-    block = config.stage2_block
     form, temperature = tiled_quadratic_form(
-        views, kernels, lam, tiles, block, config.smooth_weight, form=config.stage2_iterations > 0,
+        views, kernels, lam, tiles, config.stage2_block, config.smooth_weight, form=config.stage2_iterations > 0,
         fuse_window=config.fuse_window, progress=tick,
     )
     report("stage 1", 1, 1, None)
@@ -688,31 +664,96 @@ def fit_within_budget(
                               losses[-1] if losses else None, thin_curve(losses)))
 
     t0 = time.perf_counter()
-    used = None
-    if deconvolving:  # pass 2: the frame's layer set of the deconvolution
-        peak = torch.zeros(layers, dtype=torch.float32, device=device)
-        for tile in tiles:
-            tv = tile.crop(views)
-            blurred = None
-            if config.fuse_window > 0:
-                blurred = blur_stack_fft(RegionSolver(views, kernels, lam, tile).solve()[None], kernels)[0]
-            _, weights = _tile_weights(tile, tv, blurred, logits, config, temperature)
-            peak = torch.maximum(peak, tile.core_of(weights).amax(dim=(1, 2)))
-            del blurred, weights
-            tick(tile.index)
-        used = [i for i in range(layers) if float(peak[i]) >= deconv.min_layer_weight]
+    frame = TiledFrame(views, kernels, config, logits, temperature)
+    used = deconvolution_layers(frame, tiles, progress=tick) if deconvolving else None  # pass 2
+    store = _Store(plan.store, channels, layers, h, w, tiling.scratch, views.device)
+    allinfocus, defocus = restore_tiles(left, right, frame, radii, tiles, store, used, progress=tick)  # pass 3
+    if deconvolving:
+        stages.append(StageReport("stage 4 deconvolution", time.perf_counter() - t0, deconv.iterations, None))
+    arrays = store.arrays
+    return fit_result(
+        allinfocus=allinfocus, defocus=defocus, weights=arrays["weights"], alphas=arrays["alphas"],
+        latent=arrays["latent"], radii=radii, kernels=kernels, patch_kernels=None, net=net, config=config,
+        stages=stages, disparity=est, tiling=plan.report(),
+    )
 
-    store = _Store(plan.store, channels, layers, h, w, tiling.scratch, device)
+
+def note_tiled_fit(config: FitConfig, plan: TilePlan, height: int, width: int,
+                   warn: Callable[[str], None] | None = None) -> list[str]:
+    """What a tiled fit of a ``height x width`` frame leaves out that ``config`` asks for, one
+    line each, appended to ``plan.notes`` and passed to ``warn``: the kernel field's estimation
+    and Stage 3, which need the whole frame in memory.  Returns the lines."""
+    above = f"--max-memory above {plan.estimate_whole_frame / GIB / 0.8:.1f} GiB"
+    notes = []
+    if config.kernel_estimation is not None and config.stage3_iterations == 0:
+        notes.append(f"the kernel field is not estimated in a tiled fit of {height}x{width}: parametric kernels "
+                     f"({above} estimates it)")
+    if config.stage3_iterations > 0:
+        notes.append(f"stage 3 (learned kernels) needs the whole {height}x{width} frame in memory: skipped in this tiled fit "
+                     f"({above} runs it)")
+    for message in notes:
+        plan.notes.append(message)
+        if warn is not None:
+            warn(message)
+    return notes
+
+
+@dataclass(frozen=True)
+class TiledFrame:
+    """What the passes after Stage 2 share over the tiles of a frame: the fit channel's views
+    (2, H, W), the parametric kernels (2, L, K, K), the filled-in config (``latent_reg``, the
+    deconvolution's TV weight, ``fuse_window``, ``gd_scale``), G_D's logits of the frame and the
+    frame's likelihood temperature (:func:`tiled_quadratic_form`)."""
+
+    views: Tensor
+    kernels: Tensor
+    config: FitConfig
+    logits: Tensor
+    temperature: float | None
+
+    def tile_weights(self, tile: Tile, latent: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(alphas, weights) (L, h, w) of the tile's outer region: G_D's, fused with the tile's
+        likelihood at the frame's temperature when ``fuse_window > 0`` (re-rendered from the tile's
+        Stage 1 ``latent``, solved here when not given)."""
+        blurred = None
+        if self.config.fuse_window > 0:
+            if latent is None:
+                latent = RegionSolver(self.views, self.kernels, self.config.latent_reg, tile).solve()
+            blurred = blur_stack_fft(latent[None], self.kernels)[0]
+        return _tile_weights(tile, tile.crop(self.views), blurred, self.logits, self.config, self.temperature)
+
+
+def deconvolution_layers(frame: TiledFrame, tiles: list[Tile], *, progress: Callable[[int], None] | None = None) -> list[int]:
+    """Pass 2: the frame's layer set of the deconvolution (:func:`edgedp.fit.deconvolution.used_layers`
+    of the frame's fused weights): the layers whose weight reaches ``min_layer_weight`` somewhere
+    in a tile's core."""
+    layers = int(frame.kernels.shape[1])
+    peak = torch.zeros(layers, dtype=torch.float32, device=frame.views.device)
+    for tile in tiles:
+        _, weights = frame.tile_weights(tile)
+        peak = torch.maximum(peak, tile.core_of(weights).amax(dim=(1, 2)))
+        del weights
+        if progress is not None:
+            progress(tile.index)
+    return [i for i in range(layers) if float(peak[i]) >= frame.config.deconvolution.min_layer_weight]
+
+
+def restore_tiles(left: Tensor, right: Tensor, frame: TiledFrame, radii: Tensor, tiles: list[Tile], store: _Store,
+                  used: list[int] | None, *, progress: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
+    """Pass 3, the restoration: per tile, Stage 1, the fused weights and, for every channel of
+    ``left``, ``right`` (C, H, W), its own Stage 1 and (``used``: the deconvolution's layer set,
+    None: no deconvolution) the final TV deconvolution; each core's latent maps, weights and
+    alphas go into ``store``.  Returns the frame's ``(allinfocus (C, H, W), defocus (H, W))``."""
+    views, kernels, lam, deconv = frame.views, frame.kernels, frame.config.latent_reg, frame.config.deconvolution
+    channels, h, w = (int(s) for s in left.shape)
+    device = views.device
     allinfocus = torch.empty(channels, h, w, dtype=torch.float32, device=device)
     defocus = torch.empty(h, w, dtype=torch.float32, device=device)
     r = radii.to(device=device, dtype=torch.float32)[:, None, None]
-    for tile in tiles:  # pass 3: the restoration
-        tv = tile.crop(views)
+    for tile in tiles:
         solver = RegionSolver(views, kernels, lam, tile)
         latent = solver.solve()
-        blurred = blur_stack_fft(latent[None], kernels)[0] if config.fuse_window > 0 else None
-        alphas, weights = _tile_weights(tile, tv, blurred, logits, config, temperature)
-        del blurred
+        alphas, weights = frame.tile_weights(tile, latent)
         if channels > 1:  # every channel gets its own solve: the fit channel's is done
             del solver, latent
             solver = latent = None
@@ -724,7 +765,7 @@ def fit_within_budget(
             else:
                 channel_solver = RegionSolver(torch.stack([left[c], right[c]]), kernels, lam, tile)
                 channel_latent = channel_solver.solve()
-            if deconvolving:
+            if used is not None:
                 channel_latent = deconvolve_layers(channel_solver, channel_latent, weights, lam, float(deconv.tv_weight),
                                                    deconv, layers=used)
             composite[c] = (channel_latent * weights).sum(0)
@@ -735,27 +776,6 @@ def fit_within_budget(
         store.put("weights", tile, weights)
         store.put("alphas", tile, alphas)
         del solver, latent, alphas, weights, composite
-        tick(tile.index)
-    if deconvolving:
-        stages.append(StageReport("stage 4 deconvolution", time.perf_counter() - t0, deconv.iterations, None))
-
-    arrays = store.arrays
-    if plan.store == "memory":
-        arrays = {name: a.cpu() for name, a in arrays.items()}
-    return FitResult(
-        allinfocus=allinfocus.cpu(),
-        defocus=defocus.cpu(),
-        weights=arrays["weights"],
-        alphas=arrays["alphas"],
-        latent=arrays["latent"],
-        radii=radii.cpu().float(),
-        kernels=kernels.cpu(),
-        patch_kernels=None,
-        gd_state={key: v.detach().cpu() for key, v in net.state_dict().items()},
-        gd_config=net.config() | {"input_scale": config.gd_scale},
-        focus=focus,
-        config=config,
-        stages=stages,
-        disparity={"low": est.low, "median": est.median, "high": est.high, "side": est.side},
-        tiling=plan.report(),
-    )
+        if progress is not None:
+            progress(tile.index)
+    return allinfocus, defocus

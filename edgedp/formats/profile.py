@@ -1,6 +1,6 @@
 """Device profile: what `edgedp tune` learned about one phone, in one file (issue 5).
 
-Written by ``edgedp tune`` (:mod:`edgedp.fit.tune`), read by ``edgedp fit --profile`` (kernel shape,
+Written by ``edgedp tune`` (:mod:`edgedp.fit.device_tuning`), read by ``edgedp fit --profile`` (kernel shape,
 radius per disparity, layer count, G_D warm start, input settings, left/right gain) and by
 ``edgedp export PHONE.profile`` (:mod:`edgedp.deploy.profile_export`: gd.onnx + kernels for the instant
 on-device path).

@@ -719,29 +719,11 @@ def read_dp_pair(
     """
     left, right = Path(left), Path(right)
     notes: list[str] = []
-    left_raw, left_bits = _read(left, "left view", _view_key(left, "left"), notes)
-    right_raw, right_bits = _read(right, "right view", _view_key(right, "right"), notes)
-
-    if left_raw.shape[:2] != right_raw.shape[:2]:
-        raise input_error(
-            f"left/right size mismatch: {left} is {left_raw.shape[0]}x{left_raw.shape[1]}, "
-            f"{right} is {right_raw.shape[0]}x{right_raw.shape[1]} (HxW)"
-        )
-    left_c = 1 if left_raw.ndim == 2 else left_raw.shape[2]
-    right_c = 1 if right_raw.ndim == 2 else right_raw.shape[2]
-    if left_c != right_c:
-        raise input_error(
-            f"left/right channel mismatch: {left} has {left_c} channel(s), {right} has {right_c}"
-        )
-    if left_bits != right_bits:
-        raise input_error(
-            f"left/right bit depth mismatch: {left} is {left_bits}-bit, {right} is {right_bits}-bit"
-        )
-    bits, channels = left_bits, left_c
+    left_raw, right_raw, bits, channels = _read_pair(left, right, notes)
     size = (int(left_raw.shape[0]), int(left_raw.shape[1]))
 
-    left_v, black, white = _normalize(left_raw, left_bits, options, left, "left view")
-    right_v, _, _ = _normalize(right_raw, right_bits, options, right, "right view")
+    left_v, black, white = _normalize(left_raw, bits, options, left, "left view")
+    right_v, _, _ = _normalize(right_raw, bits, options, right, "right view")
     if bits == 8:
         notes.append(EIGHT_BIT_WARNING)
     transfer, reason = _pair_transfer(options, left, right, bits, notes)
@@ -764,23 +746,7 @@ def read_dp_pair(
         gain_range = (float(gain_region.min()), float(gain_region.max()))
 
     left_v, right_v = left_v[region], right_v[region]
-    for native, values, path, role in (
-        (left_raw[region], left_v, left, "left view"),
-        (right_raw[region], right_v, right, "right view"),
-    ):
-        _check_view(native, values, path, role, black, notes)
-    if bits == 32 and not options.raw:
-        lo = min(float(left_v.min()), float(right_v.min()))
-        hi = max(float(left_v.max()), float(right_v.max()))
-        if lo < 0.0 or hi > 1.0:
-            notes.append(f"float input outside [0, 1]: values span {lo:g} .. {hi:g}")
-
-    if options.raw:
-        kind = "raw"
-    elif bits == 32:
-        kind = "float"
-    else:
-        kind = "rgb" if channels == 3 else "gray"
+    _check_pair(left_raw[region], right_raw[region], left_v, right_v, left, right, black, bits, options, notes)
     info = PairInfo(
         left_path=left,
         right_path=right,
@@ -788,7 +754,7 @@ def read_dp_pair(
         size=(h, w),
         bit_depth=bits,
         channels=channels,
-        kind=kind,
+        kind=_pair_kind(options, bits, channels),
         raw_min=(float(left_raw.min()), float(right_raw.min())),
         raw_max=(float(left_raw.max()), float(right_raw.max())),
         crop_offset=(y0, x0),
@@ -803,6 +769,54 @@ def read_dp_pair(
     )
     check_distinct_views(left, right)  # last: a file's own problem is named first
     return DPPair(left=_to_tensor(left_v), right=_to_tensor(right_v), info=info)
+
+
+def _read_pair(left: Path, right: Path, notes: list[str]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Both views as read (step 1 of :func:`read_dp_pair`) and their bit depth and channel
+    count; InputError unless they agree in size, channels and bit depth."""
+    left_raw, left_bits = _read(left, "left view", _view_key(left, "left"), notes)
+    right_raw, right_bits = _read(right, "right view", _view_key(right, "right"), notes)
+    if left_raw.shape[:2] != right_raw.shape[:2]:
+        raise input_error(
+            f"left/right size mismatch: {left} is {left_raw.shape[0]}x{left_raw.shape[1]}, "
+            f"{right} is {right_raw.shape[0]}x{right_raw.shape[1]} (HxW)"
+        )
+    left_c = 1 if left_raw.ndim == 2 else left_raw.shape[2]
+    right_c = 1 if right_raw.ndim == 2 else right_raw.shape[2]
+    if left_c != right_c:
+        raise input_error(
+            f"left/right channel mismatch: {left} has {left_c} channel(s), {right} has {right_c}"
+        )
+    if left_bits != right_bits:
+        raise input_error(
+            f"left/right bit depth mismatch: {left} is {left_bits}-bit, {right} is {right_bits}-bit"
+        )
+    return left_raw, right_raw, left_bits, left_c
+
+
+def _check_pair(left_native: np.ndarray, right_native: np.ndarray, left_v: np.ndarray, right_v: np.ndarray,
+                left: Path, right: Path, black: float | None, bits: int, options: ReadOptions, notes: list[str]) -> None:
+    """Step 5 of :func:`read_dp_pair` on the cropped views (native and normalized): each view
+    checked (:func:`_check_view`), and a note when float input lies outside [0, 1]."""
+    for native, values, path, role in (
+        (left_native, left_v, left, "left view"),
+        (right_native, right_v, right, "right view"),
+    ):
+        _check_view(native, values, path, role, black, notes)
+    if bits == 32 and not options.raw:
+        lo = min(float(left_v.min()), float(right_v.min()))
+        hi = max(float(left_v.max()), float(right_v.max()))
+        if lo < 0.0 or hi > 1.0:
+            notes.append(f"float input outside [0, 1]: values span {lo:g} .. {hi:g}")
+
+
+def _pair_kind(options: ReadOptions, bits: int, channels: int) -> str:
+    """:attr:`PairInfo.kind`: ``raw``, ``float``, ``rgb`` or ``gray``."""
+    if options.raw:
+        return "raw"
+    if bits == 32:
+        return "float"
+    return "rgb" if channels == 3 else "gray"
 
 
 def read_normalized(

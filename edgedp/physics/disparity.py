@@ -182,61 +182,9 @@ def estimate_disparity(
         raise InputError(f"image {h}x{w} is smaller than one {tile}x{tile} tile")
 
     with torch.no_grad():
-        gl = _x_gradient(lt)
-        gr = _x_gradient(rt)
-        ty, tx = h // tile, w // tile
-        oy, ox = (h % tile) // 2, (w % tile) // 2
-        rows = slice(oy, oy + ty * tile)
-        gl = gl[rows, ox : ox + tx * tile]
-        # Right view: same rows, columns extended by max_disparity on each side, so shift s
-        # reads band[:, D + s : D + s + Tx*tile].  Beyond the image the gradient is 0 (the image
-        # extended by edge replication has no x-structure there).
-        dmax = int(max_disparity)
-        band = F.pad(gr[rows], (dmax, dmax))[:, ox : ox + tx * tile + 2 * dmax]
-
-        def pool(x: torch.Tensor) -> torch.Tensor:
-            return F.avg_pool2d(x[None, None], tile, stride=tile)[0, 0]
-
-        shifts = range(-dmax, dmax + 1)
-        n_s = len(shifts)
-        width = tx * tile
-        ml = pool(gl)
-        vl = (pool(gl * gl) - ml * ml).clamp_min(0)
-        ncc = torch.empty((n_s, ty, tx), dtype=gl.dtype, device=dev)
-        for k, s in enumerate(shifts):
-            gs = band[:, dmax + s : dmax + s + width]
-            mr = pool(gs)
-            vr = (pool(gs * gs) - mr * mr).clamp_min(0)
-            cov = pool(gl * gs) - ml * mr
-            ncc[k] = cov / torch.sqrt(vl * vr + _EPS)
-        el = pool(gl * gl)
-        er = pool(gr[rows, ox : ox + width] ** 2)
-
-        best = ncc.argmax(dim=0)  # (ty, tx)
-        c0 = ncc.gather(0, best[None])[0]
-        cm = ncc.gather(0, (best - 1).clamp_min(0)[None])[0]
-        cp = ncc.gather(0, (best + 1).clamp_max(n_s - 1)[None])[0]
-        # Parabola through the cost 1 - ncc (same vertex as through ncc).
-        denom = cm - 2 * c0 + cp
-        offset = torch.where(denom < -1e-9, 0.5 * (cm - cp) / denom, torch.zeros_like(denom))
-        offset = offset.clamp(-0.5, 0.5)
-        disp = best.to(gl.dtype) - dmax + offset
-
-        # Second-highest local maximum over shifts, excluding the best and its neighbours.
-        floor = torch.full_like(ncc[:1], -2.0)
-        pad = torch.cat([floor, ncc, floor], dim=0)
-        is_max = (ncc >= pad[:-2]) & (ncc >= pad[2:])
-        idx = torch.arange(n_s, device=dev)[:, None, None]
-        is_max &= (idx - best[None]).abs() > 1
-        second = torch.where(is_max, ncc, torch.full_like(ncc, -1.0)).amax(dim=0)
-
-        energy = torch.sqrt(el * er)
-        texture = energy / (energy + texture_floor**2)
-        peak = c0.clamp(0, 1)
-        distinct = ((c0 - second) / _DISTINCT_SCALE).clamp(0, 1)
-        conf = texture * peak * distinct
-        at_limit = (best == 0) | (best == n_s - 1)
-        conf = torch.where(at_limit, torch.zeros_like(conf), conf)
+        ncc, el, er = _tile_ncc(_x_gradient(lt), _x_gradient(rt), tile, int(max_disparity))
+        best, c0, disp = _subpixel_peak(ncc, int(max_disparity))
+        conf = _confidence(ncc, best, c0, el, er, texture_floor)
 
     confidence = conf.double().cpu().numpy()
     disparity = disp.double().cpu().numpy()
@@ -256,3 +204,75 @@ def estimate_disparity(
         median=median,
         side=decide_side(reliable),
     )
+
+
+def _tile_ncc(gl: torch.Tensor, gr: torch.Tensor, tile: int, dmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per tile, the normalized cross-correlation of the left x-gradient ``gl`` with the right
+    one ``gr`` (both (H, W)) shifted by ``s = -dmax .. dmax`` px: ``(ncc (2 dmax + 1, Ty, Tx),
+    left energy (Ty, Tx), right energy (Ty, Tx))`` over the centred ``Ty x Tx`` tiles."""
+    h, w = gl.shape
+    ty, tx = h // tile, w // tile
+    oy, ox = (h % tile) // 2, (w % tile) // 2
+    rows = slice(oy, oy + ty * tile)
+    gl = gl[rows, ox : ox + tx * tile]
+    # Right view: same rows, columns extended by max_disparity on each side, so shift s
+    # reads band[:, D + s : D + s + Tx*tile].  Beyond the image the gradient is 0 (the image
+    # extended by edge replication has no x-structure there).
+    band = F.pad(gr[rows], (dmax, dmax))[:, ox : ox + tx * tile + 2 * dmax]
+
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x[None, None], tile, stride=tile)[0, 0]
+
+    shifts = range(-dmax, dmax + 1)
+    width = tx * tile
+    ml = pool(gl)
+    vl = (pool(gl * gl) - ml * ml).clamp_min(0)
+    ncc = torch.empty((len(shifts), ty, tx), dtype=gl.dtype, device=gl.device)
+    for k, s in enumerate(shifts):
+        gs = band[:, dmax + s : dmax + s + width]
+        mr = pool(gs)
+        vr = (pool(gs * gs) - mr * mr).clamp_min(0)
+        cov = pool(gl * gs) - ml * mr
+        ncc[k] = cov / torch.sqrt(vl * vr + _EPS)
+    el = pool(gl * gl)
+    er = pool(gr[rows, ox : ox + width] ** 2)
+    return ncc, el, er
+
+
+def _subpixel_peak(ncc: torch.Tensor, dmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The best shift's index (Ty, Tx), its correlation and the disparity (px) refined by a
+    parabola through the cost ``1 - ncc`` at the best shift and its neighbours (offset within
+    +-0.5 px)."""
+    n_s = ncc.shape[0]
+    best = ncc.argmax(dim=0)  # (ty, tx)
+    c0 = ncc.gather(0, best[None])[0]
+    cm = ncc.gather(0, (best - 1).clamp_min(0)[None])[0]
+    cp = ncc.gather(0, (best + 1).clamp_max(n_s - 1)[None])[0]
+    # Parabola through the cost 1 - ncc (same vertex as through ncc).
+    denom = cm - 2 * c0 + cp
+    offset = torch.where(denom < -1e-9, 0.5 * (cm - cp) / denom, torch.zeros_like(denom))
+    offset = offset.clamp(-0.5, 0.5)
+    return best, c0, best.to(ncc.dtype) - dmax + offset
+
+
+def _confidence(ncc: torch.Tensor, best: torch.Tensor, c0: torch.Tensor, el: torch.Tensor, er: torch.Tensor,
+                texture_floor: float) -> torch.Tensor:
+    """Per tile confidence in [0, 1]: texture (gradient energy of both views against
+    ``texture_floor``) x peak height x how distinct the peak is from the second-highest local
+    maximum; 0 where the best shift is at the search limit."""
+    n_s = ncc.shape[0]
+    # Second-highest local maximum over shifts, excluding the best and its neighbours.
+    floor = torch.full_like(ncc[:1], -2.0)
+    pad = torch.cat([floor, ncc, floor], dim=0)
+    is_max = (ncc >= pad[:-2]) & (ncc >= pad[2:])
+    idx = torch.arange(n_s, device=ncc.device)[:, None, None]
+    is_max &= (idx - best[None]).abs() > 1
+    second = torch.where(is_max, ncc, torch.full_like(ncc, -1.0)).amax(dim=0)
+
+    energy = torch.sqrt(el * er)
+    texture = energy / (energy + texture_floor**2)
+    peak = c0.clamp(0, 1)
+    distinct = ((c0 - second) / _DISTINCT_SCALE).clamp(0, 1)
+    conf = texture * peak * distinct
+    at_limit = (best == 0) | (best == n_s - 1)
+    return torch.where(at_limit, torch.zeros_like(conf), conf)

@@ -2,7 +2,7 @@
 (:data:`VIEW_GAIN_MODEL`), its basis images and the gain map of a set of coefficients.
 
 ``edgedp tune`` estimates the coefficients from the captures themselves
-(:func:`edgedp.fit.tune.estimate_view_gain`), a device profile stores them
+(:func:`edgedp.fit.device_tuning.estimate_view_gain`), a device profile stores them
 (:mod:`edgedp.formats.profile`), and the right view times :func:`view_gain_map` matches the left.
 Pure tensor functions, no I/O.
 """

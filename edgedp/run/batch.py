@@ -660,3 +660,51 @@ def summary_rows(records: list[dict]) -> list[str]:
         note = r.get("error") or ("outputs complete (--resume)" if r["status"] == "skipped" else "")
         rows.append(f"{r['name'][:28]:<28} {r['status']:<8} {size:>11} {transfer:<8} {fit:>7} {total:>8} {peak:>9}  {note}")
     return rows
+
+
+def batch_captures(inputs: list[str] | None, out: Path | None) -> tuple[list[Capture], list[str]]:
+    """The captures of a batch and the discovery's warnings (:func:`edgedp.io.discovery.find_captures`
+    of ``inputs``); InputError (one line) without a batch folder ``out`` or without inputs."""
+    from ..io.discovery import find_captures
+
+    if out is None:
+        raise InputError("missing -o/--out: the batch folder to write into")
+    if not inputs:
+        raise InputError("no captures given: name folders of pairs, LEFT,RIGHT pairs or .txt lists")
+    return find_captures(inputs)
+
+
+def finished_captures(out: Path | str) -> int:
+    """Captures of the batch in ``out`` whose last manifest record did not fail (what an
+    interrupted batch completed)."""
+    return sum(r["status"] != "failed" for r in read_manifest(out).values())
+
+
+def grouped_warnings(records: list[dict]) -> list[str]:
+    """The batch's warnings, one line per message: ``name: message`` for one capture, else
+    ``message (name, name, ...)`` with the first five names."""
+    grouped: dict[str, list[str]] = {}
+    for record in records:
+        for message in record.get("warnings") or []:
+            grouped.setdefault(message, []).append(record["name"])
+    lines = []
+    for message, names in grouped.items():
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        lines.append(f"{message} ({shown})" if len(names) > 1 else f"{names[0]}: {message}")
+    return lines
+
+
+def status_counts(records: list[dict]) -> dict[str, int]:
+    """How many records are ``done``, ``failed`` and ``skipped``."""
+    return {s: sum(r["status"] == s for r in records) for s in ("done", "failed", "skipped")}
+
+
+def summary_line(result: BatchResult, config: BatchConfig) -> str:
+    """The last line of a batch: the counts, the wall time, the rate of fitted captures and where
+    the manifest and the gallery are."""
+    counts = status_counts(result.records)
+    fitted = counts["done"]
+    rate = f", {fitted / result.seconds * 60:.2f} captures/min" if fitted and result.seconds > 0 else ""
+    out = Path(config.out)
+    return (f"batch    {counts['done']} done, {counts['failed']} failed, {counts['skipped']} skipped in {result.seconds:.1f} s"
+            f"{rate} ({config.backend}, {config.jobs} job(s)); wrote {out / MANIFEST_NAME}, {out / INDEX_NAME}")

@@ -2,7 +2,7 @@
 
 :func:`tune_from_captures` finds the captures (:func:`edgedp.io.discovery.find_captures`, the
 discovery of fit, tune and batch), reads them with one set of input options, tunes the device
-(:func:`edgedp.fit.tune.tune_device`), makes the profile of it with the input settings it was tuned with
+(:func:`edgedp.fit.device_tuning.tune_device`), makes the profile of it with the input settings it was tuned with
 (:func:`device_profile`) and writes it
 (refusing an existing file unless ``overwrite``, and an unwritable folder before any work).
 """
@@ -54,7 +54,7 @@ def check_profile_target(out: Path, overwrite: bool) -> None:
 
 def device_profile(tuned, read_options=None, kernel_field=None):
     """The :class:`edgedp.formats.profile.DeviceProfile` of a tuned device
-    (:class:`edgedp.fit.tune.TunedDevice`): its fields and the input settings of ``read_options`` (an
+    (:class:`edgedp.fit.device_tuning.TunedDevice`): its fields and the input settings of ``read_options`` (an
     :class:`edgedp.io.images.ReadOptions`; None: the defaults of ``edgedp fit``).  ``kernel_field``
     (given, ``--kernels``): stored as it is, instead of the tuned field and its evidence."""
     from ..formats.profile import DeviceProfile
@@ -96,7 +96,7 @@ def tune_from_captures(
     (:class:`edgedp.physics.kernel_field.KernelField`): stored in the profile as given, instead of
     the field tune estimates from the captures (the G_D fits here use the parametric kernels).
     """
-    from ..fit.tune import tune_device
+    from ..fit.device_tuning import tune_device
     from ..formats.profile import save_profile
     from ..io.discovery import find_captures
     from ..io.images import read_dp_pair

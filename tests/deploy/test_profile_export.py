@@ -460,3 +460,16 @@ def test_runner_instant_with_a_field(field_export, pair, no_torch_env, tmp_path)
     (bad / "export.json").write_text(json.dumps(side))
     proc = run(["instant", bad, folder / "left.png", folder / "right.png", "-o", tmp_path / "o"], no_torch_env)
     assert_runner_error(proc, "instant patch kernels not found")
+
+
+def test_run_export_reads_a_profile_once_and_records_its_path(tmp_path, monkeypatch):
+    import edgedp.deploy.profile_export as profile_export
+    from edgedp.deploy import run_export
+
+    path = save_profile(tiny_profile(), tmp_path / "PHONE.profile")
+    reads = []
+    real = profile_export.load_profile
+    monkeypatch.setattr(profile_export, "load_profile", lambda p: reads.append(p) or real(p))
+    side = run_export(path, tmp_path / "out", "onnx", {"verify": False})
+    assert reads == [path]
+    assert side["profile"]["path"] == str(path.resolve())

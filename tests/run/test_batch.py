@@ -291,3 +291,20 @@ def test_jobs_run_in_parallel_processes_with_the_same_results(tmp_path):
     for name in a:
         assert comparable(a[name]) == comparable(b[name])
         same_outputs(serial / name, parallel / name)
+
+
+def test_the_batch_lines_come_from_the_library(tmp_path):
+    from edgedp.run import BatchConfig, BatchResult, batch_captures, grouped_warnings, status_counts, summary_line
+    from edgedp.errors import InputError
+
+    records = [{"name": n, "status": s, "warnings": w} for n, s, w in
+               (("a", "done", ["8-bit"]), ("b", "failed", ["8-bit", "dark"]), ("c", "skipped", None))]
+    assert grouped_warnings(records) == ["8-bit (a, b)", "b: dark"]
+    assert status_counts(records) == {"done": 1, "failed": 1, "skipped": 1}
+    line = summary_line(BatchResult(records, 30.0), BatchConfig(out=tmp_path, jobs=2))
+    assert line.startswith("batch    1 done, 1 failed, 1 skipped in 30.0 s, 2.00 captures/min (local, 2 job(s)); wrote ")
+    assert line.endswith(f"{tmp_path / MANIFEST_NAME}, {tmp_path / 'index.html'}")
+    with pytest.raises(InputError, match="missing -o/--out"):
+        batch_captures(["x"], None)
+    with pytest.raises(InputError, match="no captures given"):
+        batch_captures([], tmp_path)

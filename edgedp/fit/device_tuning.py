@@ -344,10 +344,56 @@ def tune_device(
     Returns what a device profile holds (:class:`TunedDevice`, with the grid scores, best first;
     empty when not searched).
     """
+    report = progress or (lambda *a: None)
+    caps, shape = tuning_captures(captures, config, paths)
+    # Left/right gain (vignetting) from the captures; corrected before anything else is tuned.
+    gain = estimate_view_gain([c.views for c in caps]) if estimate_gain else None  # None: nothing significant
+    if gain is not None:
+        caps = correct_view_gain(caps, gain, shape)
+    focus = device_focus(config.focus, caps)
+    params, scale, scores = config.butterworth, config.radius_scale, []
+    if search:
+        params, scale, scores = search_kernel_shape(caps, config, focus, grid, report)
+    cfg, radii, dpr = shared_layers(caps, dataclasses.replace(config, butterworth=params, radius_scale=scale, focus=focus))
+    kernels = kernel_pyramid(radii, cfg.kernel_model, params, device=radii.device)
+    plan = plan_fit(shape[0], shape[1], 1, int(radii.numel()), int(kernels.shape[-1]), cfg, TilingConfig(), budget=budget)
+    cfg = dataclasses.replace(cfg, gd_scale=plan.gd_scale, stage2_block=plan.stage2_block)
+    if plan_report is not None:
+        plan_report.update(plan.report())
+    evidence = pooled_field_evidence(caps, radii, dpr, cfg, report) if cfg.kernel_estimation is not None else None
+    state, infos = fit_shared_gd(caps, kernels, radii, cfg, plan, rounds, report)
+    return TunedDevice(
+        device=device_name,
+        height=int(shape[0]),
+        width=int(shape[1]),
+        kernel_model=cfg.kernel_model,
+        butterworth=params,
+        radius_scale=float(scale),
+        layers=int(radii.numel()),
+        gd_width=float(cfg.gd_width),
+        gd_scale=int(cfg.gd_scale),
+        gd_state=state,
+        focus=focus,
+        radii=tuple(float(x) for x in radii.cpu()),
+        captures=tuple(infos),
+        view_gain=gain,
+        asymmetry=None if gain is None else float(math.exp(gain[0])),
+        kernel_field=None if evidence is None else tilted_field(
+            evidence.choose(cfg.kernel_estimation.neighbour_weight), float(radii.abs().max()),
+            model=cfg.kernel_model, params=params, source="tuned"),
+        field_evidence=evidence,
+        scores=tuple(scores),
+    )
 
+
+def tuning_captures(captures: Sequence[tuple[Tensor, Tensor]], config: FitConfig,
+                    paths: Sequence[str | None] | None = None) -> tuple[list[_Capture], tuple[int, int]]:
+    """The checked captures of :func:`tune_device`: each pair's fit-channel views (2, H, W) on
+    ``config.device``, its DP disparity range and Stage 1 ``lam``; and the sensor size (H, W).
+    Raises InputError for no capture, a pair that is not two (C, H, W) of one shape, or captures
+    of different sizes (one device, one sensor)."""
     if not captures:
         raise InputError("tune needs at least one capture")
-    report = progress or (lambda *a: None)
     dev = torch.device(config.device)
     shape = tuple(captures[0][0].shape[-2:])
     caps: list[_Capture] = []
@@ -362,56 +408,72 @@ def tune_device(
         est = estimate_disparity(views[0], views[1])
         lam = config.latent_reg if config.latent_reg is not None else default_latent_reg(views)
         caps.append(_Capture(views, est.low, est.high, est.side, lam, name))
+    return caps, shape
 
-    # Left/right gain (vignetting) from the captures; corrected before anything else is tuned.
-    gain = estimate_view_gain([c.views for c in caps]) if estimate_gain else None  # None: nothing significant
-    if gain is not None:
-        g = view_gain_map(gain, *shape, device=dev)
-        caps = [dataclasses.replace(c, views=torch.stack([c.views[0], c.views[1] * g])) for c in caps]
 
-    # One focus side for the device's G_D (its layer count depends on it).
-    focus = config.focus
+def correct_view_gain(caps: Sequence[_Capture], gain: tuple[float, ...], shape: tuple[int, int]) -> list[_Capture]:
+    """The captures with their right view times the gain map of ``gain``
+    (:func:`edgedp.physics.view_gain.view_gain_map`, coefficients of :func:`estimate_view_gain`)."""
+    g = view_gain_map(gain, *shape, device=caps[0].views.device)
+    return [dataclasses.replace(c, views=torch.stack([c.views[0], c.views[1] * g])) for c in caps]
+
+
+def device_focus(focus: str, caps: Sequence[_Capture]) -> str:
+    """One focus side for the device's G_D (its layer count depends on it): ``focus`` unless
+    ``auto``, then ``both`` when any capture needs it (:func:`edgedp.conventions.focus_for_side`),
+    else ``behind``."""
     if focus == "auto":
         focus = BOTH if any(focus_for_side(c.side) == BOTH for c in caps) else BEHIND
+    return focus
 
-    scores: list[KernelScore] = []
-    params, scale = config.butterworth, config.radius_scale
-    if search:
-        grid = dict(grid or {})
-        scales = grid.pop("radius_scales", RADIUS_SCALES)
-        scores = search_kernels(caps, config, focus, progress=report, **grid)
-        params = scores[0].params
-        scale = estimate_radius_scale(caps, config, params, focus, scales=scales)
-        scores = [dataclasses.replace(k, radius_scale=scale) if k is scores[0] else k for k in scores]
 
-    # Shared radii: the widest capture's range with the tuned kernel model and scale.
-    cfg = dataclasses.replace(config, butterworth=params, radius_scale=scale, focus=focus)
-    dpr = disparity_per_radius(cfg.kernel_model, params) / scale  # disparity per px of radius
-    extents = [_extent(c, focus) for c in caps]
+def search_kernel_shape(caps: Sequence[_Capture], config: FitConfig, focus: str, grid: dict | None,
+                        report: TuneProgress) -> tuple[ButterworthParams, float, list[KernelScore]]:
+    """The searched kernel shape, its radius scale and the grid's scores (best first, the winner
+    with that scale): :func:`search_kernels` then :func:`estimate_radius_scale`; ``grid``: overrides
+    of the search grid as for :func:`tune_device`."""
+    grid = dict(grid or {})
+    scales = grid.pop("radius_scales", RADIUS_SCALES)
+    scores = search_kernels(caps, config, focus, progress=report, **grid)
+    params = scores[0].params
+    scale = estimate_radius_scale(caps, config, params, focus, scales=scales)
+    return params, scale, [dataclasses.replace(k, radius_scale=scale) if k is scores[0] else k for k in scores]
+
+
+def shared_layers(caps: Sequence[_Capture], cfg: FitConfig) -> tuple[FitConfig, Tensor, float]:
+    """Layer radii shared by all captures: the widest capture's range with the config's kernel
+    model and radius scale (``cfg.focus`` decided, not ``auto``; ``cfg.max_radius`` when given).
+    Returns ``(cfg with max_radius and layers, radii (L,) on cfg.device, disparity per px of radius)``."""
+    dpr = disparity_per_radius(cfg.kernel_model, cfg.butterworth) / cfg.radius_scale  # disparity per px of radius
+    extents = [_extent(c, cfg.focus) for c in caps]
     finite = [e for e in extents if math.isfinite(e)]
     radius = min(max(math.ceil(max(finite) / dpr), 2), 40) if finite else 8.0
-    radius = float(config.max_radius) if config.max_radius is not None else float(radius)
+    radius = float(cfg.max_radius) if cfg.max_radius is not None else float(radius)
     # cfg.focus is decided (not auto), so layer_radii does not look at the side.
     _, radii = layer_radii(dataclasses.replace(cfg, max_radius=radius), 0.0, 0.0, UNKNOWN)
-    radii = radii.to(dev)
-    layers = int(radii.numel())
-    cfg = dataclasses.replace(cfg, max_radius=radius, layers=layers)
-    kernels = kernel_pyramid(radii, cfg.kernel_model, params, device=dev)
-    plan = plan_fit(shape[0], shape[1], 1, layers, int(kernels.shape[-1]), cfg, TilingConfig(), budget=budget)
-    cfg = dataclasses.replace(cfg, gd_scale=plan.gd_scale, stage2_block=plan.stage2_block)
-    if plan_report is not None:
-        plan_report.update(plan.report())
+    radii = radii.to(torch.device(cfg.device))
+    return dataclasses.replace(cfg, max_radius=radius, layers=int(radii.numel())), radii, dpr
 
+
+def pooled_field_evidence(caps: Sequence[_Capture], radii: Tensor, dpr: float, cfg: FitConfig, report: TuneProgress):
+    """The device's kernel-field evidence (:class:`edgedp.fit.kernel_estimation.FieldEvidence`): each
+    capture's cross-convolution evidence, normalised so each capture weighs the same, pooled; a
+    capture with little texture in a cell then follows the device (edgedp.fit.kernel_estimation)."""
     evidence = None
-    if cfg.kernel_estimation is not None:
-        # The device's kernel field: each capture's cross-convolution evidence (normalised, so each
-        # capture weighs the same), pooled; a capture with little texture in a cell then follows
-        # the device (edgedp.fit.kernel_estimation).
-        for n, cap in enumerate(caps):
-            tick = lambda i, t, n=n: report(f"tune kernel field {n + 1}/{len(caps)}", i, t, None)  # noqa: E731
-            ev = field_evidence(cap.views, radii, dpr, cfg.kernel_estimation, model=cfg.kernel_model, params=params, progress=tick)
-            evidence = ev.normalised() if evidence is None else evidence.combined(ev.normalised())
+    for n, cap in enumerate(caps):
+        tick = lambda i, t, n=n: report(f"tune kernel field {n + 1}/{len(caps)}", i, t, None)  # noqa: E731
+        ev = field_evidence(cap.views, radii, dpr, cfg.kernel_estimation, model=cfg.kernel_model, params=cfg.butterworth, progress=tick)
+        evidence = ev.normalised() if evidence is None else evidence.combined(ev.normalised())
+    return evidence
 
+
+def fit_shared_gd(caps: Sequence[_Capture], kernels: Tensor, radii: Tensor, cfg: FitConfig, plan, rounds: int,
+                  report: TuneProgress) -> tuple[dict[str, Tensor], list[CaptureInfo]]:
+    """One G_D fitted on all captures in turn (``rounds`` passes, each capture's Stage 2 warm-started
+    from the previous), whole frame or, when ``plan`` (:class:`edgedp.fit.tiling.TilePlan`) is tiled,
+    with Stage 1 and the Gram matrices tile by tile.  Returns ``(G_D's state dict on the CPU, one
+    CaptureInfo per capture of the last round)``."""
+    height, width = (int(s) for s in caps[0].views.shape[-2:])
     state: dict[str, Tensor] | None = None
     infos: list[CaptureInfo] = []
     for r in range(max(1, rounds)):
@@ -429,28 +491,7 @@ def tune_device(
                 latent = solve_latent_map(cap.views, kernels, cap.lam)
                 net, _, _, losses = fit_defocus_map(cap.views, latent, kernels, radii, cfg, gd_init=state, progress=tick)
             state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            infos.append(CaptureInfo(cap.path, shape[0], shape[1], float(cap.low), float(cap.high),
+            infos.append(CaptureInfo(cap.path, height, width, float(cap.low), float(cap.high),
                                      time.perf_counter() - t0, losses[-1] if losses else None))
     assert state is not None
-    return TunedDevice(
-        device=device_name,
-        height=int(shape[0]),
-        width=int(shape[1]),
-        kernel_model=cfg.kernel_model,
-        butterworth=params,
-        radius_scale=float(scale),
-        layers=layers,
-        gd_width=float(cfg.gd_width),
-        gd_scale=int(cfg.gd_scale),
-        gd_state=state,
-        focus=focus,
-        radii=tuple(float(x) for x in radii.cpu()),
-        captures=tuple(infos),
-        view_gain=gain,
-        asymmetry=None if gain is None else float(math.exp(gain[0])),
-        kernel_field=None if evidence is None else tilted_field(
-            evidence.choose(cfg.kernel_estimation.neighbour_weight), float(radii.abs().max()),
-            model=cfg.kernel_model, params=params, source="tuned"),
-        field_evidence=evidence,
-        scores=tuple(scores),
-    )
+    return state, infos

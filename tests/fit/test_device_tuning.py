@@ -1,4 +1,4 @@
-"""Tests for edgedp.fit.tune.  STATUS: kernel recovery (reduced grid fast, full grid slow), profile
+"""Tests for edgedp.fit.device_tuning.  STATUS: kernel recovery (reduced grid fast, full grid slow), profile
 output + warm start, input errors, `edgedp tune` CLI (+ `fit --profile` on its output).
 
 Tolerances (synthetic device: Butterworth order 9, cutoff 2.5, beta 0.5, 3 scenes 161x225,
