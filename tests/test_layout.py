@@ -127,7 +127,7 @@ def test_the_readme_api_imports():
 
     assert (ExportConfig, fit_scene, save_bundle, write_png16) == (new_config, new_fit_scene, new_save_bundle, new_write_png16)
     assert all(callable(f) for f in (load_bundle, export_scene, read_dp_pair, write_npy, prepare_output_dir))
-    assert FitConfig().stage2_iterations == 100 and ReadOptions().transfer == "auto"
+    assert FitConfig().stage2_iterations == 60 and ReadOptions().transfer == "auto"
 
 
 @pytest.mark.parametrize("old", ["edgedp.bundle", "edgedp.latent", "edgedp.onnx_tools", "edgedp.tensorrt", "edgedp.capture"])

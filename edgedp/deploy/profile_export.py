@@ -91,11 +91,12 @@ INSTANT_DEFAULTS: dict[str, Any] = {
 
 
 def instant_settings(with_field: bool) -> dict[str, Any]:
-    """:data:`INSTANT_DEFAULTS`, with the fit's rule for the TV step: off with a kernel field
-    with ``DeconvolutionConfig.with_field`` off (:class:`edgedp.fit.deconvolution.DeconvolutionConfig`)."""
+    """:data:`INSTANT_DEFAULTS`, with the fit's rule for the TV step: with a kernel field
+    ``DeconvolutionConfig.field_iterations`` steps (:class:`edgedp.fit.deconvolution.DeconvolutionConfig`)."""
     settings = {key: dict(value) if isinstance(value, dict) else value for key, value in INSTANT_DEFAULTS.items()}
-    if with_field and not FitConfig().deconvolution.with_field:
-        settings["deconvolution"]["iterations"] = 0
+    field_iterations = FitConfig().deconvolution.field_iterations
+    if with_field and field_iterations is not None:
+        settings["deconvolution"]["iterations"] = field_iterations
     return settings
 
 

@@ -92,7 +92,7 @@ class FitConfig:
     gd_scale: int = 2
     stage2_block: int = STAGE2_BLOCK
     gd_width: float = 0.5
-    stage2_iterations: int = 100  # the default preset (edgedp.fit.options.presets)
+    stage2_iterations: int = 60  # the default preset (edgedp.fit.options.presets)
     stage3_iterations: int = 0
     lr: float = 2e-3
     gd_train: Literal["all", "head"] = "all"

@@ -60,8 +60,8 @@ class DeconvolutionConfig:
 
     Attributes:
         iterations: half-quadratic splitting steps (0: the Stage 1 composite as it is).  Measured on
-            the Pixel 4 dev scenes, 6 steps remove the streaks; each costs one Stage 1 solve of
-            the layers in use.
+            the Pixel 4 dev scenes with the parametric pair, 6 steps remove the streaks; each
+            costs one Stage 1 solve of the layers in use.
         tv_weight: weight of the isotropic TV; ``None``: :func:`default_tv_weight` of the views
             and Stage 1's ``lam``.
         beta_start: first splitting weight, relative to ``lam`` (the splitting starts weaker than
@@ -69,12 +69,14 @@ class DeconvolutionConfig:
         beta_growth: factor of the splitting weight per step.
         min_layer_weight: layers whose weight stays below this everywhere keep their Stage 1
             solution (their share of the image is at most this).
-        with_field: also run the steps when the fit uses a kernel field (estimated or given).
-            On by default: with the capture's own field the flat-region streaks are much weaker
-            (Pixel 4 001: streak energy 1.07x the input's before the step, against 1.49x with the
-            parametric pair) but still visible on a stretched crop of the table, and the step
-            removes them (1.03x) for -0.09 dB (001) / -0.02 dB (004) and a patchwise solve per
-            step (README "Restoration quality").  Off trades that for speed.
+        field_iterations: the steps when the fit uses a kernel field (estimated or given) instead
+            of ``iterations`` (None: ``iterations``; 0: no TV step with a field).  With the
+            capture's own field the latents carry far weaker flat-region streaks (Pixel 4 001:
+            streak energy 1.07x the input's before the step, against 1.49x with the parametric
+            pair), so the splitting need not run as far: measured on the four dev scenes
+            (README "Kernel field: cost"), 3 steps keep the streaks at 0.90-1.13x the input's
+            (6 steps: 0.85-1.09x), leave fewer beads (0.77-1.19x against 0.80-1.42x) and score
+            +0.02 to +0.10 dB more, each step being a patchwise solve.
     """
 
     iterations: int = 6
@@ -82,11 +84,11 @@ class DeconvolutionConfig:
     beta_start: float = 0.25
     beta_growth: float = 2.0
     min_layer_weight: float = 1e-3
-    with_field: bool = True
+    field_iterations: int | None = 3
 
     def __post_init__(self) -> None:
-        if self.iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        if self.iterations < 0 or (self.field_iterations is not None and self.field_iterations < 0):
+            raise ValueError(f"iterations must be >= 0, got {self.iterations} / field_iterations {self.field_iterations}")
         if self.tv_weight is not None and not self.tv_weight >= 0:
             raise ValueError(f"tv_weight must be >= 0, got {self.tv_weight}")
         if not (self.beta_start > 0 and self.beta_growth >= 1):

@@ -156,11 +156,11 @@ def with_latent_reg(config: FitConfig, views: Tensor) -> FitConfig:
 def with_tv_weight(config: FitConfig, views: Tensor, *, with_field: bool = False) -> FitConfig:
     """``config`` with the final deconvolution's TV weight filled in from ``views`` and the
     filled-in ``latent_reg`` (:func:`edgedp.fit.deconvolution.default_tv_weight`) unless given;
-    ``with_field`` (a fit with a kernel field): no deconvolution iterations unless
-    ``deconvolution.with_field`` (the TV step traded for speed)."""
+    ``with_field`` (a fit with a kernel field): ``deconvolution.field_iterations`` steps, where
+    given, instead of ``iterations``."""
     deconv = config.deconvolution
-    if with_field and not deconv.with_field:
-        deconv = dataclasses.replace(deconv, iterations=0)
+    if with_field and deconv.field_iterations is not None:
+        deconv = dataclasses.replace(deconv, iterations=deconv.field_iterations)
         config = dataclasses.replace(config, deconvolution=deconv)
     if deconv.tv_weight is None:
         deconv = dataclasses.replace(deconv, tv_weight=default_tv_weight(views, config.latent_reg))

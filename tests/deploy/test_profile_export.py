@@ -397,8 +397,8 @@ def test_export_profile_with_a_field_writes_patch_kernels(field_export, tmp_path
     pk = np.load(out / "patch_kernels.npy")
     k = side["kernel_size"]
     assert inst["patch_kernels"] == "patch_kernels.npy" and inst["patch_grid"] == [2, 3] and inst["pad"] == k // 2 + 8
-    # The fit's rule for the TV step with a kernel field (DeconvolutionConfig.with_field, on by default).
-    assert inst["deconvolution"]["iterations"] == 6
+    # The fit's rule for the TV step with a kernel field (DeconvolutionConfig.field_iterations).
+    assert inst["deconvolution"]["iterations"] == 3
     assert pk.dtype == np.float32 and pk.shape == (2, 3, 2, LAYERS, k, k) and k >= 11
     # what edgedp fit --profile uses: the field's layer kernels at the fit's disparity per radius
     profile = load_profile(path)

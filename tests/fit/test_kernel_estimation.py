@@ -122,21 +122,23 @@ def test_estimation_config_refuses_bad_values(bad):
         FieldEstimationConfig(**bad)
 
 
-def test_tv_step_with_a_field_follows_with_field(tilted_scene):
-    """DeconvolutionConfig.with_field: a fit with a field runs the TV step by default and skips it
-    when ``with_field=False`` (recording 0 iterations); without a field it always runs."""
+def test_tv_step_with_a_field_follows_field_iterations(tilted_scene):
+    """DeconvolutionConfig.field_iterations: a fit with a field runs that many TV steps (3 by
+    default) and none with ``field_iterations=0`` (recording 0 iterations); without a field it
+    runs ``iterations`` (6)."""
     from edgedp.fit import DeconvolutionConfig
 
     views = tilted_scene["views"]
     base = FitConfig(max_radius=float(RADIUS), stage2_iterations=2, patches=(2, 3))
     field_cfg = dataclasses.replace(base, kernel_estimation=FieldEstimationConfig(grid=(2, 3), scale=1, tilts_y=(0.0,)))
     asked = fit_scene(views[0:1], views[1:2], field_cfg)
-    skipped = fit_scene(views[0:1], views[1:2], dataclasses.replace(field_cfg, deconvolution=DeconvolutionConfig(with_field=False)))
+    skipped = fit_scene(views[0:1], views[1:2], dataclasses.replace(field_cfg, deconvolution=DeconvolutionConfig(field_iterations=0)))
     plain = fit_scene(views[0:1], views[1:2], dataclasses.replace(base, kernel_estimation=None))
     names = [[s.name for s in r.stages] for r in (skipped, asked, plain)]
     assert "stage 4 deconvolution" not in names[0] and skipped.config.deconvolution.iterations == 0
-    assert "stage 4 deconvolution" in names[1] and asked.config.deconvolution.iterations == 6
+    assert "stage 4 deconvolution" in names[1] and asked.config.deconvolution.iterations == 3
     assert "stage 4 deconvolution" in names[2] and plain.kernel_field is None
+    assert plain.config.deconvolution.iterations == 6 and plain.stages[-1].iterations == 6
     # Without the step the output is Stage 1's composite with the fitted weights.
     from edgedp.fit import PatchLatentSolver
 

@@ -28,16 +28,16 @@ from edgedp_runtime.instant import view_gain_applies
 def test_fit_config_defaults_are_the_default_preset():
     assert FitConfig() == presets()["default"]
     assert fit_config_from_options() == FitConfig()
-    assert FitConfig().stage2_iterations == 100 and FitConfig().stage3_iterations == 0
+    assert FitConfig().stage2_iterations == 60 and FitConfig().stage3_iterations == 0
 
 
 def test_presets_and_warm_steps():
     table = presets()
     assert {k: (c.stage2_iterations, c.stage3_iterations) for k, c in table.items()} == {
-        "fast": (60, 0), "default": (100, 0), "best": (150, 60)}
+        "fast": (20, 0), "default": (60, 0), "best": (150, 60)}
     # presets differ from FitConfig() in their step counts only
     for config in table.values():
-        assert dataclasses.replace(config, stage2_iterations=100, stage3_iterations=0) == FitConfig()
+        assert dataclasses.replace(config, stage2_iterations=60, stage3_iterations=0) == FitConfig()
     assert {p: warm_iterations(p) for p in table} == WARM_STAGE2_ITERATIONS == {"fast": 3, "default": 5, "best": 10}
     with pytest.raises(InputError, match="unknown --preset 'huge'"):
         preset_config("huge")
