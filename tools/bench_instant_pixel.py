@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("out/bench_instant_pixel"))
     p.add_argument("--crop", default="1008x1344")
     p.add_argument("--repeat", type=int, default=3, help="instant calls per prediction (the minimum after the first is its time)")
-    p.add_argument("--tune-preset", default="fast", choices=("fast", "default", "best"))
+    p.add_argument("--tune-preset", default="default", choices=("fast", "default", "best"), help="preset of the G_D fits in tune (as edgedp tune's default)")
     p.add_argument("--edgedp", type=Path, default=Path(sys.executable).with_name("edgedp"))
     p.add_argument("--reuse-profile", action="store_true", help="skip tune where OUT/PHONE.profile exists")
     p.add_argument("--quiet", action="store_true")

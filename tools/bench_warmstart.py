@@ -139,7 +139,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, required=True, help="Pixel 4 data folder (NNN_left/right.png, gt_all_in_focus/)")
     p.add_argument("--scenes", default="", help="left-out scenes, comma-separated (default: all); tuning always uses all others")
     p.add_argument("--preset", default="default", choices=("fast", "default", "best"), help="preset of the cold and warm fits")
-    p.add_argument("--tune-preset", default="fast", choices=("fast", "default", "best"), help="preset of the G_D fits in tune")
+    p.add_argument("--tune-preset", default="default", choices=("fast", "default", "best"), help="preset of the G_D fits in tune")
     p.add_argument("--crop", default="1008x1344", help="centred crop HxW (the protocol's)")
     p.add_argument("--out", type=Path, default=Path("out") / "bench_warmstart", help="output folder")
     p.add_argument("--edgedp", type=Path, default=Path(sys.executable).with_name("edgedp"), help="edgedp executable")

@@ -24,7 +24,9 @@ def tune(
     ],
     out: Annotated[Path, typer.Option("-o", "--out", help="Profile file to write (e.g. PHONE.profile).", show_default=False)],
     name: Annotated[str, typer.Option("--name", help="Device name stored in the profile.")] = "device",
-    preset: Annotated[PresetChoice, typer.Option(help="Speed/quality preset for the G_D fits.")] = PresetChoice.fast,
+    preset: Annotated[PresetChoice, typer.Option(
+        help="Speed/quality preset for the G_D fits (default: 60 Stage 2 steps per capture, the step count the "
+             "warm-start benchmark was measured with).")] = PresetChoice.default,
     iterations: Annotated[Optional[str], typer.Option(help="Stage 2 steps per capture (S2). Default: the preset's.")] = None,
     focus: Annotated[Optional[FitFocusChoice], typer.Option(help="auto (default), behind or both (front: old name of behind).",
                                                             show_default=False)] = None,
