@@ -76,7 +76,7 @@ class DeconvolutionConfig:
             pair), so the splitting need not run as far: measured on the four dev scenes
             (README "Kernel field: cost"), 3 steps keep the streaks at 0.90-1.13x the input's
             (6 steps: 0.85-1.09x), leave fewer beads (0.77-1.19x against 0.80-1.42x) and score
-            +0.02 to +0.10 dB more, each step being a patchwise solve.
+            +0.02 to +0.13 dB more, each step being a patchwise solve.
     """
 
     iterations: int = 6
