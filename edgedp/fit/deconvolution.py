@@ -74,8 +74,8 @@ class DeconvolutionConfig:
             capture's own field the latents carry far weaker flat-region streaks (Pixel 4 001:
             streak energy 1.07x the input's before the step, against 1.49x with the parametric
             pair), so the splitting need not run as far: measured on the four dev scenes
-            (README "Kernel field: cost"), 3 steps keep the streaks at 0.90-1.13x the input's
-            (6 steps: 0.85-1.09x), leave fewer beads (0.77-1.19x against 0.80-1.42x) and score
+            (README "Kernel field: cost"), 3 steps keep the streaks at 0.88-1.05x the input's
+            (6 steps: 0.85-1.09x), leave fewer beads (0.78-1.20x against 0.80-1.42x) and score
             +0.02 to +0.13 dB more, each step being a patchwise solve.
     """
 
