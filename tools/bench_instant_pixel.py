@@ -50,13 +50,6 @@ def call_seconds(log: Path) -> float:
     return float(match["one"] or match["min"]) / 1000
 
 
-def run(name: str, command: list[str], out: Path, quiet: bool) -> runs.FitRun:
-    result = runs.run_fit(command, out / "logs" / f"{name}.log", quiet=quiet)
-    if result.returncode != 0:
-        raise runs.FitFailed(f"{name} exited with status {result.returncode}", runs.log_tail(result.log))
-    return result
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True)
@@ -73,9 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         crop = parse_size(args.crop, what="--crop")
         selected = [s.strip() for s in args.scenes.split(",") if s.strip()]
         scenes = pixel4.discover_scenes(args.data, selected or None)
-        options = pixel4.read_options(args.data, crop)
-        gts = {s.name: pixel4.read_gt(s, crop) for s in scenes}
-        inputs = {s.name: evaluate(pixel4.input_baseline(s, options), gts[s.name], max_shift=pixel4.MAX_SHIFT) for s in scenes}
+        gts, inputs = pixel4.scene_references(scenes, args.data, crop)
     except EdgedpError as err:
         runs.say(f"error: {err}")
         return runs.EXIT_USAGE
@@ -85,12 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not (args.reuse_profile and profile.is_file()):
             runs.say(f"tune on {', '.join(s.name for s in scenes)}")
-            tuned = run("tune", [str(args.edgedp), "tune", *[f"{s.left},{s.right}" for s in scenes], "-o", str(profile),
+            tuned = runs.run_step("tune", [str(args.edgedp), "tune", *[f"{s.left},{s.right}" for s in scenes], "-o", str(profile),
                                  "--name", "pixel4-dev", "--preset", args.tune_preset, *protocol, "--overwrite"], args.out, args.quiet)
             runs.say(f"  tune: {tuned.wall_s:.0f} s")
         for kind, flags in EXPORTS.items():
             folder = args.out / f"export-{kind.replace(' ', '-')}"
-            run(f"export-{kind}", [str(args.edgedp), "export", str(profile), "-o", str(folder), *flags, "--overwrite"], args.out, args.quiet)
+            runs.run_step(f"export-{kind}", [str(args.edgedp), "export", str(profile), "-o", str(folder), *flags, "--overwrite"], args.out, args.quiet)
         for scene in scenes:
             row = {"scene": scene.name, "input": inputs[scene.name].registered.psnr}
             for kind in EXPORTS:
@@ -98,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = args.out / scene.name / tag
                 (result / "allinfocus.png").unlink(missing_ok=True)
                 log_name = f"{scene.name}-{tag}"
-                run(log_name, [sys.executable, "-m", "edgedp_runtime", "instant", str(args.out / f"export-{tag}"),
+                runs.run_step(log_name, [sys.executable, "-m", "edgedp_runtime", "instant", str(args.out / f"export-{tag}"),
                                str(scene.left), str(scene.right), *protocol, "-o", str(result), "--provider", "cpu",
                                "--repeat", str(args.repeat), "--overwrite"], args.out, args.quiet)
                 scores = evaluate(pixel4.read_output(result / "allinfocus.png", gts[scene.name].shape), gts[scene.name],

@@ -35,7 +35,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import shlex
 import signal
 import sys
 from dataclasses import dataclass
@@ -85,14 +84,6 @@ def commands(edgedp: Path, scene: pixel4.Scene, others: Sequence[pixel4.Scene], 
         "instant": [sys.executable, "-m", "edgedp_runtime", "instant", str(out / "export"), *pair,
                     *inputs, "-o", str(out / "instant"), "--provider", "cpu", "--overwrite"],
     }  # fmt: skip
-
-
-def run_step(name: str, command: list[str], out: Path, quiet: bool) -> runs.FitRun:
-    runs.say(f"  {name}: {shlex.join(command)}")
-    run = runs.run_fit(command, out / "logs" / f"{name}.log", quiet=quiet)
-    if run.returncode != 0:
-        raise runs.FitFailed(f"{name} exited with status {run.returncode}", runs.log_tail(run.log))
-    return run
 
 
 def _cell(value: float, digits: int = 3) -> str:
@@ -158,9 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         left_out = pixel4.discover_scenes(args.data, selected) if selected else every
         if len(every) < 2:
             raise EdgedpError(f"{args.data}: leave-one-out needs at least 2 scenes")
-        options = pixel4.read_options(args.data, crop)
-        gts = {s.name: pixel4.read_gt(s, crop) for s in left_out}
-        inputs = {s.name: evaluate(pixel4.input_baseline(s, options), gts[s.name], max_shift=pixel4.MAX_SHIFT) for s in left_out}
+        gts, inputs = pixel4.scene_references(left_out, args.data, crop)
     except EdgedpError as err:
         runs.say(f"error: {err}")
         return runs.EXIT_USAGE
@@ -180,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 image = {"cold": out / "cold", "warm": out / "warm", "instant": out / "instant"}.get(step)
                 if image is not None:  # a stale result must not pass for this run's
                     (image / "allinfocus.png").unlink(missing_ok=True)
-                run = run_step(step, cmds[step], out, args.quiet)
+                run = runs.run_step(step, cmds[step], out, args.quiet)
                 scores = None
                 if image is not None:
                     output = pixel4.read_output(image / "allinfocus.png", gts[scene.name].shape)

@@ -25,13 +25,14 @@ from torch import Tensor
 from ..errors import EdgedpError, InputError
 from ..io.cameras import camera_preset
 from ..io.images import ReadOptions, read_dp_pair, read_normalized
-from ..metrics import ProtocolScores, Scores
+from ..metrics import ProtocolScores, Scores, evaluate
 from .runs import FitFailed, FitRun
 
 __all__ = [
     "BLACK_LEVEL", "DEFAULT_CROP", "MAX_SHIFT", "PRESETS", "WHITE_LEVEL",
     "Scene", "SceneResult", "Summary", "difference", "discover_scenes", "fit_command", "flat_field_frames",
-    "input_baseline", "mean_scores", "single_channel", "read_gt", "read_options", "read_output", "summarize",
+    "input_args", "input_baseline", "mean_scores", "single_channel", "read_gt", "read_options", "read_output",
+    "scene_references", "summarize",
 ]
 
 #: Pixel 4 protocol step 1 (data README): the ``pixel4`` camera preset's levels.
@@ -127,6 +128,17 @@ def read_gt(scene: Scene, crop: tuple[int, int]) -> np.ndarray:
             f"{crop[0]}x{crop[1]} (HxW)"
         )
     return gt
+
+
+def scene_references(
+    scenes: Sequence[Scene], data: Path, crop: tuple[int, int]
+) -> tuple[dict[str, np.ndarray], dict[str, ProtocolScores]]:
+    """Per scene name: the ground truth (:func:`read_gt`) and the input baseline's protocol scores
+    against it (:func:`input_baseline`, :func:`edgedp.metrics.evaluate` with :data:`MAX_SHIFT`)."""
+    options = read_options(data, crop)
+    gts = {s.name: read_gt(s, crop) for s in scenes}
+    inputs = {s.name: evaluate(input_baseline(s, options), gts[s.name], max_shift=MAX_SHIFT) for s in scenes}
+    return gts, inputs
 
 
 def input_baseline(scene: Scene, options: ReadOptions) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import BinaryIO
 
 __all__ = [
     "EXIT_FIT_FAILED", "EXIT_OK", "EXIT_TARGETS", "EXIT_USAGE", "GIB", "TAIL_LINES",
-    "FitFailed", "FitRun", "exit_on_sigterm", "log_tail", "run_fit", "say",
+    "FitFailed", "FitRun", "exit_on_sigterm", "log_tail", "run_fit", "run_step", "say",
 ]
 
 GIB = 1024**3
@@ -144,6 +145,16 @@ def run_fit(command: list[str], log_path: Path, *, quiet: bool = False) -> FitRu
         peak_rss_bytes=int(usage["maxrss_kib"]) * 1024,
         log=log_path,
     )
+
+
+def run_step(name: str, command: list[str], out: Path, quiet: bool) -> FitRun:
+    """One named step of a benchmark: say its command, run it (:func:`run_fit`, log at
+    ``out/logs/NAME.log``) and raise :class:`FitFailed` with the log's tail unless it exits 0."""
+    say(f"  {name}: {shlex.join(command)}")
+    run = run_fit(command, out / "logs" / f"{name}.log", quiet=quiet)
+    if run.returncode != 0:
+        raise FitFailed(f"{name} exited with status {run.returncode}", log_tail(run.log))
+    return run
 
 
 def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
