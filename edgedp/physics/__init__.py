@@ -9,7 +9,7 @@ from .. import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "kernels": ("ButterworthParams", "KernelModel", "dp_kernel_pair", "tilted_kernel_pair", "kernel_pyramid", "resize_kernel", "behind_radii", "both_radii", "kernel_centroid", "kernel_disparity", "swap_focus_side", "mirror_kernel",),
     "kernel_field": ("KernelField", "recentre_pair", "field_layer_kernels", "uniform_field", "spread_ratio", "horizontal_std",),
-    "blur": ("CPU_CHUNK_BYTES", "KernelSpectrum", "blur_stack", "blur_stack_direct", "blur_stack_fft", "blur_stack_patchwise", "fast_size", "composite", "kernel_spectrum", "over_weights", "patch_blend_weights", "render_dual_pixel", "render_dual_pixel_patchwise", "support_spans", "tent_weights",),
+    "blur": ("CPU_CHUNK_BYTES", "KernelSpectrum", "complex_dtype", "blur_stack", "blur_stack_direct", "blur_stack_fft", "blur_stack_patchwise", "fast_size", "composite", "kernel_spectrum", "over_weights", "patch_blend_weights", "render_dual_pixel", "render_dual_pixel_patchwise", "support_spans", "tent_weights",),
     "fourier": ("LatentSolver", "centred_kernel_spectrum", "gradient_operator_spectra", "gradient_spectrum",),
     "noise": ("default_latent_reg", "estimate_noise_sigma",),
     "operators": ("OPERATORS", "DualPixelRender", "FiniteDifference", "LayerBlur", "LinearOperator", "PatchwiseBlur", "register_operator",),

@@ -76,6 +76,7 @@ from edgedp_runtime.instant import fast_size
 __all__ = [
     "CPU_CHUNK_BYTES",
     "KernelSpectrum",
+    "complex_dtype",
     "blur_stack",
     "blur_stack_direct",
     "blur_stack_fft",
@@ -133,7 +134,8 @@ def _check_same_shape(latent: Tensor, weights: Tensor) -> None:
         raise ValueError(f"weights {tuple(weights.shape)} must match latent {tuple(latent.shape)}")
 
 
-def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
+def complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype of a real one's spectra: complex128 for float64, else complex64."""
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
@@ -342,7 +344,7 @@ def _uniform_blocks(
             raise ValueError(
                 f"kernel spectrum was built for images {spec.image_shape}, got {(h, w)}"
             )
-        want = _complex_dtype(stack.dtype)
+        want = complex_dtype(stack.dtype)
         if spec.values.dtype != want or spec.values.device != stack.device:
             raise ValueError(
                 f"kernel spectrum is {spec.values.dtype} on {spec.values.device}, the stack needs "

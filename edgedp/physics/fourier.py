@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .blur import fast_size
+from .blur import complex_dtype, fast_size
 
 __all__ = ["LatentSolver", "centred_kernel_spectrum", "gradient_operator_spectra", "gradient_spectrum"]
 
@@ -45,10 +45,10 @@ def centred_kernel_spectrum(kernels: Tensor, shape: tuple[int, int]) -> Tensor:
     taps = torch.arange(k, device=kernels.device, dtype=torch.float64) - k // 2
     fy = torch.fft.fftfreq(hp, device=kernels.device, dtype=torch.float64)
     fx = torch.fft.rfftfreq(wp, device=kernels.device, dtype=torch.float64)
-    complex_dtype = (kernels.new_zeros(()) * 1j).dtype
+    spectral = complex_dtype(kernels.dtype)
     e_h = torch.polar(torch.ones((), dtype=torch.float64, device=kernels.device), -2 * math.pi * fy[:, None] * taps[None, :])
     e_w = torch.polar(torch.ones((), dtype=torch.float64, device=kernels.device), -2 * math.pi * taps[:, None] * fx[None, :])
-    return e_h.to(complex_dtype) @ (kernels.to(complex_dtype) @ e_w.to(complex_dtype))
+    return e_h.to(spectral) @ (kernels.to(spectral) @ e_w.to(spectral))
 
 
 def gradient_operator_spectra(padded_shape: tuple[int, int], *, device=None, dtype=torch.float32) -> tuple[Tensor, Tensor]:
