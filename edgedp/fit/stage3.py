@@ -89,11 +89,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from edgedp_runtime.instant import patch_windows
+
 from ..conventions import BEHIND, IN_FRONT
 from ..physics.kernels import resize_kernel
 from ..physics.fourier import LatentSolver, centred_kernel_spectrum, gradient_operator_spectra, gradient_spectrum
 from ..physics.noise import default_latent_reg
-from ..physics.blur import fast_size, patch_blend_weights, render_dual_pixel_patchwise, support_spans
+from ..physics.blur import patch_blend_weights, render_dual_pixel_patchwise
 from ..models.kernel_generators import KernelGenerators
 
 
@@ -313,44 +315,39 @@ class PatchLatentSolver:
         band = k  # support radius of K^T K (2 (K // 2)) + 1 for the gradient prior
         pad = k // 2 + 8
         blend = patch_blend_weights((h, w), (pr, pc), device=views.device, dtype=views.dtype)
-        rows = support_spans(blend[:, 0, :, 0])
-        cols = support_spans(blend[0, :, 0, :])
         out = views.new_zeros(len(index), h, w)
         grids: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}  # per padded shape: |G|^2, Gx, Gy
-        for i, (r0, r1) in enumerate(rows):
-            for j, (c0, c1) in enumerate(cols):
-                a0, a1 = max(0, r0 - m), min(h, r1 + m)
-                b0, b1 = max(0, c0 - m), min(w, c1 + m)
-                hw, ww = a1 - a0, b1 - b0
-                hp, wp = fast_size(hw + 2 * pad), fast_size(ww + 2 * pad, even=True)
-                if (hp, wp) not in grids:
-                    g2 = gradient_spectrum((hp, wp), device=views.device, dtype=views.dtype)
-                    grids[hp, wp] = (g2, *gradient_operator_spectra((hp, wp), device=views.device, dtype=views.dtype))
-                g2, gx, gy = grids[hp, wp]
-                lrtb = (pad, wp - ww - pad, pad, hp - hw - pad)
-                yf = torch.fft.rfft2(F.pad(views[None, :, a0:a1, b0:b1], lrtb, mode="replicate")[0])
-                xg = F.pad(base[None, :, a0:a1, b0:b1], lrtb, mode="replicate")[0]
-                kf = centred_kernel_spectrum(patch_kernels[i, j][:, index], (hp, wp))  # (2, l, Hp, Wf)
-                # |F_L|^2 + |F_R|^2 + weight |G|^2 (real and imaginary parts: no complex abs)
-                den = (kf.real.square() + kf.imag.square()).sum(0).add_(g2, alpha=weight)
-                rhs = torch.fft.rfft2(xg).mul_(den).neg_()
-                rhs += kf[0].conj() * yf[0]
-                rhs += kf[1].conj() * yf[1]
-                del kf
-                if use_target:
-                    zf = torch.fft.rfft2(F.pad(target[None, :, a0:a1, b0:b1], lrtb)[0])
-                    rhs += target_weight * (gx.conj() * zf[0] + gy.conj() * zf[1])
-                resid = torch.fft.irfft2(rhs, s=(hp, wp))
-                # Keep the residual where the window's data decide it: at least ``band`` px inside
-                # the window (the replicated margins of y and x_0 are not a solution pair).
-                resid[:, : pad + band] = 0
-                resid[:, pad + hw - band :] = 0
-                resid[:, :, : pad + band] = 0
-                resid[:, :, pad + ww - band :] = 0
-                d = torch.fft.irfft2(torch.fft.rfft2(resid).div_(den), s=(hp, wp))
-                x = xg[:, pad + r0 - a0 : pad + r1 - a0, pad + c0 - b0 : pad + c1 - b0]
-                x = x + d[:, pad + r0 - a0 : pad + r1 - a0, pad + c0 - b0 : pad + c1 - b0]
-                out[:, r0:r1, c0:c1] += x * blend[i, j, r0:r1, c0:c1]
+        for cell in patch_windows(h, w, (pr, pc), m, pad):
+            (i, j), (r0, r1, c0, c1), (a0, a1, b0, b1), (hp, wp) = cell.cell, cell.support, cell.window, cell.padded
+            hw, ww = a1 - a0, b1 - b0
+            if (hp, wp) not in grids:
+                g2 = gradient_spectrum((hp, wp), device=views.device, dtype=views.dtype)
+                grids[hp, wp] = (g2, *gradient_operator_spectra((hp, wp), device=views.device, dtype=views.dtype))
+            g2, gx, gy = grids[hp, wp]
+            lrtb = (pad, wp - ww - pad, pad, hp - hw - pad)
+            yf = torch.fft.rfft2(F.pad(views[None, :, a0:a1, b0:b1], lrtb, mode="replicate")[0])
+            xg = F.pad(base[None, :, a0:a1, b0:b1], lrtb, mode="replicate")[0]
+            kf = centred_kernel_spectrum(patch_kernels[i, j][:, index], (hp, wp))  # (2, l, Hp, Wf)
+            # |F_L|^2 + |F_R|^2 + weight |G|^2 (real and imaginary parts: no complex abs)
+            den = (kf.real.square() + kf.imag.square()).sum(0).add_(g2, alpha=weight)
+            rhs = torch.fft.rfft2(xg).mul_(den).neg_()
+            rhs += kf[0].conj() * yf[0]
+            rhs += kf[1].conj() * yf[1]
+            del kf
+            if use_target:
+                zf = torch.fft.rfft2(F.pad(target[None, :, a0:a1, b0:b1], lrtb)[0])
+                rhs += target_weight * (gx.conj() * zf[0] + gy.conj() * zf[1])
+            resid = torch.fft.irfft2(rhs, s=(hp, wp))
+            # Keep the residual where the window's data decide it: at least ``band`` px inside
+            # the window (the replicated margins of y and x_0 are not a solution pair).
+            resid[:, : pad + band] = 0
+            resid[:, pad + hw - band :] = 0
+            resid[:, :, : pad + band] = 0
+            resid[:, :, pad + ww - band :] = 0
+            d = torch.fft.irfft2(torch.fft.rfft2(resid).div_(den), s=(hp, wp))
+            x = xg[:, pad + r0 - a0 : pad + r1 - a0, pad + c0 - b0 : pad + c1 - b0]
+            x = x + d[:, pad + r0 - a0 : pad + r1 - a0, pad + c0 - b0 : pad + c1 - b0]
+            out[:, r0:r1, c0:c1] += x * blend[i, j, r0:r1, c0:c1]
         return out
 
 

@@ -84,7 +84,9 @@ __all__ = [
     "solve_latent",
     "solve_latent_patchwise",
     "blur_patchwise",
+    "PatchWindow",
     "patch_blend_weights",
+    "patch_windows",
     "rerender_error_patchwise",
     "support_spans",
     "tent_weights",
@@ -318,6 +320,41 @@ def support_spans(weights_1d) -> list[tuple[int, int]]:
     return out
 
 
+@dataclass(frozen=True)
+class PatchWindow:
+    """Where one cell of a patchwise solve works (rows then columns, ``[start, stop)``).
+
+    cell: ``(i, j)`` in the grid.  support: ``(r0, r1, c0, c1)``, the cell's tent support, where
+    its solution is blended in.  window: ``(a0, a1, b0, b1)``, the support widened by the margin and
+    clipped to the image: the data the cell's correction is solved from.  padded: ``(Hp, Wp)``, the
+    FFT grid of the window replicated out by ``pad`` px on every side (fast sizes, ``Wp`` even).
+    """
+
+    cell: tuple[int, int]
+    support: tuple[int, int, int, int]
+    window: tuple[int, int, int, int]
+    padded: tuple[int, int]
+
+
+def patch_windows(h: int, w: int, grid: tuple[int, int], margin: int, pad: int) -> list[PatchWindow]:
+    """The cells' windows of a patchwise solve over ``h x w`` (:func:`solve_latent_patchwise` and
+    edgedp.fit.stage3.PatchLatentSolver, one geometry for both), row-major.
+
+    Example:
+        >>> [(p.cell, p.support, p.window) for p in patch_windows(6, 4, (2, 1), 1, 2)]
+        [((0, 0), (0, 4, 0, 4), (0, 5, 0, 4)), ((1, 0), (2, 6, 0, 4), (1, 6, 0, 4))]
+    """
+    _, _, rspans, cspans = _cell_geometry(h, w, grid)
+    out = []
+    for i, (r0, r1) in enumerate(rspans):
+        for j, (c0, c1) in enumerate(cspans):
+            a0, a1 = max(0, r0 - margin), min(h, r1 + margin)
+            b0, b1 = max(0, c0 - margin), min(w, c1 + margin)
+            padded = (fast_size(a1 - a0 + 2 * pad), fast_size(b1 - b0 + 2 * pad, even=True))
+            out.append(PatchWindow((i, j), (r0, r1, c0, c1), (a0, a1, b0, b1), padded))
+    return out
+
+
 def _cell_geometry(h: int, w: int, grid: tuple[int, int]):
     """Row / column tents (float64) and their support spans of a ``grid`` over ``h x w``."""
     rows, cols = tent_weights(h, grid[0]), tent_weights(w, grid[1])
@@ -427,38 +464,35 @@ def solve_latent_patchwise(
     weight = float(reg) + (float(target_weight) if use_target else 0.0)
     m = k + 8 if margin is None else int(margin)
     band, wpad = k, k // 2 + 8  # band: support radius of K^T K (2 (K // 2)) + 1 for the prior
-    rows, cols, rspans, cspans = _cell_geometry(h, w, (pr, pc))
+    rows, cols, _, _ = _cell_geometry(h, w, (pr, pc))
     out = np.zeros((len(index), h, w), np.float32)
-    for i, (r0, r1) in enumerate(rspans):
-        for j, (c0, c1) in enumerate(cspans):
-            a0, a1 = max(0, r0 - m), min(h, r1 + m)
-            b0, b1 = max(0, c0 - m), min(w, c1 + m)
-            hw, ww = a1 - a0, b1 - b0
-            hp, wp = fast_size(hw + 2 * wpad), fast_size(ww + 2 * wpad, even=True)
-            widths = ((wpad, hp - hw - wpad), (wpad, wp - ww - wpad))
-            yf = np.fft.rfft2(np.pad(views[:, a0:a1, b0:b1], ((0, 0),) + widths, mode="edge"))
-            extra = None
-            if use_target:
-                zf = np.fft.rfft2(np.pad(np.asarray(target, np.float32)[:, a0:a1, b0:b1], ((0, 0),) + widths))
-                gx, gy = gradient_operator_spectra((hp, wp))
-                extra = np.complex64(target_weight) * (np.conj(gx) * zf[0] + np.conj(gy) * zf[1])
-            g2 = np.float32(weight) * gradient_spectrum((hp, wp))
-            dft = centred_dft((hp, wp), k)
-            # Keep the residual where the window's data decide it: at least ``band`` px inside.
-            mask = np.zeros((hp, wp), np.float32)
-            mask[wpad + band : wpad + hw - band, wpad + band : wpad + ww - band] = 1
-            keep = (slice(wpad + r0 - a0, wpad + r1 - a0), slice(wpad + c0 - b0, wpad + c1 - b0))
-            wgt = _cell_weight(rows, cols, i, j, (r0, r1), (c0, c1))
-            for n, li in enumerate(index):
-                xg = np.pad(base[n, a0:a1, b0:b1], widths, mode="edge")
-                fl, fr = kernel_spectrum(kernels[i, j, :, li], (hp, wp), dft)
-                den = (fl.real**2 + fl.imag**2) + (fr.real**2 + fr.imag**2) + g2
-                rhs = np.conj(fl) * yf[0] + np.conj(fr) * yf[1] - den * np.fft.rfft2(xg)
-                if extra is not None:
-                    rhs += extra
-                resid = np.fft.irfft2(rhs, s=(hp, wp)) * mask
-                d = np.fft.irfft2(np.fft.rfft2(resid) / den, s=(hp, wp))
-                out[n, r0:r1, c0:c1] += (xg[keep] + d[keep]) * wgt
+    for cell in patch_windows(h, w, (pr, pc), m, wpad):
+        (i, j), (r0, r1, c0, c1), (a0, a1, b0, b1), (hp, wp) = cell.cell, cell.support, cell.window, cell.padded
+        hw, ww = a1 - a0, b1 - b0
+        widths = ((wpad, hp - hw - wpad), (wpad, wp - ww - wpad))
+        yf = np.fft.rfft2(np.pad(views[:, a0:a1, b0:b1], ((0, 0),) + widths, mode="edge"))
+        extra = None
+        if use_target:
+            zf = np.fft.rfft2(np.pad(np.asarray(target, np.float32)[:, a0:a1, b0:b1], ((0, 0),) + widths))
+            gx, gy = gradient_operator_spectra((hp, wp))
+            extra = np.complex64(target_weight) * (np.conj(gx) * zf[0] + np.conj(gy) * zf[1])
+        g2 = np.float32(weight) * gradient_spectrum((hp, wp))
+        dft = centred_dft((hp, wp), k)
+        # Keep the residual where the window's data decide it: at least ``band`` px inside.
+        mask = np.zeros((hp, wp), np.float32)
+        mask[wpad + band : wpad + hw - band, wpad + band : wpad + ww - band] = 1
+        keep = (slice(wpad + r0 - a0, wpad + r1 - a0), slice(wpad + c0 - b0, wpad + c1 - b0))
+        wgt = _cell_weight(rows, cols, i, j, (r0, r1), (c0, c1))
+        for n, li in enumerate(index):
+            xg = np.pad(base[n, a0:a1, b0:b1], widths, mode="edge")
+            fl, fr = kernel_spectrum(kernels[i, j, :, li], (hp, wp), dft)
+            den = (fl.real**2 + fl.imag**2) + (fr.real**2 + fr.imag**2) + g2
+            rhs = np.conj(fl) * yf[0] + np.conj(fr) * yf[1] - den * np.fft.rfft2(xg)
+            if extra is not None:
+                rhs += extra
+            resid = np.fft.irfft2(rhs, s=(hp, wp)) * mask
+            d = np.fft.irfft2(np.fft.rfft2(resid) / den, s=(hp, wp))
+            out[n, r0:r1, c0:c1] += (xg[keep] + d[keep]) * wgt
     return out
 
 
