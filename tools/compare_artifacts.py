@@ -20,16 +20,13 @@ from typing import Sequence
 
 from edgedp.eval import pixel4
 from edgedp.io import parse_size
-from edgedp.metrics import bead_energy, evaluate, registered_residual, streak_energy
+from edgedp.metrics import evaluate
 
 
 def energies(image, gt) -> tuple[float, float, float]:
     """(registered PSNR, streak energy, bead energy) of ``image`` against ``gt``."""
     s = evaluate(image, gt, max_shift=pixel4.MAX_SHIFT).registered
-    r = registered_residual(image, gt, s.shift, pixel4.MAX_SHIFT)
-    m = pixel4.MAX_SHIFT
-    g = gt[m:-m, m:-m]
-    return s.psnr, streak_energy(r, g), bead_energy(r, g)
+    return (s.psnr, *pixel4.residual_artifacts(image, gt, s.shift))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,7 +64,7 @@ from edgedp.io import read_dp_pair, read_image, write_png8  # noqa: E402
 from edgedp.fit import PatchLatentSolver  # noqa: E402
 from edgedp.physics import horizontal_std, uniform_field  # noqa: E402
 from edgedp.physics import LatentSolver  # noqa: E402
-from edgedp.metrics import bead_energy, evaluate, registered_residual, streak_energy  # noqa: E402
+from edgedp.metrics import evaluate  # noqa: E402
 from edgedp.physics import blur_stack_fft, blur_stack_patchwise  # noqa: E402
 
 #: Regions (rows, cols of the crop) where the issue reported streaks, soft large blur and beads.
@@ -109,9 +109,7 @@ def score(method: str, image: np.ndarray, gt: np.ndarray, reference: tuple[float
     s = evaluate(image, gt).registered
     # Every method is measured against the same registration (the input's own best shift would
     # also do): the residual at its own best shift.
-    r = registered_residual(image, gt, s.shift)
-    g = gt[4 + 0 : gt.shape[0] - 4, 4 : gt.shape[1] - 4]
-    streaks, beads = streak_energy(r, g), bead_energy(r, g)
+    streaks, beads = bp.residual_artifacts(image, gt, s.shift)
     if reference is not None:
         streaks, beads = streaks / reference[0], beads / reference[1]
     return Row(method, s.psnr, s.ssim, streaks, beads, local_psnr(image, gt))
@@ -214,9 +212,7 @@ def study_scene(scene: bp.Scene, data: Path, out: Path, stage3: bool, log) -> Sc
     notes: list[str] = []
     inp = views.mean(0).numpy()
     s_in = evaluate(inp, gt).registered
-    r_in = registered_residual(inp, gt, s_in.shift)
-    g_int = gt[4:-4, 4:-4]
-    reference = (streak_energy(r_in, g_int), bead_energy(r_in, g_int))
+    reference = bp.residual_artifacts(inp, gt, s_in.shift)
     rows.append(score("input", inp, gt, reference))
 
     t0 = time.perf_counter()

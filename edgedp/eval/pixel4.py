@@ -25,14 +25,14 @@ from torch import Tensor
 from ..errors import EdgedpError, InputError
 from ..io.cameras import camera_preset
 from ..io.images import ReadOptions, read_dp_pair, read_normalized
-from ..metrics import ProtocolScores, Scores, evaluate
+from ..metrics import ProtocolScores, Scores, bead_energy, evaluate, registered_residual, streak_energy
 from .runs import FitFailed, FitRun
 
 __all__ = [
     "BLACK_LEVEL", "DEFAULT_CROP", "MAX_SHIFT", "PRESETS", "WHITE_LEVEL",
     "Scene", "SceneResult", "Summary", "difference", "discover_scenes", "fit_command", "flat_field_frames",
     "input_args", "input_baseline", "mean_scores", "single_channel", "read_gt", "read_options", "read_output",
-    "scene_references", "summarize",
+    "residual_artifacts", "scene_references", "summarize",
 ]
 
 #: Pixel 4 protocol step 1 (data README): the ``pixel4`` camera preset's levels.
@@ -139,6 +139,17 @@ def scene_references(
     gts = {s.name: read_gt(s, crop) for s in scenes}
     inputs = {s.name: evaluate(input_baseline(s, options), gts[s.name], max_shift=MAX_SHIFT) for s in scenes}
     return gts, inputs
+
+
+def residual_artifacts(image: np.ndarray, gt: np.ndarray, shift: tuple[int, int]) -> tuple[float, float]:
+    """``(streak energy, bead energy)`` of ``image``'s registered residual at ``shift``
+    (:func:`edgedp.metrics.registered_residual` with :data:`MAX_SHIFT`; :func:`edgedp.metrics.streak_energy`
+    in the ground truth's flat regions, :func:`edgedp.metrics.bead_energy` along its strong vertical
+    edges).  Compare with the input baseline's values (their ratio)."""
+    m = MAX_SHIFT
+    residual = registered_residual(image, gt, shift, m)
+    interior = np.asarray(gt)[m : gt.shape[0] - m, m : gt.shape[1] - m]
+    return streak_energy(residual, interior), bead_energy(residual, interior)
 
 
 def input_baseline(scene: Scene, options: ReadOptions) -> np.ndarray:
