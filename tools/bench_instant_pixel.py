@@ -2,13 +2,13 @@
 """The instant path on the Pixel 4 dev scenes: quality and per-call time, mean kernels vs the field.
 
 One device profile is tuned on the selected scenes (``edgedp tune``, no ground truth), exported
-twice (``edgedp export PHONE.profile``: the field's mean kernels, the default; and with
-``--instant-field``: its per-cell kernels), and every scene is predicted by both exports with
+twice (``edgedp export PHONE.profile``: the kernel field, the default, its cells grouped by kernel;
+and with ``--instant-mean-kernels``: the field's mean kernels), and every scene is predicted by both exports with
 ``python -m edgedp_runtime instant ... --provider cpu --repeat N`` (ONNX Runtime + numpy, no
 PyTorch).  Each prediction is scored with the data README's protocol (registered PSNR / SSIM
 against ``gt_all_in_focus``; input baseline ``(left + right) / 2``); its time is the per-call
 time the runtime prints (``--repeat``: the minimum over the calls after the first; with 1 call,
-that call), i.e. G_D + Stage 1 + fusion (+ the TV step), without start-up or file I/O.  Both
+that call), i.e. G_D + Stage 1 + fusion (+ a TV step if the export asks for one), without start-up or file I/O.  Both
 exports run back to back per scene, so their times compare as ratios on a shared machine.
 
 Targets (issue 16): with the profile tuned on the dev scenes, mean gain >= +1.3 dB and <= 3 s
@@ -39,7 +39,7 @@ GAIN_DB = 1.3
 CALL_SECONDS = 3.0
 #: The runtime's ``--repeat`` line (edgedp_runtime.device_io.timed).
 TIMING = re.compile(r"time instant \(gd \+ latent \+ fuse\): (?:(?P<one>[\d.]+) ms|first [\d.]+ ms, then mean [\d.]+ ms, min (?P<min>[\d.]+) ms)")
-EXPORTS = {"mean kernels": [], "field": ["--instant-field"]}
+EXPORTS = {"mean kernels": ["--instant-mean-kernels"], "field": []}
 
 
 def call_seconds(log: Path) -> float:

@@ -160,11 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         others = [s for s in every if s.name != scene.name]
         cmds = commands(args.edgedp, scene, others, args.data, out, args.preset, args.tune_preset, crop)
         runs.say(f"[{index}/{len(left_out)}] leave out {scene.name}, tune on {', '.join(o.name for o in others)}")
-        runs: dict[str, Run] = {}
+        done: dict[str, Run] = {}
         try:
             for step in ("tune", "cold", "warm", "export", "instant"):
                 if step == "tune" and args.reuse_profiles and (out / "PHONE.profile").is_file():
-                    runs[step] = Run(step, float("nan"), float("nan"))
+                    done[step] = Run(step, float("nan"), float("nan"))
                     continue
                 image = {"cold": out / "cold", "warm": out / "warm", "instant": out / "instant"}.get(step)
                 if image is not None:  # a stale result must not pass for this run's
@@ -174,14 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if image is not None:
                     output = pixel4.read_output(image / "allinfocus.png", gts[scene.name].shape)
                     scores = evaluate(output, gts[scene.name], max_shift=pixel4.MAX_SHIFT)
-                runs[step] = Run(step, run.wall_s, run.peak_rss_gib, scores)
+                done[step] = Run(step, run.wall_s, run.peak_rss_gib, scores)
                 runs.say(f"  {step}: {run.wall_s:.1f} s" + (f", PSNR {scores.registered.psnr:.3f}" if scores else ""))
         except runs.FitFailed as err:
             runs.say(f"\nscene {scene.name}: {err}")
             if err.log_tail:
                 runs.say(err.log_tail)
             return runs.EXIT_FIT_FAILED
-        rows.append({"scene": scene.name, "input": inputs[scene.name], "runs": runs})
+        rows.append({"scene": scene.name, "input": inputs[scene.name], "runs": done})
         runs.say(table(rows[-1:]))
 
     checks = targets(rows)

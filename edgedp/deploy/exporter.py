@@ -76,7 +76,7 @@ class ExportFormat:
 
 
 #: Options every format takes.
-COMMON_ARGUMENTS = ("opset", "dynamic", "verify", "atol", "rtol", "instant_field")
+COMMON_ARGUMENTS = ("opset", "dynamic", "verify", "atol", "rtol", "instant_field", "instant_groups")
 
 
 def export_formats() -> tuple[ExportFormat, ...]:
@@ -136,7 +136,8 @@ def _export_profile(loaded: Any, staging: Path, options: "ExportOptions") -> dic
 
     profile, path, _ = loaded
     return export_profile(profile, staging, path=path, opset=options.opset, dynamic=options.dynamic, verify=options.verify,
-                          overwrite=True, atol=options.atol, instant_field=options.instant_field)
+                          overwrite=True, atol=options.atol, instant_field=options.instant_field,
+                          kernel_groups=options.instant_groups)
 
 
 def _verify_profile(staging: Path, loaded: Any, **tolerances) -> dict[str, Any]:
@@ -155,7 +156,8 @@ def export_sources() -> dict[str, ExportSource]:
         ),
         "scene": ExportSource(
             "scene", schema.SOURCE_GRAPHS["scene"], schema.SOURCE_FILES["scene"],
-            {"instant_field": "a scene's graphs carry its own kernels; the instant path is a profile's"},
+            {"instant_field": "a scene's graphs carry its own kernels; the instant path is a profile's",
+             "instant_groups": "a scene's graphs carry its own kernels; the instant path is a profile's"},
             load=_load_scene, export=_export_scene, verify=_verify_scene,
         ),
     }
@@ -174,8 +176,12 @@ class ExportOptions:
         sidecar records an FP16 verification (:data:`FP16_TOLERANCE`).
     workspace: TensorRT builder workspace limit in MiB.
     instant_field: profiles with a kernel field: the instant path solves with the field's
-        per-cell kernels (``patch_kernels.npy``; patchwise, measured 3x to 16x the uniform call by
-        ``tools/bench_instant.py``) instead of their mean over the cells (``--instant-field``).
+        per-cell kernels (``patch_kernels.npy``; one solve per group of cells,
+        ``edgedp_runtime.instant.solve_latent_grouped``), or, False (``--instant-mean-kernels``),
+        with their mean over the cells (``tools/bench_instant_pixel.py`` compares the two).
+    instant_groups: with the field, the most groups of cells the instant path solves apart
+        (``--instant-groups``, >= 1; None: ``profile_export.INSTANT_KERNEL_GROUPS``, 8): more
+        groups follow the field more closely and cost more time per call.
     """
 
     opset: int = 17
@@ -185,12 +191,14 @@ class ExportOptions:
     rtol: float = 1e-3
     half: bool = False
     workspace: int = 1024
-    instant_field: bool = False
+    instant_field: bool = True
+    instant_groups: int | None = None
 
 
 FLAGS = {
     "opset": "--opset", "dynamic": "--dynamic/--static", "verify": "--verify/--no-verify", "atol": "--atol",
-    "rtol": "--rtol", "half": "--half", "workspace": "--workspace", "instant_field": "--instant-field",
+    "rtol": "--rtol", "half": "--half", "workspace": "--workspace", "instant_field": "--instant-field/--instant-mean-kernels",
+    "instant_groups": "--instant-groups",
 }
 
 
@@ -237,6 +245,11 @@ def check_options(fmt: ExportFormat, source: ExportSource, given: Mapping[str, A
             raise InputError(f"{FLAGS[name]} {value}: must be a finite number >= 0")
     if int(options.workspace) < 1:
         raise InputError(f"--workspace {options.workspace}: must be >= 1 MiB")
+    if options.instant_groups is not None:
+        if int(options.instant_groups) < 1:
+            raise InputError(f"--instant-groups {options.instant_groups}: must be >= 1")
+        if not options.instant_field:
+            raise InputError("--instant-groups groups the kernel field's cells: it does not apply with --instant-mean-kernels")
     return options
 
 

@@ -21,7 +21,8 @@ Usage:
 
 Backends and their options:
   --backend ort   ONNX Runtime.  --provider auto|cpu|cuda|tensorrt (auto: CUDA when the installed
-                  onnxruntime offers it), --threads N (CPU intra-op threads), --verbose (ORT's
+                  onnxruntime offers it), --threads N (CPU intra-op threads; instant: also its layer
+                  loops), --verbose (ORT's
                   info log), with --provider tensorrt: --fp16 (TensorRT EP FP16 kernels) and
                   --trt-cache DIR (TensorRT EP engine cache, default EXPORT/trt_cache; engines
                   are built once, not on every run).  The first call is profiled and the runner
@@ -141,7 +142,7 @@ def add_backend_args(parser) -> None:
         "--provider", choices=("auto", "cpu", "cuda", "tensorrt"), default=None,
         help="execution provider (default auto: CUDA when onnxruntime-gpu offers it, else CPU)",
     )
-    ort.add_argument("--threads", type=count, default=None, help="CPU intra-op threads (default: ORT's choice)")
+    ort.add_argument("--threads", type=count, default=None, help="CPU threads: ORT's intra-op threads, and instant's numpy layer loops (default: ORT's choice; the CPU count)")
     ort.add_argument("--verbose", action="store_true", default=None, help="ORT info logging")
     ort.add_argument("--fp16", action="store_true", default=None, help="--provider tensorrt: allow FP16 kernels")
     ort.add_argument(
@@ -469,7 +470,8 @@ def cmd_instant(args, info: ExportInfo, backend) -> int:
         s0 = time.perf_counter()
         alphas = instant.run_gd(model, views, multiple, (pair_name, alphas_name))
         seconds["gd"] = time.perf_counter() - s0
-        return instant.instant_predict(views, alphas, inst.predict_kernels, inst.radii, config=inst.config, timings=seconds)
+        return instant.instant_predict(views, alphas, inst.predict_kernels, inst.radii, config=inst.config, timings=seconds,
+                                       threads=args.threads)
 
     aif, defocus, _ = timed(once, args.repeat, "instant (gd + latent + fuse)")
     t3 = time.perf_counter()

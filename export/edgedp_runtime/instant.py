@@ -1,6 +1,6 @@
 """Instant on-device prediction for a new DP capture: numpy + ONNX Runtime, no optimization.
 
-Runs on the device: imports only the standard library and numpy (onnxruntime lazily, in
+Runs on the device: imports only the standard library, numpy and threadpoolctl (onnxruntime lazily, in
 :func:`run_instant`); never torch or edgedp.  It is the numpy twin of what ``edgedp fit`` does
 after Stage 2, with the fitted G_D replaced by a device profile's G_D (``gd.onnx``):
 
@@ -26,11 +26,16 @@ Conventions (the project's CONVENTIONS.md): views are float32 ``(2, H, W)`` = [l
 the fit's normalized scale (``(raw - black) / white``, unclipped); kernels ``(2, L, K, K)`` =
 [left, right] x layers, true-convolution PSFs centred at ``(K // 2, K // 2)``; borders replicate.
 
-A kernel field (a profile tuned with ``--kernels``): per-cell kernels ``(Pr, Pc, 2, L, K, K)`` of a
-``Pr x Pc`` grid (row-major from the top-left; cells blended by the bilinear tents of
-:func:`patch_blend_weights`).  Steps 2 and 4 then use :func:`solve_latent_patchwise` (the twin of
-edgedp.fit.stage3.PatchLatentSolver) and the re-render error comes from :func:`blur_patchwise` of
-the latent (edgedp.physics.blur.blur_stack_patchwise), as ``edgedp fit`` does with a field.
+A kernel field (a profile's per-cell kernels): ``(Pr, Pc, 2, L, K, K)`` of a ``Pr x Pc`` grid
+(row-major from the top-left; cells blended by the bilinear tents of :func:`patch_blend_weights`).
+Steps 2 and 4 then blend one closed-form solve per *group* of cells with the same kernels
+(:func:`kernel_groups`, :func:`solve_latent_grouped`): each group is solved on the window where its
+cells' tents reach, and the latent and the re-render residuals are blended with the tents, so the
+cost grows with the groups' area (an estimated field holds a few distinct tilts), not with the 48
+cells.  ``kernel_groups`` (default 8) caps the groups (Ward merging) to bound the call's time.
+``edgedp fit`` solves the same field patchwise (edgedp.fit.stage3.PatchLatentSolver: a global solve
+plus per-cell corrections); the two agree where the kernels are uniform and differ by how the
+cells' solutions meet (README "Instant path": the measured difference).
 Everything runs in float32 / complex64 (numpy >= 2 computes float32 FFTs natively) and loops over
 layers, so the peak memory is about three (L, H, W) float32 stacks (alphas, latent, weights).
 
@@ -43,10 +48,12 @@ Sidecar fields read here (schema: :mod:`edgedp_runtime.schema`; written by ``edg
                               * sigma^2 / s^2, floor, ceil) (edgedp.physics.noise.default_latent_reg)
                 "fuse_window": 15,                 box window (px) of the likelihood, 0 = off
                 "weight_floor": 1e-6,              clamp of G_D's weights before the product
-                "deconvolution": {"iterations": 6, "beta_start": 0.25, "beta_growth": 2.0,
-                                  "min_layer_weight": 1e-3},    step 4 (absent: these defaults)
+                "deconvolution": {"iterations": 0, "beta_start": 0.25, "beta_growth": 2.0,
+                                  "min_layer_weight": 1e-3},    step 4 (absent: these defaults;
+                                  0 iterations: no TV step, the profile export's default)
                 "patch_kernels": "patch_kernels.npy",  only with a kernel field: (Pr, Pc, 2, L, K, K)
-                "patch_grid": [Pr, Pc]}                float32 (``kernels`` is then their mean)
+                "patch_grid": [Pr, Pc],                float32 (``kernels`` is then their mean)
+                "kernel_groups": 8}                    at most this many groups of cells (field only)
     "profile": {"input": {"black_level", "white_level", "flat_field",      input defaults
                           "view_gain": {"model": "exp-poly3", "coefficients": [10]} or null}, ...}
                (view_gain: the right view's gain over the frame measured by edgedp tune,
@@ -55,15 +62,19 @@ Sidecar fields read here (schema: :mod:`edgedp_runtime.schema`; written by ``edg
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from . import device_io, schema  # numpy only
+from . import device_io, schema  # numpy (+ threadpoolctl) only
 from .device_io import RunnerError
 
 __all__ = [
@@ -82,12 +93,15 @@ __all__ = [
     "run_gd",
     "run_instant",
     "solve_latent",
-    "solve_latent_patchwise",
-    "blur_patchwise",
+    "solve_latent_grouped",
+    "GroupWindow",
+    "group_windows",
+    "kernel_groups",
+    "kernel_support",
+    "trim_kernels",
     "PatchWindow",
     "patch_blend_weights",
     "patch_windows",
-    "rerender_error_patchwise",
     "support_spans",
     "tent_weights",
     "view_gain_applies",
@@ -110,7 +124,14 @@ class InstantConfig:
     tv_iterations, tv_beta_start, tv_beta_growth, tv_min_layer_weight: the final TV
         deconvolution (:func:`deconvolve_layers`; edgedp.fit.deconvolution.DeconvolutionConfig's
         ``iterations``, ``beta_start``, ``beta_growth``, ``min_layer_weight``); 0 iterations keep
-        the composite.
+        the composite.  Default 0: on the instant path the step cost 4.2 s of a 6 s call and moved
+        the Pixel 4 dev scenes' mean by -0.13 dB (mean kernels) and -0.02 dB (kernel field)
+        (README "Instant path"); ``edgedp fit`` keeps it.
+    kernel_groups: with a kernel field, the most groups of cells solved apart
+        (:func:`kernel_groups`): the call's cost grows with their summed window area.  Measured
+        on the Pixel 4 dev profile (1008 x 1344, 20 layers, 2 CPU cores; README "Instant path"):
+        4 groups 1.6 s per call and +1.59 dB, 8 groups 2.1 s and +1.65 dB, all 12 distinct
+        kernels +1.65 dB; 8 bounds a calibrated field's 48 distinct cells.
     """
 
     gain: float = 4.0
@@ -119,10 +140,11 @@ class InstantConfig:
     fuse_window: int = 15
     weight_floor: float = 1e-6
     pad: int | None = None
-    tv_iterations: int = 6
+    tv_iterations: int = 0
     tv_beta_start: float = 0.25
     tv_beta_growth: float = 2.0
     tv_min_layer_weight: float = 1e-3
+    kernel_groups: int = 8
 
     @classmethod
     def from_sidecar(cls, entry: dict) -> "InstantConfig":
@@ -201,9 +223,11 @@ def solve_latent(
     target: np.ndarray | None = None,
     target_weight: float = 0.0,
     layers=None,
+    groups: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Closed-form per-layer latent map (numpy port of edgedp.physics.fourier.LatentSolver.solve; with
-    per-cell kernels of edgedp.fit.stage3.PatchLatentSolver.solve, :func:`solve_latent_patchwise`).
+    per-cell kernels :func:`solve_latent_grouped`).
 
     Args:
         views: (2, H, W) float32 [left, right].
@@ -212,11 +236,12 @@ def solve_latent(
         reg: ``lam``, weight of the squared-gradient prior.
         pad: replicate padding (px); default ``K // 2 + 8``.
         error: also return each layer's re-render error ``sum_v (x_i conv f_i^v - y_v)^2``,
-            computed on the padded grid from the same spectra (``irfft2(X_i F_i^v - Y_v)``); with
-            per-cell kernels by the patchwise blur of the latent (:func:`rerender_error_patchwise`).
+            computed on the padded grid from the same spectra (``irfft2(X_i F_i^v - Y_v)``).
         target, target_weight: a gradient field (2, H, W) the solution's forward differences are
             pulled towards with ``target_weight * ||grad x - target||^2`` (zero over the padding).
         layers: the layer indices to solve (default: all), in that order.
+        groups: with per-cell kernels, the cells' groups (:func:`kernel_groups`; None: exact).
+        threads: layers solved at once (:func:`solve_windows`; None: the CPU count).
 
     Returns:
         ``(latent (l, H, W) float32, error (l, H, W) float32 or None)``.
@@ -224,47 +249,127 @@ def solve_latent(
     views = np.asarray(views, np.float32)
     kernels = np.asarray(kernels, np.float32)
     if kernels.ndim == 6:
-        index = list(range(kernels.shape[3])) if layers is None else list(layers)
-        latent = solve_latent_patchwise(views, kernels, reg, pad=pad, target=target, target_weight=target_weight, layers=index)
-        return latent, (rerender_error_patchwise(views, latent, kernels[:, :, :, index]) if error else None)
+        return solve_latent_grouped(views, kernels, reg, groups, pad=pad, error=error, target=target,
+                                    target_weight=target_weight, layers=layers, threads=threads)
     _, h, w = views.shape
     k = kernels.shape[-1]
     index = list(range(kernels.shape[1])) if layers is None else list(layers)
     p = (k // 2 + 8) if pad is None else int(pad)
     hp, wp = fast_size(h + 2 * p), fast_size(w + 2 * p, even=True)
     # Replicate to (h + 2p), then on out to the fast size: every margin is replicated.
-    vp = np.pad(views, ((0, 0), (p, hp - h - p), (p, wp - w - p)), mode="edge")
-    yf = np.fft.rfft2(vp)  # (2, Hp, Wf) complex64
-    weight = float(reg)
-    extra = None
-    if target is not None and target_weight > 0:
-        zf = np.fft.rfft2(np.pad(np.asarray(target, np.float32), ((0, 0), (p, hp - h - p), (p, wp - w - p))))
-        gx, gy = gradient_operator_spectra((hp, wp))
-        extra = np.complex64(target_weight) * (np.conj(gx) * zf[0] + np.conj(gy) * zf[1])
-        weight += float(target_weight)
-    g2 = np.float32(weight) * gradient_spectrum((hp, wp))
-    dft = centred_dft((hp, wp), k)
-    latent = np.empty((len(index), h, w), np.float32)
+    window = FourierWindow.of(views, target, target_weight, reg, kernels, (0, h, 0, w), (0, h, 0, w),
+                              ((p, hp - h - p), (p, wp - w - p)))
+    return solve_windows([window], (h, w), index, error=error, threads=threads)
+
+
+@dataclass
+class FourierWindow:
+    """One FFT grid of a closed-form solve: the views (and a TV target) cut to ``window`` and
+    replicated out, their spectra, and where its solution goes.
+
+    support: ``(r0, r1, c0, c1)``, the image pixels it writes; keep: the same pixels on its padded
+    grid; weight: ``(r1 - r0, c1 - c0)`` float32 it is blended with (None: 1); kernels: its
+    ``(2, L, K, K)`` layer kernels.  yf: ``(2, Hp, Wf)`` complex64 spectra of the views; extra:
+    the TV target's term of the numerator (or None); g2: ``(lam + target_weight) |G|^2``.
+    """
+
+    support: tuple[int, int, int, int]
+    keep: tuple[slice, slice]
+    weight: np.ndarray | None
+    kernels: np.ndarray
+    yf: np.ndarray
+    extra: np.ndarray | None
+    g2: np.ndarray
+    dfts: dict
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.yf.shape[-2], 2 * (self.yf.shape[-1] - 1)
+
+    @classmethod
+    def of(cls, views, target, target_weight, reg, kernels, support, window, widths, weight=None) -> "FourierWindow":
+        """Views (2, H, W) cut to ``window`` ``(a0, a1, b0, b1)`` and edge-replicated by ``widths``
+        ``((top, bottom), (left, right))``; ``support`` must lie inside ``window``."""
+        (a0, a1, b0, b1), (r0, r1, c0, c1) = window, support
+        hp, wp = a1 - a0 + sum(widths[0]), b1 - b0 + sum(widths[1])
+        yf = np.fft.rfft2(np.pad(views[:, a0:a1, b0:b1], ((0, 0),) + tuple(widths), mode="edge"))  # (2, Hp, Wf)
+        extra = None
+        weight_sum = float(reg)
+        if target is not None and target_weight > 0:
+            zf = np.fft.rfft2(np.pad(np.asarray(target, np.float32)[:, a0:a1, b0:b1], ((0, 0),) + tuple(widths)))
+            gx, gy = gradient_operator_spectra((hp, wp))
+            extra = np.complex64(target_weight) * (np.conj(gx) * zf[0] + np.conj(gy) * zf[1])
+            weight_sum += float(target_weight)
+        top, left = widths[0][0], widths[1][0]
+        keep = (slice(top + r0 - a0, top + r1 - a0), slice(left + c0 - b0, left + c1 - b0))
+        return cls(support, keep, weight, kernels, yf, extra, np.float32(weight_sum) * gradient_spectrum((hp, wp)), {})
+
+    def spectra(self, layer: int) -> np.ndarray:
+        """``(2, Hp, Wf)`` spectra of its layer kernels, trimmed to their support first (a small
+        layer's zero taps cost nothing)."""
+        pair = trim_kernels(self.kernels[:, layer])
+        size = pair.shape[-1]
+        if size not in self.dfts:
+            self.dfts[size] = centred_dft(self.shape, size)
+        return kernel_spectrum(pair, self.shape, self.dfts[size])
+
+
+def map_layers(work, count: int, threads: int | None = None, *, blas_threads: int | None = None) -> None:
+    """``work(n)`` for ``n`` in ``range(count)`` on ``threads`` threads (None: the CPU count; 1 or
+    one item: in this thread), with ``blas_threads`` BLAS threads per worker meanwhile (None: as
+    they are).  Each ``n`` must write only its own outputs; results do not depend on ``threads``."""
+    workers = max(1, min(int(threads or os.cpu_count() or 1), count))
+    if workers == 1:
+        for n in range(count):
+            work(n)
+        return
+    with contextlib.ExitStack() as stack:
+        if blas_threads is not None:
+            stack.enter_context(threadpool_limits(limits=int(blas_threads), user_api="blas"))
+        pool = stack.enter_context(ThreadPoolExecutor(workers))
+        for _ in pool.map(work, range(count)):  # re-raises a worker's exception
+            pass
+
+
+def solve_windows(windows: list[FourierWindow], image: tuple[int, int], index: list[int], *, error: bool,
+                  threads: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The closed-form solve of every window for the layers ``index``, blended (module docstring,
+    step 2): per window and layer ``X = (conj(F_L) Y_L + conj(F_R) Y_R + extra) / (|F_L|^2 + |F_R|^2
+    + g2)``, the latent ``sum_w weight_w irfft2(X)`` and, with ``error``, the re-render error
+    ``sum_v (sum_w weight_w irfft2(X F_v - Y_v))^2``.
+
+    Layers run on ``threads`` threads (None: the CPU count; numpy's FFTs and array arithmetic
+    release the GIL), with the BLAS of the kernel spectra's matrix products held to one thread
+    meanwhile (threadpoolctl): its own worker threads would otherwise spin against them.
+    """
+    h, w = image
+    latent = np.zeros((len(index), h, w), np.float32)
     err = np.empty((len(index), h, w), np.float32) if error else None
-    crop = (slice(p, p + h), slice(p, p + w))
-    for n, i in enumerate(index):  # per layer: a few full-size buffers, not (2, L, Hp, Wf) spectra
-        fl, fr = kernel_spectrum(kernels[:, i], (hp, wp), dft)
-        den = (fl.real**2 + fl.imag**2) + (fr.real**2 + fr.imag**2) + g2
-        num = np.conj(fl) * yf[0] + np.conj(fr) * yf[1]
-        if extra is not None:
-            num += extra
-        x = num / den
-        latent[n] = np.fft.irfft2(x, s=(hp, wp))[crop]
+
+    def one_layer(n: int) -> None:
+        residual = np.zeros((2, h, w), np.float32) if error else None
+        for win in windows:
+            fl, fr = win.spectra(index[n])
+            r0, r1, c0, c1 = win.support
+            den = (fl.real**2 + fl.imag**2) + (fr.real**2 + fr.imag**2) + win.g2
+            num = np.conj(fl) * win.yf[0] + np.conj(fr) * win.yf[1]
+            if win.extra is not None:
+                num += win.extra
+            x = num / den
+            part = np.fft.irfft2(x, s=win.shape)[win.keep]
+            latent[n, r0:r1, c0:c1] += part if win.weight is None else win.weight * part
+            if residual is not None:
+                for v, f in enumerate((fl, fr)):
+                    part = np.fft.irfft2(x * f - win.yf[v], s=win.shape)[win.keep]
+                    residual[v, r0:r1, c0:c1] += part if win.weight is None else win.weight * part
         if err is not None:
-            acc = np.zeros((h, w), np.float32)
-            for v, f in enumerate((fl, fr)):
-                r = np.fft.irfft2(x * f - yf[v], s=(hp, wp))[crop]
-                acc += r * r
-            err[n] = acc
+            err[n] = residual[0] * residual[0] + residual[1] * residual[1]
+
+    map_layers(one_layer, len(index), threads, blas_threads=1)
     return latent, err
 
 
-# --- per-cell kernels (a kernel field): tents, patchwise blur, patchwise Stage 1 ----------------
+# --- per-cell kernels (a kernel field): tents, cell windows, grouped Stage 1 ---------------------
 def tent_weights(n: int, parts: int) -> np.ndarray:
     """1-D bilinear tent weights ``(parts, n)`` float64 centred on ``parts`` equal cells (centre of
     cell ``r`` at ``(r + 1/2) n / parts - 1/2``), each reaching zero at the neighbouring centres and
@@ -337,8 +442,8 @@ class PatchWindow:
 
 
 def patch_windows(h: int, w: int, grid: tuple[int, int], margin: int, pad: int) -> list[PatchWindow]:
-    """The cells' windows of a patchwise solve over ``h x w`` (:func:`solve_latent_patchwise` and
-    edgedp.fit.stage3.PatchLatentSolver, one geometry for both), row-major.
+    """The cells' windows of a patchwise solve over ``h x w`` (edgedp.fit.stage3.PatchLatentSolver),
+    row-major.
 
     Example:
         >>> [(p.cell, p.support, p.window) for p in patch_windows(6, 4, (2, 1), 1, 2)]
@@ -361,11 +466,6 @@ def _cell_geometry(h: int, w: int, grid: tuple[int, int]):
     return rows, cols, support_spans(rows), support_spans(cols)
 
 
-def _cell_weight(rows: np.ndarray, cols: np.ndarray, i: int, j: int, rspan, cspan) -> np.ndarray:
-    """Cell ``(i, j)``'s blend weight over its support, float32 (the product taken in float64)."""
-    return (rows[i, rspan[0] : rspan[1], None] * cols[j, None, cspan[0] : cspan[1]]).astype(np.float32)
-
-
 def _check_patch_kernels(kernels: np.ndarray, layers: int | None = None) -> None:
     shape = kernels.shape
     if kernels.ndim != 6 or shape[2] != 2 or shape[-1] != shape[-2] or shape[-1] % 2 == 0:
@@ -374,126 +474,202 @@ def _check_patch_kernels(kernels: np.ndarray, layers: int | None = None) -> None
         raise RunnerError(f"patch kernels have {shape[3]} layers, expected {layers}")
 
 
-def blur_patchwise(stack: np.ndarray, kernels: np.ndarray) -> np.ndarray:
-    """Non-uniform blur over a ``Pr x Pc`` grid (numpy twin of edgedp.physics.blur.blur_stack_patchwise
-    without the batch): ``stack`` (l, H, W), ``kernels`` (Pr, Pc, 2, l, K, K) [left, right] ->
-    (2, l, H, W) float32, ``out = sum_p w_p (stack conv kernels[p])`` with the tents of
-    :func:`patch_blend_weights`; true convolution, the whole image's borders replicated; each
-    cell's blur is computed on its support (plus ``K // 2`` px of context) only."""
-    stack = np.asarray(stack, np.float32)
-    kernels = np.asarray(kernels, np.float32)
-    _check_patch_kernels(kernels, stack.shape[0])
-    l, h, w = stack.shape
-    k = kernels.shape[-1]
-    p = k // 2
-    rows, cols, rspans, cspans = _cell_geometry(h, w, kernels.shape[:2])
-    xp = np.pad(stack, ((0, 0), (p, p), (p, p)), mode="edge")
-    out = np.zeros((2, l, h, w), np.float32)
-    for i, (r0, r1) in enumerate(rspans):
-        for j, (c0, c1) in enumerate(cspans):
-            hw, ww = r1 - r0, c1 - c0
-            shape = (fast_size(hw + 2 * p), fast_size(ww + 2 * p, even=True))
-            dft = centred_dft(shape, k)
-            wgt = _cell_weight(rows, cols, i, j, (r0, r1), (c0, c1))
-            for n in range(l):
-                # The window holds the cell's support and p px of context: a centred kernel's
-                # circular wrap-around never reaches the kept [p, p + support) outputs.
-                xf = np.fft.rfft2(xp[n, r0 : r1 + 2 * p, c0 : c1 + 2 * p], s=shape)
-                for v, f in enumerate(kernel_spectrum(kernels[i, j, :, n], shape, dft)):
-                    out[v, n, r0:r1, c0:c1] += np.fft.irfft2(xf * f, s=shape)[p : p + hw, p : p + ww] * wgt
+def kernel_groups(kernels: np.ndarray, max_groups: int | None = None) -> np.ndarray:
+    """Group a kernel field's cells by their kernels: ``(Pr, Pc)`` int64 labels ``0 .. G - 1``
+    (numbered by each group's first cell in row-major order).
+
+    Cells with identical kernels (all layers, both views) share a group, so ``max_groups=None``
+    (or at least the number of distinct cells) keeps the field exact; an estimated field holds
+    one of a few candidate tilts per cell (edgedp.fit.kernel_estimation), i.e. few groups.  Beyond
+    ``max_groups`` the groups are merged by Ward's rule: each step joins the two whose union adds
+    the least squared deviation ``n_a n_b / (n_a + n_b) |mu_a - mu_b|^2`` of the cells' kernels
+    from their group's mean (:func:`solve_latent_grouped` then solves with that mean).
+    Deterministic (ties: the lower labels).
+
+    Example:
+        >>> k = np.zeros((2, 3, 2, 1, 3, 3), np.float32); k[..., 1, 1] = 1
+        >>> k[:, 2, 0, 0, 1, 0] = 0.5; k[1, 0, 0, 0, 1, 2] = 0.01
+        >>> kernel_groups(k).tolist(), kernel_groups(k, 2).tolist()
+        ([[0, 0, 1], [2, 0, 1]], [[0, 0, 1], [0, 0, 1]])
+    """
+    _check_patch_kernels(kernels)
+    pr, pc = kernels.shape[:2]
+    flat = np.ascontiguousarray(kernels.reshape(pr * pc, -1))
+    same: dict[bytes, list[int]] = {}  # identical cells by their bytes (np.unique(axis=0) sorts: slow)
+    for cell in range(pr * pc):
+        same.setdefault(flat[cell].tobytes(), []).append(cell)
+    members = list(same.values())  # in order of first cell
+    limit = len(members) if max_groups is None else max(1, int(max_groups))
+    if len(members) > limit:
+        sums = np.stack([flat[m].astype(np.float64).sum(axis=0) for m in members])
+        gram = sums @ sums.T  # Gram matrix of the groups' kernel sums, updated as groups merge
+        counts = np.array([len(m) for m in members], np.float64)
+        while len(members) > limit:
+            d = np.diag(gram)
+            dist = d[:, None] / counts[:, None] ** 2 + d[None, :] / counts[None, :] ** 2 - 2 * gram / np.outer(counts, counts)
+            cost = np.outer(counts, counts) / (counts[:, None] + counts[None, :]) * np.maximum(dist, 0)
+            cost[np.tril_indices(len(members))] = np.inf
+            a, b = np.unravel_index(int(np.argmin(cost)), cost.shape)
+            gram[a, :] += gram[b, :]
+            gram[:, a] += gram[:, b]
+            gram = np.delete(np.delete(gram, b, axis=0), b, axis=1)
+            counts[a] += counts[b]
+            counts = np.delete(counts, b)
+            members[a] = sorted(members[a] + members[b])
+            del members[b]
+    labels = np.empty(pr * pc, np.int64)
+    for g, cells in enumerate(sorted(members, key=min)):
+        labels[cells] = g
+    return labels.reshape(pr, pc)
+
+
+@dataclass(frozen=True)
+class GroupWindow:
+    """Where one group of a grouped solve works (rows then columns, ``[start, stop)``).
+
+    group: its label (:func:`kernel_groups`; a group in several places has a window per place).
+    support: ``(r0, r1, c0, c1)``, the bounding box of its blend weight's support.  window: ``(a0, a1, b0, b1)``, the support widened by the margin
+    and clipped to the image: the data it is solved from.  padded: ``(Hp, Wp)``, the FFT grid of
+    the window replicated out by ``pad`` px on every side (fast sizes, ``Wp`` even).  weight:
+    ``(r1 - r0, c1 - c0)`` float32, the sum of its cells' bilinear tents over the support
+    (:func:`patch_blend_weights`; the groups' weights are a partition of unity).
+    """
+
+    group: int
+    support: tuple[int, int, int, int]
+    window: tuple[int, int, int, int]
+    padded: tuple[int, int]
+    weight: np.ndarray
+
+
+def group_windows(h: int, w: int, labels: np.ndarray, margin: int, pad: int) -> list[GroupWindow]:
+    """The windows of a grouped solve over an ``h x w`` image for ``labels`` (Pr, Pc)
+    (:func:`kernel_groups`): one per connected part of each group (cells touching by a side or a
+    corner, whose tents overlap), so a group in two places of the frame costs two small windows,
+    not one spanning both.  In order of group, then of each part's first cell.
+
+    Example:
+        >>> [(g.group, g.support, g.window) for g in group_windows(6, 8, np.array([[0, 0, 1, 1]]), 1, 2)]
+        [(0, (0, 6, 0, 5), (0, 6, 0, 6)), (1, (0, 6, 3, 8), (0, 6, 2, 8))]
+        >>> [g.support for g in group_windows(6, 8, np.array([[0, 1, 1, 0]]), 1, 2)]
+        [(0, 6, 0, 3), (0, 6, 5, 8), (0, 6, 1, 7)]
+    """
+    labels = np.asarray(labels)
+    pr, pc = labels.shape
+    rows, cols, _, _ = _cell_geometry(h, w, labels.shape)
+    out = []
+    for g in range(int(labels.max()) + 1):
+        seen = np.zeros(labels.shape, bool)
+        for start in zip(*np.nonzero(labels == g)):
+            if seen[start]:
+                continue
+            part, todo = np.zeros(labels.shape), [start]  # flood fill over the 8 neighbours
+            seen[start] = True
+            while todo:
+                i, j = todo.pop()
+                part[i, j] = 1
+                for a in range(max(0, i - 1), min(pr, i + 2)):
+                    for b in range(max(0, j - 1), min(pc, j + 2)):
+                        if labels[a, b] == g and not seen[a, b]:
+                            seen[a, b] = True
+                            todo.append((a, b))
+            weight = rows.T @ part @ cols  # (h, w): the part's cells' tents summed
+            ys, xs = np.flatnonzero(weight.any(axis=1)), np.flatnonzero(weight.any(axis=0))
+            r0, r1, c0, c1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+            a0, a1 = max(0, r0 - margin), min(h, r1 + margin)
+            b0, b1 = max(0, c0 - margin), min(w, c1 + margin)
+            padded = (fast_size(a1 - a0 + 2 * pad), fast_size(b1 - b0 + 2 * pad, even=True))
+            out.append(GroupWindow(g, (r0, r1, c0, c1), (a0, a1, b0, b1), padded, weight[r0:r1, c0:c1].astype(np.float32)))
     return out
 
 
-def rerender_error_patchwise(views: np.ndarray, latent: np.ndarray, kernels: np.ndarray) -> np.ndarray:
-    """Each layer's re-render error ``e_i = sum_v (blur_patchwise(x_i)^v - y_v)^2`` (l, H, W) float32
-    for views (2, H, W), latent (l, H, W) and patch kernels (Pr, Pc, 2, l, K, K): what the fit's
-    likelihood fusion uses with a kernel field (edgedp.fit.stage2.rerender_error of
-    blur_stack_patchwise).  One layer at a time (no (2, l, H, W) stack)."""
-    views = np.asarray(views, np.float32)
-    err = np.empty(latent.shape, np.float32)
-    for n in range(latent.shape[0]):
-        r = blur_patchwise(latent[n : n + 1], kernels[:, :, :, n : n + 1])[:, 0] - views
-        err[n] = (r * r).sum(axis=0)
-    return err
+def kernel_support(kernels: np.ndarray) -> int:
+    """The smallest odd size ``S <= K`` whose centred ``S x S`` square holds every non-zero tap of
+    ``(..., K, K)`` centred kernels (1 for all-zero ones): a small layer's kernels padded to the
+    largest layer's size cost their full size in :func:`kernel_spectrum` otherwise.
+
+    Example:
+        >>> k = np.zeros((2, 9, 9)); k[0, 4, 2] = 1
+        >>> kernel_support(k), trim_kernels(k).shape
+        (5, (2, 5, 5))
+    """
+    k = kernels.shape[-1]
+    taps = np.abs(np.asarray(kernels)).reshape(-1, k, k).max(axis=0) > 0
+    if not taps.any():
+        return 1
+    ys, xs = np.nonzero(taps)
+    c = k // 2
+    return 2 * int(max(np.abs(ys - c).max(), np.abs(xs - c).max())) + 1
 
 
-def solve_latent_patchwise(
+def trim_kernels(kernels: np.ndarray) -> np.ndarray:
+    """``(..., K, K)`` centred kernels cut to their centred :func:`kernel_support` (same spectra)."""
+    k = kernels.shape[-1]
+    r = kernel_support(kernels) // 2
+    return kernels[..., k // 2 - r : k // 2 + r + 1, k // 2 - r : k // 2 + r + 1]
+
+
+def solve_latent_grouped(
     views: np.ndarray,
     kernels: np.ndarray,
     reg: float,
+    labels: np.ndarray | None = None,
     *,
     pad: int | None = None,
     margin: int | None = None,
+    error: bool = False,
     target: np.ndarray | None = None,
     target_weight: float = 0.0,
     layers=None,
-) -> np.ndarray:
-    """Closed-form latent map with per-cell kernels, blended seamlessly (numpy twin of
-    edgedp.fit.stage3.PatchLatentSolver.solve, same algorithm and grids).
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Closed-form latent map with a kernel field: the blend of one closed-form solve per group of
+    cells (:func:`kernel_groups`), each on its group's window.
 
-    A global solve ``x_0`` (:func:`solve_latent`) with the cells' mean kernels, then per cell a
-    correction on a window (its tent's support plus ``margin`` px, clipped to the image, replicated
-    by ``K // 2 + 8`` px out to an FFT-friendly size): ``A_p d = r`` with ``A_p = K_p^T K_p + (reg +
-    target_weight) G^T G`` and the normal equations' residual ``r = K_p^T y + target_weight G^T z -
-    A_p x_0`` kept only ``K`` px inside the window (the replicated margins are not a solution
-    pair); ``x_p = x_0 + d`` blended with the tents of :func:`patch_blend_weights`.  Equal kernels
-    give ``x_0``; a 1 x 1 grid is the global solve.
+    Per group ``g`` (kernels: the mean of its cells' kernels) and layer ``i`` the Stage-1 solution
+    ``x_g`` of :func:`solve_latent` is computed on the group's window (its weight's support plus
+    ``margin`` px, replicated out by ``K // 2 + 8`` px to an FFT-friendly size), and the layer's
+    latent is ``x = sum_g W_g x_g`` with ``W_g`` the sum of the group's cells' bilinear tents
+    (:func:`group_windows`): per pixel, the blend of the solutions of the cells around it, as the
+    field's kernels are blended (edgedp.physics.blur.blur_stack_patchwise).  The re-render error
+    blends the groups' residuals the same way, ``e = sum_v (sum_g W_g (x_g conv f_g^v - y_v))^2``.
+    Identical kernels in every cell give :func:`solve_latent`'s uniform solve (up to the border
+    padding's extent); the cost grows with the groups' summed window area, not with the cells.
 
     Args:
         views: (2, H, W) float32 [left, right].
         kernels: (Pr, Pc, 2, L, K, K) per cell (row-major from the top-left), centred
             true-convolution PSFs.
-        reg: ``lam``.  pad: replicate padding of the global solve (default ``K // 2 + 8``).
-        margin: context px around each support (>= K); default ``K + 8``.
-        target, target_weight, layers: as :func:`solve_latent`.
+        reg: ``lam``.
+        labels: (Pr, Pc) groups of :func:`kernel_groups`; None: the field's distinct kernels.
+        pad: replicate padding of a one-group (uniform) solve (default ``K // 2 + 8``).
+        margin: context px around each group's support; default ``K + 8``.
+        error, target, target_weight, layers, threads: as :func:`solve_latent`.
 
     Returns:
-        latent (l, H, W) float32.
+        ``(latent (l, H, W) float32, error (l, H, W) float32 or None)``.
     """
     views = np.asarray(views, np.float32)
     kernels = np.asarray(kernels, np.float32)
     _check_patch_kernels(kernels)
     _, h, w = views.shape
     pr, pc, _, nl, k, _ = kernels.shape
+    labels = kernel_groups(kernels) if labels is None else np.asarray(labels)
+    if labels.shape != (pr, pc) or labels.min() < 0 or set(np.unique(labels).tolist()) != set(range(int(labels.max()) + 1)):
+        raise RunnerError(f"labels must be ({pr}, {pc}) groups numbered 0 .. G - 1, got {labels.shape}")
     index = list(range(nl)) if layers is None else list(layers)
-    base, _ = solve_latent(views, kernels.mean(axis=(0, 1)), reg, pad=pad, target=target,
-                           target_weight=target_weight, layers=index)
-    if pr * pc == 1:
-        return base
-    use_target = target is not None and target_weight > 0
-    weight = float(reg) + (float(target_weight) if use_target else 0.0)
+    if int(labels.max()) == 0:
+        return solve_latent(views, kernels.mean(axis=(0, 1)), reg, pad=pad, error=error, target=target,
+                            target_weight=target_weight, layers=index, threads=threads)
     m = k + 8 if margin is None else int(margin)
-    band, wpad = k, k // 2 + 8  # band: support radius of K^T K (2 (K // 2)) + 1 for the prior
-    rows, cols, _, _ = _cell_geometry(h, w, (pr, pc))
-    out = np.zeros((len(index), h, w), np.float32)
-    for cell in patch_windows(h, w, (pr, pc), m, wpad):
-        (i, j), (r0, r1, c0, c1), (a0, a1, b0, b1), (hp, wp) = cell.cell, cell.support, cell.window, cell.padded
-        hw, ww = a1 - a0, b1 - b0
-        widths = ((wpad, hp - hw - wpad), (wpad, wp - ww - wpad))
-        yf = np.fft.rfft2(np.pad(views[:, a0:a1, b0:b1], ((0, 0),) + widths, mode="edge"))
-        extra = None
-        if use_target:
-            zf = np.fft.rfft2(np.pad(np.asarray(target, np.float32)[:, a0:a1, b0:b1], ((0, 0),) + widths))
-            gx, gy = gradient_operator_spectra((hp, wp))
-            extra = np.complex64(target_weight) * (np.conj(gx) * zf[0] + np.conj(gy) * zf[1])
-        g2 = np.float32(weight) * gradient_spectrum((hp, wp))
-        dft = centred_dft((hp, wp), k)
-        # Keep the residual where the window's data decide it: at least ``band`` px inside.
-        mask = np.zeros((hp, wp), np.float32)
-        mask[wpad + band : wpad + hw - band, wpad + band : wpad + ww - band] = 1
-        keep = (slice(wpad + r0 - a0, wpad + r1 - a0), slice(wpad + c0 - b0, wpad + c1 - b0))
-        wgt = _cell_weight(rows, cols, i, j, (r0, r1), (c0, c1))
-        for n, li in enumerate(index):
-            xg = np.pad(base[n, a0:a1, b0:b1], widths, mode="edge")
-            fl, fr = kernel_spectrum(kernels[i, j, :, li], (hp, wp), dft)
-            den = (fl.real**2 + fl.imag**2) + (fr.real**2 + fr.imag**2) + g2
-            rhs = np.conj(fl) * yf[0] + np.conj(fr) * yf[1] - den * np.fft.rfft2(xg)
-            if extra is not None:
-                rhs += extra
-            resid = np.fft.irfft2(rhs, s=(hp, wp)) * mask
-            d = np.fft.irfft2(np.fft.rfft2(resid) / den, s=(hp, wp))
-            out[n, r0:r1, c0:c1] += (xg[keep] + d[keep]) * wgt
-    return out
+    wpad = k // 2 + 8
+    windows = []
+    for grp in group_windows(h, w, labels, m, wpad):  # per group: the window's spectra, once for every layer
+        (a0, a1, b0, b1), (hp, wp) = grp.window, grp.padded
+        widths = ((wpad, hp - (a1 - a0) - wpad), (wpad, wp - (b1 - b0) - wpad))
+        windows.append(FourierWindow.of(views, target, target_weight, reg, kernels[labels == grp.group].mean(axis=0),
+                                        grp.support, grp.window, widths, grp.weight))
+    return solve_windows(windows, (h, w), index, error=error, threads=threads)
 
 
 # --- the final TV deconvolution (edgedp.fit.deconvolution) -----------------------------------------
@@ -524,12 +700,12 @@ def tv_weight(views: np.ndarray, reg: float) -> float:
 
 def deconvolve_layers(
     views: np.ndarray, kernels: np.ndarray, latent: np.ndarray, weights: np.ndarray, reg: float, tv: float,
-    config: "InstantConfig",
+    config: "InstantConfig", groups: np.ndarray | None = None, threads: int | None = None,
 ) -> np.ndarray:
     """The TV deconvolution of the composite ``sum_i d_i x_i`` by half-quadratic splitting (numpy
     port of edgedp.fit.deconvolution.deconvolve_layers): returns the (L, H, W) latent map whose
     composite is the deconvolved image (``latent`` is updated in place).  ``kernels``: (2, L, K, K)
-    or per cell (Pr, Pc, 2, L, K, K) (each step then :func:`solve_latent_patchwise`)."""
+    or per cell (Pr, Pc, 2, L, K, K) with their ``groups`` (each step then :func:`solve_latent_grouped`)."""
     if config.tv_iterations <= 0 or tv <= 0:
         return latent
     used = [i for i in range(latent.shape[0]) if float(weights[i].max()) >= config.tv_min_layer_weight]
@@ -537,7 +713,7 @@ def deconvolve_layers(
     beta = config.tv_beta_start * float(reg)
     for _ in range(config.tv_iterations):
         z = shrink_gradient(image_gradient(x), tv / (2 * beta))
-        solved, _ = solve_latent(views, kernels, reg, pad=config.pad, target=z, target_weight=beta, layers=used)
+        solved, _ = solve_latent(views, kernels, reg, pad=config.pad, target=z, target_weight=beta, layers=used, groups=groups, threads=threads)
         latent[used] = solved
         x = (latent * weights).sum(axis=0)
         beta *= config.tv_beta_growth
@@ -583,11 +759,21 @@ def _box_sums(x: np.ndarray, radius: int, axis: int) -> tuple[np.ndarray, np.nda
     """Sums over ``[j - radius, j + radius]`` clipped to the array along ``axis`` (float64 running
     sums: float32 ones lose the small errors next to large ones), and the clipped counts."""
     n = x.shape[axis]
-    c = np.cumsum(x, axis=axis, dtype=np.float64)
-    c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
+    x = np.moveaxis(np.asarray(x), axis, 0)
+    c = np.empty((n + 1,) + x.shape[1:], np.float64)
+    c[0] = 0
+    np.cumsum(x, axis=0, dtype=np.float64, out=c[1:])
     j = np.arange(n)
     hi, lo = np.minimum(j + radius + 1, n), np.maximum(j - radius, 0)
-    return np.take(c, hi, axis=axis) - np.take(c, lo, axis=axis), (hi - lo).astype(np.float64)
+    out = np.empty((n,) + x.shape[1:], np.float64)
+    r = min(radius, n - 1)
+    # Slices, not fancy indexing: the interior is c[j + r + 1] - c[j - r]; the clipped ends apart.
+    head, tail = min(r, n), max(n - r - 1, r)
+    np.subtract(c[hi[:head]], c[0], out=out[:head])
+    if tail > head:
+        np.subtract(c[head + r + 1 : tail + r + 1], c[head - r : tail - r], out=out[head:tail])
+    out[tail:] = c[hi[tail:]] - c[lo[tail:]]
+    return np.moveaxis(out, 0, axis), (hi - lo).astype(np.float64)
 
 
 def box_mean(image: np.ndarray, window: int) -> np.ndarray:
@@ -692,25 +878,31 @@ def over_weights(alphas: np.ndarray) -> np.ndarray:
     (layer L - 1 on top; ``a_0 = 1`` makes them a partition of unity).  float32 (L, H, W)."""
     alphas = np.asarray(alphas, np.float32)
     out = np.empty_like(alphas)
-    above = None
+    above = np.ones(alphas.shape[1:], np.float32)  # prod_{j > i} (1 - a_j)
     for i in range(alphas.shape[0] - 1, -1, -1):
-        out[i] = alphas[i] if above is None else alphas[i] * above
-        above = (1 - alphas[i]) if above is None else above * (1 - alphas[i])
+        np.multiply(alphas[i], above, out=out[i])
+        above -= out[i]  # above (1 - a_i) = above - a_i above
     return out
 
 
-def fuse_weights(weights: np.ndarray, error: np.ndarray, window: int, *, floor: float = 1e-6, out: np.ndarray | None = None) -> np.ndarray:
+def fuse_weights(weights: np.ndarray, error: np.ndarray, window: int, *, floor: float = 1e-6, out: np.ndarray | None = None,
+                 threads: int | None = None) -> np.ndarray:
     """G_D's weights (L, H, W) times the per-pixel layer likelihood, normalized over layers
     (edgedp.fit.stage2.fuse_with_likelihood with its ``layer_posterior``): ``d_i ~ max(w_i, floor) *
     exp(-(e_i - min_j e_j) / T)`` with ``e = box_mean(error, window)`` (window > 1) and
     ``T = 0.5 * mean_p min_j e_j + 1e-20``.  ``error`` (L, H, W) is each layer's re-render error.
-    ``out`` may be ``error`` itself (in place, saving one stack).  Returns float32 (L, H, W)."""
+    ``out`` may be ``error`` itself (in place, saving one stack); ``threads``: layers box-filtered
+    at once (None: the CPU count).  Returns float32 (L, H, W)."""
     layers = error.shape[0]
     out = np.empty(error.shape, np.float32) if out is None else out
-    best = None
-    for i in range(layers):
+
+    def smooth(i: int) -> None:
         out[i] = box_mean(error[i], window) if window > 1 else error[i]
-        best = out[i].copy() if best is None else np.minimum(best, out[i])
+
+    map_layers(smooth, layers, threads)
+    best = out[0].copy()
+    for i in range(1, layers):
+        np.minimum(best, out[i], out=best)
     scale = np.float32(-1.0 / (0.5 * float(best.mean(dtype=np.float64)) + 1e-20))
     total = np.zeros(best.shape, np.float32)
     for i in range(layers):
@@ -730,6 +922,7 @@ def instant_predict(
     config: InstantConfig = InstantConfig(),
     reg: float | None = None,
     timings: dict | None = None,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All-in-focus image and defocus map of a DP pair from G_D's alphas (module docstring).
 
@@ -737,13 +930,15 @@ def instant_predict(
         views: (2, H, W) float32 [left, right], normalized (unclipped) linear values.
         alphas: (L, H, W) MPI alphas from gd.onnx (layer L - 1 on top, alphas[0] = 1).
         kernels: (2, L, K, K) [left, right] x layers, or per cell of a kernel field
-            (Pr, Pc, 2, L, K, K): Stage 1, the re-render error and the deconvolution then run
-            patchwise (:func:`solve_latent_patchwise`, :func:`rerender_error_patchwise`).
+            (Pr, Pc, 2, L, K, K): Stage 1, its re-render error and the deconvolution then blend one
+            solve per group of cells (:func:`kernel_groups` with ``config.kernel_groups``,
+            :func:`solve_latent_grouped`).
         radii: (L,) signed blur radius (px) per layer.
         config: regularization, fusion window, weight floor, padding.
         reg: ``lam``; None: :func:`latent_reg` of the views with ``config``'s gain/floor/ceil.
         timings: filled with seconds ``latent`` (reg + stage 1 + errors), ``fuse`` and
             ``deconvolution`` (the final TV deconvolution).
+        threads: CPU threads of the layer loops (None: the CPU count; results do not depend on it).
 
     Returns:
         ``(allinfocus (H, W), defocus (H, W), weights (L, H, W))`` float32; ``defocus`` is the
@@ -763,13 +958,14 @@ def instant_predict(
         raise RunnerError(f"kernels must be (2, {layers}, K, K) or per cell (Pr, Pc, 2, {layers}, K, K), got {kernels.shape}")
     t0 = time.perf_counter()
     lam = latent_reg(views, gain=config.gain, floor=config.floor, ceil=config.ceil) if reg is None else float(reg)
-    latent, error = solve_latent(views, kernels, lam, pad=config.pad, error=config.fuse_window > 0)
+    groups = kernel_groups(kernels, config.kernel_groups) if kernels.ndim == 6 else None
+    latent, error = solve_latent(views, kernels, lam, pad=config.pad, error=config.fuse_window > 0, groups=groups, threads=threads)
     t1 = time.perf_counter()
     weights = over_weights(alphas)
     if error is not None:
-        weights = fuse_weights(weights, error, config.fuse_window, floor=config.weight_floor, out=error)
+        weights = fuse_weights(weights, error, config.fuse_window, floor=config.weight_floor, out=error, threads=threads)
     t2 = time.perf_counter()
-    latent = deconvolve_layers(views, kernels, latent, weights, lam, tv_weight(views, lam), config)
+    latent = deconvolve_layers(views, kernels, latent, weights, lam, tv_weight(views, lam), config, groups, threads)
     t3 = time.perf_counter()
     allinfocus = np.zeros(views.shape[1:], np.float32)
     defocus = np.zeros(views.shape[1:], np.float32)
@@ -917,7 +1113,7 @@ class _OrtCpu:
 def run_instant(export_folder, views: np.ndarray, threads: int | None = None) -> dict:
     """The whole instant path on normalized views (2, H, W) float32 (no file I/O but loading
     the export): gd.onnx in ONNX Runtime (CPU, ``threads`` intra-op threads), then
-    :func:`instant_predict`.  Returns ``{"allinfocus": (H, W), "defocus": (H, W), "weights":
+    :func:`instant_predict` (on ``threads`` threads).  Returns ``{"allinfocus": (H, W), "defocus": (H, W), "weights":
     (L, H, W), "latent_reg": lam, "seconds": {"load", "gd", "latent", "fuse", "total"}}``."""
     t0 = time.perf_counter()
     inst = load_instant(export_folder)
@@ -927,7 +1123,8 @@ def run_instant(export_folder, views: np.ndarray, threads: int | None = None) ->
     alphas = run_gd(model, views, graph.multiple_of)
     t2 = time.perf_counter()
     timings: dict = {}
-    aif, defocus, weights = instant_predict(views, alphas, inst.predict_kernels, inst.radii, config=inst.config, timings=timings)
+    aif, defocus, weights = instant_predict(views, alphas, inst.predict_kernels, inst.radii, config=inst.config, timings=timings,
+                                            threads=threads)
     seconds = {"load": t1 - t0, "gd": t2 - t1, "latent": timings["latent"], "fuse": timings["fuse"]}
     seconds["total"] = time.perf_counter() - t0
     return {"allinfocus": aif, "defocus": defocus, "weights": weights, "latent_reg": timings["latent_reg"], "seconds": seconds}

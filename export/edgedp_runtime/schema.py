@@ -179,18 +179,19 @@ INSTANT_DECONVOLUTION = {"iterations": "tv_iterations", "beta_start": "tv_beta_s
 INSTANT_SETTINGS: dict[str, type] = {
     "gain": float, "floor": float, "ceil": float, "fuse_window": int, "weight_floor": float, "pad": int,
     "tv_iterations": int, "tv_beta_start": float, "tv_beta_growth": float, "tv_min_layer_weight": float,
+    "kernel_groups": int,
 }
 
 
 def instant_entry(
     *, kernel_size: int, pad: int, latent_reg: dict[str, float], fuse_window: int, weight_floor: float,
     deconvolution: dict[str, float] | None = None, kernels: str = KERNELS_FILE,
-    patch_kernels: str | None = None, patch_grid: tuple[int, int] | None = None,
+    patch_kernels: str | None = None, patch_grid: tuple[int, int] | None = None, kernel_groups: int | None = None,
 ) -> dict[str, Any]:
     """The sidecar's ``instant`` object: ``{"kernels", "kernel_size", "pad", "latent_reg": {"gain",
     "floor", "ceil"}, "fuse_window", "weight_floor", "deconvolution": {"iterations", "beta_start",
     "beta_growth", "min_layer_weight"}}`` and, for a profile with a kernel field, ``"patch_kernels":
-    file of the (Pr, Pc, 2, L, K, K) per-cell kernels, "patch_grid": [Pr, Pc]`` (meanings:
+    file of the (Pr, Pc, 2, L, K, K) per-cell kernels, "patch_grid": [Pr, Pc], "kernel_groups": G`` (meanings:
     edgedp_runtime.instant)."""
     missing = [k for k in INSTANT_LATENT_REG if k not in latent_reg]
     if missing:
@@ -208,6 +209,8 @@ def instant_entry(
             raise ValueError("patch_kernels needs its patch_grid")
         entry["patch_kernels"] = str(patch_kernels)
         entry["patch_grid"] = [int(g) for g in patch_grid]
+        if kernel_groups is not None:
+            entry["kernel_groups"] = int(kernel_groups)
     if deconvolution is not None:
         entry["deconvolution"] = {k: float(deconvolution[k]) for k in INSTANT_DECONVOLUTION}
         entry["deconvolution"]["iterations"] = int(deconvolution["iterations"])
@@ -217,8 +220,8 @@ def instant_entry(
 def read_instant_settings(entry: dict) -> dict[str, float | int]:
     """The numeric settings of a sidecar ``instant`` object, flat (``gain``, ``floor``, ``ceil``,
     ``fuse_window``, ``weight_floor``, ``pad``, ``tv_iterations``, ``tv_beta_start``,
-    ``tv_beta_growth``, ``tv_min_layer_weight``); missing keys are left out.  One-line
-    :class:`RunnerError` for a non-numeric or non-finite value."""
+    ``tv_beta_growth``, ``tv_min_layer_weight``, ``kernel_groups``); missing keys are left out.
+    One-line :class:`RunnerError` for a non-numeric or non-finite value or ``kernel_groups < 1``."""
     reg = entry.get("latent_reg") or {}
     raw = {k: reg.get(k) for k in INSTANT_LATENT_REG}
     deconv = entry.get("deconvolution") or {}
@@ -236,6 +239,8 @@ def read_instant_settings(entry: dict) -> dict[str, float | int]:
         if not math.isfinite(number):
             raise RunnerError(f"{SIDECAR_NAME}: 'instant' setting {key}={value!r} is not finite")
         values[key] = number
+    if values.get("kernel_groups", 1) < 1:
+        raise RunnerError(f"{SIDECAR_NAME}: 'instant' setting kernel_groups={values['kernel_groups']} must be at least 1")
     return values
 
 

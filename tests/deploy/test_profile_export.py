@@ -363,25 +363,56 @@ def field_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("field")
     field = analytic_field((2, 3), 6.0, 17).to(dtype=torch.float32)
     path = save_profile(tiny_profile(kernel_field=field), root / "PHONE.profile")
-    res = CliRunner().invoke(app, ["export", str(path), "-o", str(root / "export"), "--no-verify", "--instant-field"])
+    res = CliRunner().invoke(app, ["export", str(path), "-o", str(root / "export"), "--no-verify"])
     assert res.exit_code == 0, res.output
     return path, root / "export", res.stdout
 
 
-def test_export_profile_with_a_field_uses_its_mean_unless_asked(field_export, tmp_path):
-    """Without --instant-field the instant path gets the field's mean kernels (the fit's uniform
-    kernels with a field) and a note says so; --instant-field on a scene is refused in one line."""
+def test_export_profile_with_a_field_uses_its_mean_when_asked(field_export, tmp_path):
+    """With --instant-mean-kernels the instant path gets the field's mean kernels (the fit's
+    uniform kernels with a field) and a note says so; the flag on a scene is refused in one line."""
     path, out, _ = field_export
     plain = tmp_path / "plain"
-    res = CliRunner().invoke(app, ["export", str(path), "-o", str(plain), "--no-verify"])
+    res = CliRunner().invoke(app, ["export", str(path), "-o", str(plain), "--no-verify", "--instant-mean-kernels"])
     assert res.exit_code == 0, res.output
     assert not (plain / "patch_kernels.npy").exists()
     assert "note     the profile's 2x3 kernel field goes to the instant path as its mean kernels" in res.stdout
     assert np.abs(np.load(plain / "kernels.npy") - np.load(out / "kernels.npy")).max() == 0  # the same mean
     side = json.loads((plain / "export.json").read_text())
     assert "patch_kernels" not in side["instant"] and side["notes"]
-    res = CliRunner().invoke(app, ["export", str(tmp_path / "no_scene"), "-o", str(tmp_path / "o"), "--instant-field"])
-    assert res.exit_code == 2 and "--instant-field does not apply to a scene export" in res.stderr
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "no_scene"), "-o", str(tmp_path / "o"), "--instant-mean-kernels"])
+    assert res.exit_code == 2 and "--instant-field/--instant-mean-kernels does not apply to a scene export" in res.stderr, res.stderr
+
+
+def test_export_profile_instant_groups(field_export, tmp_path):
+    """--instant-groups N sets the sidecar's kernel_groups, which the runtime reads and applies
+    (fewer groups: a different result); 0, with --instant-mean-kernels, on a scene or on a
+    profile without a field it is one line (exit 2) and nothing is written."""
+    path, out, _ = field_export
+    two = tmp_path / "two"
+    res = CliRunner().invoke(app, ["export", str(path), "-o", str(two), "--no-verify", "--instant-groups", "2"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((two / "export.json").read_text())["instant"]["kernel_groups"] == 2
+    loaded = instant.load_instant(two)
+    assert loaded.config.kernel_groups == 2
+    views = np.random.default_rng(0).random((2, H, W)).astype(np.float32)
+    alphas = np.ones((LAYERS, H, W), np.float32)
+    radii = np.arange(LAYERS, dtype=np.float32)
+    grouped = instant.instant_predict(views, alphas, loaded.patch_kernels, radii, config=loaded.config)[0]
+    exact = instant.instant_predict(views, alphas, loaded.patch_kernels, radii, config=instant.load_instant(out).config)[0]
+    assert np.abs(grouped - exact).max() > 1e-4  # 2 groups of the 6 distinct cells: merged kernels
+    plain = save_profile(tiny_profile(), tmp_path / "plain.profile")
+    for source, flags, message in (
+        (path, ["--instant-groups", "0"], "--instant-groups 0: must be >= 1"),
+        (path, ["--instant-groups", "3", "--instant-mean-kernels"], "does not apply with --instant-mean-kernels"),
+        (tmp_path / "no_scene", ["--instant-groups", "3"], "--instant-groups does not apply to a scene export"),
+        (plain, ["--instant-groups", "3"], "this profile has no kernel field"),
+    ):
+        target = tmp_path / "refused"
+        res = CliRunner().invoke(app, ["export", str(source), "-o", str(target), "--no-verify", *flags])
+        assert res.exit_code == 2 and message in res.stderr, (flags, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+        assert not target.exists() or not any(target.iterdir())
 
 
 def test_export_profile_with_a_field_writes_patch_kernels(field_export, tmp_path):
@@ -397,8 +428,9 @@ def test_export_profile_with_a_field_writes_patch_kernels(field_export, tmp_path
     pk = np.load(out / "patch_kernels.npy")
     k = side["kernel_size"]
     assert inst["patch_kernels"] == "patch_kernels.npy" and inst["patch_grid"] == [2, 3] and inst["pad"] == k // 2 + 8
-    # The fit's rule for the TV step with a kernel field (DeconvolutionConfig.field_iterations).
-    assert inst["deconvolution"]["iterations"] == 3
+    # the instant path takes no TV step (profile_export.INSTANT_TV_ITERATIONS) and at most 8 groups of cells
+    assert inst["deconvolution"]["iterations"] == 0 and inst["kernel_groups"] == 8
+    assert instant.InstantConfig.from_sidecar(inst).kernel_groups == 8
     assert pk.dtype == np.float32 and pk.shape == (2, 3, 2, LAYERS, k, k) and k >= 11
     # what edgedp fit --profile uses: the field's layer kernels at the fit's disparity per radius
     profile = load_profile(path)
@@ -417,14 +449,15 @@ def test_export_profile_with_a_field_writes_patch_kernels(field_export, tmp_path
     res = CliRunner().invoke(app, ["export", str(plain), "-o", str(copy), "--no-verify", "--overwrite"])
     assert res.exit_code == 0, res.output
     assert not (copy / "patch_kernels.npy").exists() and "patch_kernels" not in json.loads((copy / "export.json").read_text())["instant"]
-    assert json.loads((copy / "export.json").read_text())["instant"]["deconvolution"]["iterations"] == 6
+    assert json.loads((copy / "export.json").read_text())["instant"]["deconvolution"]["iterations"] == 0
+    assert "kernel_groups" not in json.loads((copy / "export.json").read_text())["instant"]
     assert instant.load_instant(copy).patch_kernels is None
 
 
 def test_runner_instant_with_a_field(field_export, pair, no_torch_env, tmp_path):
     """``edgedp-runtime instant`` on a profile export with a field (no torch): it says so, runs
-    the patchwise path and gives the plain API's numbers; a patch_kernels.npy of the wrong shape
-    or a missing grid is one line."""
+    the grouped path and gives the plain API's numbers; a patch_kernels.npy of the wrong shape,
+    a missing grid or kernel_groups < 1 is one line."""
     _, out, _ = field_export
     folder, sc = pair
     res = tmp_path / "res"
@@ -455,6 +488,11 @@ def test_runner_instant_with_a_field(field_export, pair, no_torch_env, tmp_path)
     (bad / "export.json").write_text(json.dumps(side))
     proc = run(["instant", bad, folder / "left.png", folder / "right.png", "-o", tmp_path / "o"], no_torch_env)
     assert_runner_error(proc, "without a valid \"patch_grid\"")
+    side["instant"].update(patch_grid=[2, 3], kernel_groups=0)
+    (bad / "export.json").write_text(json.dumps(side))
+    proc = run(["instant", bad, folder / "left.png", folder / "right.png", "-o", tmp_path / "o"], no_torch_env)
+    assert_runner_error(proc, "kernel_groups=0 must be at least 1")
+    del side["instant"]["kernel_groups"]
     (bad / "patch_kernels.npy").unlink()
     side["instant"]["patch_grid"] = [2, 3]
     (bad / "export.json").write_text(json.dumps(side))

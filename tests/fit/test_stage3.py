@@ -153,7 +153,9 @@ def test_gauge_penalty_sees_common_factors_not_the_relative_blur(scene) -> None:
     pair = torch.nn.functional.pad(scene["kernels"][:, -1].double(), (2, 2, 2, 2))  # room to shift
     target = pair.clone()
     c, s = pair_moments(pair)
-    assert c.abs().max() < 1e-12 and float(s) > 1  # centred pair, spread in px^2
+    # centred pair, spread in px^2; built in float32, so centred to float32 rounding (4e-9 px seen
+    # on one CPU, below 1e-12 on another)
+    assert c.abs().max() < 1e-6 and float(s) > 1
     assert float(gauge_penalty({"behind": pair[:, None]}, {"behind": target})) < 1e-20
     # a common shift of both views by one column (the latent would absorb it): costs 1 px^2
     shifted = torch.roll(pair, 1, dims=-1)
