@@ -315,10 +315,12 @@ class FourierWindow:
 
 
 def map_layers(work, count: int, threads: int | None = None, *, blas_threads: int | None = None) -> None:
-    """``work(n)`` for ``n`` in ``range(count)`` on ``threads`` threads (None: the CPU count; 1 or
-    one item: in this thread), with ``blas_threads`` BLAS threads per worker meanwhile (None: as
+    """``work(n)`` for ``n`` in ``range(count)`` on ``threads`` threads (None: the CPUs this process
+    may use; 1 or one item: in this thread), with ``blas_threads`` BLAS threads per worker meanwhile (None: as
     they are).  Each ``n`` must write only its own outputs; results do not depend on ``threads``."""
-    workers = max(1, min(int(threads or os.cpu_count() or 1), count))
+    if not threads:  # the CPUs this process may run on (a container's share, not the host's count)
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(int(threads), count))
     if workers == 1:
         for n in range(count):
             work(n)
