@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edgedp.eval import pixel4
 from edgedp.metrics import ProtocolScores, Scores
+from tests.tools.test_bench_pixel import CROP, data  # noqa: F401  (data: the fake Pixel 4 folder fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("bench_warmstart", REPO / "tools" / "bench_warmstart.py")
@@ -62,3 +63,42 @@ def test_commands_leave_the_scene_out_of_tuning(tmp_path):
     assert cmds["instant"][1:4] == ["-m", "edgedp_runtime", "instant"]
     for name in ("tune", "cold", "warm", "instant"):  # the protocol's input settings everywhere
         assert "--flat-field" in cmds[name] and "1008x1344" in cmds[name] and "1024" in cmds[name]
+
+
+def test_main_runs_every_step_and_scores_the_images(data, tmp_path, monkeypatch, capsys):
+    """The leave-one-out loop end to end on two fake 64x80 scenes, with the steps' subprocesses
+    replaced by a stand-in that writes an image per step (cold: the input, warm: the ground truth,
+    instant: the input darkened): every step runs in order for each left-out scene, the images
+    are scored with the protocol, and the table, the targets and the JSON say so."""
+    import json
+
+    from edgedp.eval import runs
+    from edgedp.io import read_normalized, write_png16
+
+    root = data
+    steps = []
+
+    def fake_step(name, command, out, quiet):
+        steps.append((out.name, name))
+        scene = out.name
+        image = {"cold": "cold", "warm": "warm", "instant": "instant"}.get(name)
+        if image is not None:
+            gt = read_normalized(root / "gt_all_in_focus" / f"{scene}_gt.png")
+            picture = {"cold": 0.9 * gt + 0.05, "warm": gt, "instant": 0.8 * gt}[name]
+            (out / image).mkdir(parents=True, exist_ok=True)
+            write_png16(out / image / "allinfocus.png", picture, overwrite=True)
+        return runs.FitRun(list(command), 0, {"cold": 30.0, "warm": 6.0}.get(name, 1.0), 2**30, out / "log")
+
+    monkeypatch.setattr(bench.runs, "run_step", fake_step)
+    code = bench.main(["--data", str(root), "--crop", f"{CROP[0]}x{CROP[1]}", "--out", str(tmp_path / "bench"), "--quiet"])
+    assert code == 0
+    assert steps == [(s, step) for s in ("001", "002") for step in ("tune", "cold", "warm", "export", "instant")]
+    payload = json.loads((tmp_path / "bench" / "bench_warmstart.json").read_text())
+    assert [r["scene"] for r in payload["scenes"]] == ["001", "002"]
+    for row in payload["scenes"]:
+        assert row["warm"]["psnr"] > row["cold"]["psnr"] > row["instant"]["psnr"]
+        assert row["warm"]["wall_s"] / row["cold"]["wall_s"] == 0.2
+    verdicts = {t["name"].split(" ")[0] + " " + t["name"].split(" ")[1]: t["passed"] for t in payload["targets"]}
+    assert verdicts["warm PSNR"] and verdicts["warm wall"]
+    out = capsys.readouterr().out
+    assert "| 001 |" in out and "| 002 |" in out
