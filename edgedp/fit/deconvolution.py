@@ -122,8 +122,9 @@ def used_layers(weights: Tensor, config: DeconvolutionConfig = DeconvolutionConf
 
 
 class LayerSolver(Protocol):
-    """What :func:`deconvolve_layers` needs of Stage 1: :class:`edgedp.physics.fourier.LatentSolver` or
-    :class:`edgedp.fit.stage3.PatchLatentSolver`."""
+    """What :func:`deconvolve_layers` needs of Stage 1: :class:`edgedp.physics.fourier.LatentSolver`,
+    :class:`edgedp.fit.stage3.GroupedLatentSolver` (a kernel field) or
+    :class:`edgedp.fit.stage3.PatchLatentSolver` (Stage 3's per-patch kernels)."""
 
     def solve(self, target: Tensor | None = None, target_weight: float = 0.0, layers=None) -> Tensor: ...
 

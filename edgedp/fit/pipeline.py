@@ -69,7 +69,7 @@ def fit_scene(
         config: settings; data-derived fields (``None``) are filled in the result's config.
         kernel_field: a spatially varying DP kernel field (:class:`edgedp.physics.kernel_field.KernelField`)
             instead of the parametric kernels: every stage then uses its per-cell layer kernels
-            (:func:`field_kernels`; Stage 1 and the deconvolution :class:`~edgedp.fit.stage3.PatchLatentSolver`,
+            (:func:`field_kernels`; Stage 1 and the deconvolution :class:`~edgedp.fit.stage3.GroupedLatentSolver`,
             Stage 2 the patchwise blur), ``patch_kernels`` of the result are those, ``kernels``
             their mean over the cells and ``config.patches`` the field's grid.  Stage 3 is not
             combined with a field (``stage3_iterations > 0`` is a one-line InputError).
@@ -381,12 +381,13 @@ def field_summary(field: KernelField, config: FitConfig) -> dict:
 
 
 def _layer_solver(views: Tensor, kernels: Tensor, patch_kernels: Tensor | None, lam: float):
-    """Stage 1 of ``views`` with the uniform kernels or the patch kernels (Stage 3's, a field's)."""
+    """Stage 1 of ``views`` with the uniform kernels or the patch kernels (Stage 3's, a field's):
+    with patch kernels one solve per group of cells (:class:`~edgedp.fit.stage3.GroupedLatentSolver`)."""
     if patch_kernels is None:
         return LatentSolver(views, kernels, lam)
-    from .stage3 import PatchLatentSolver
+    from .stage3 import FIELD_GROUPS, GroupedLatentSolver
 
-    return PatchLatentSolver(views, patch_kernels, lam)
+    return GroupedLatentSolver(views, patch_kernels, lam, max_groups=FIELD_GROUPS)
 
 
 def thin_curve(values: list[float], keep: int = 200) -> list[float]:

@@ -89,7 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from edgedp_runtime.instant import patch_windows
+from edgedp_runtime.instant import group_windows, kernel_groups, patch_windows
 
 from ..conventions import BEHIND, IN_FRONT
 from ..physics.kernels import resize_kernel
@@ -99,7 +99,7 @@ from ..physics.blur import patch_blend_weights, render_dual_pixel_patchwise
 from ..models.kernel_generators import KernelGenerators
 
 
-__all__ = ["KernelFitSettings", "fit_patch_kernels", "patch_layer_kernels", "PatchLatentSolver", "solve_latent_map_patchwise", "warm_start"]
+__all__ = ["FIELD_GROUPS", "GroupedLatentSolver", "KernelFitSettings", "fit_patch_kernels", "patch_layer_kernels", "PatchLatentSolver", "solve_latent_map_patchwise", "warm_start"]
 
 
 ProgressCallback = Callable[[str, int, int, Optional[float]], None]
@@ -348,6 +348,63 @@ class PatchLatentSolver:
             x = xg[:, pad + r0 - a0 : pad + r1 - a0, pad + c0 - b0 : pad + c1 - b0]
             x = x + d[:, pad + r0 - a0 : pad + r1 - a0, pad + c0 - b0 : pad + c1 - b0]
             out[:, r0:r1, c0:c1] += x * blend[i, j, r0:r1, c0:c1]
+        return out
+
+
+#: The most groups of cells :class:`GroupedLatentSolver` solves apart in a fit (the instant path's
+#: default too, edgedp.deploy.profile_export.INSTANT_KERNEL_GROUPS).  An estimated field holds a
+#: few distinct tilts; a calibrated one (``--kernels``) 48 distinct cells, which 8 groups bound in
+#: time and memory (each group's LatentSolver keeps its window's spectra).  Measured on the Pixel 4
+#: dev scenes: README "Restoration quality" (the grouped Stage 1).
+FIELD_GROUPS = 8
+
+
+class GroupedLatentSolver:
+    """Closed-form Stage 1 latent map with a kernel field, one solve per group of cells with the
+    same kernels (the torch twin of :func:`edgedp_runtime.instant.solve_latent_grouped`; same
+    :meth:`solve` signature as :class:`PatchLatentSolver`).
+
+    The cells are grouped by identical kernels (:func:`edgedp_runtime.instant.kernel_groups`,
+    Ward merging beyond ``max_groups``); each group's Stage 1 (:class:`LatentSolver` with the mean
+    of its cells' kernels) runs on the window its cells' tents reach plus ``margin`` px
+    (:func:`edgedp_runtime.instant.group_windows`), and the solutions are blended with the tents.
+
+    Args:
+        views: (2, H, W) DP pair [left, right].
+        patch_kernels: (Pr, Pc, 2, L, K, K).
+        lam: weight of the gradient prior.
+        margin: context px around each group's support; default ``K + 8``.
+        max_groups: most groups (None: every distinct kernel its own group).
+    """
+
+    def __init__(self, views: Tensor, patch_kernels: Tensor, lam: float, *, margin: int | None = None,
+                 max_groups: int | None = None) -> None:
+        if views.dim() != 3 or views.shape[0] != 2:
+            raise ValueError(f"views must be (2, H, W), got {tuple(views.shape)}")
+        if patch_kernels.dim() != 6 or patch_kernels.shape[2] != 2:
+            raise ValueError(f"patch_kernels must be (Pr, Pc, 2, L, K, K), got {tuple(patch_kernels.shape)}")
+        self.views = views
+        self.layers = int(patch_kernels.shape[3])
+        k = int(patch_kernels.shape[-1])
+        m = k + 8 if margin is None else int(margin)
+        kernels = patch_kernels.to(views)
+        labels = kernel_groups(kernels.detach().cpu().numpy(), max_groups)
+        self.parts = []
+        for grp in group_windows(views.shape[-2], views.shape[-1], labels, m, k // 2 + 8):
+            a0, a1, b0, b1 = grp.window
+            mean = kernels[torch.from_numpy(labels == grp.group).to(views.device)].mean(dim=0)
+            weight = torch.from_numpy(grp.weight).to(views)
+            self.parts.append((grp.support, grp.window, weight, LatentSolver(views[:, a0:a1, b0:b1], mean, lam)))
+
+    def solve(self, target: Tensor | None = None, target_weight: float = 0.0, layers=None) -> Tensor:
+        """``(L, H, W)`` latent map, or only ``layers`` of it (see :meth:`LatentSolver.solve`)."""
+        h, w = self.views.shape[-2:]
+        index = list(range(self.layers)) if layers is None else list(layers)
+        out = self.views.new_zeros(len(index), h, w)
+        for (r0, r1, c0, c1), (a0, a1, b0, b1), weight, solver in self.parts:
+            z = None if target is None else target[:, a0:a1, b0:b1]
+            x = solver.solve(z, target_weight, index)
+            out[:, r0:r1, c0:c1] += weight * x[:, r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
         return out
 
 

@@ -140,7 +140,7 @@ def test_tv_step_with_a_field_follows_field_iterations(tilted_scene):
     assert "stage 4 deconvolution" in names[2] and plain.kernel_field is None
     assert plain.config.deconvolution.iterations == 6 and plain.stages[-1].iterations == 6
     # Without the step the output is Stage 1's composite with the fitted weights.
-    from edgedp.fit import PatchLatentSolver
+    from edgedp.fit import FIELD_GROUPS, GroupedLatentSolver
 
-    latent = PatchLatentSolver(views, skipped.patch_kernels, float(skipped.config.latent_reg)).solve()
+    latent = GroupedLatentSolver(views, skipped.patch_kernels, float(skipped.config.latent_reg), max_groups=FIELD_GROUPS).solve()
     torch.testing.assert_close(skipped.allinfocus[0], (latent * skipped.weights).sum(0), atol=1e-5, rtol=0)

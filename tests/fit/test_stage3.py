@@ -212,6 +212,36 @@ def test_patchwise_latent_rejects_bad_shapes(scene) -> None:
         solve_latent_map_patchwise(scene["views"], scene["kernels"], 0.01)
 
 
+def test_grouped_latent_matches_per_group_global_solves_and_the_runtime(scene) -> None:
+    """GroupedLatentSolver (the fit's Stage 1 with a kernel field) on the 2 x 2 grid of three kernel
+    models: cells 0 and 3 share kernels (3 groups, 3 windows); against the expensive definition (a global
+    solve per group, blended by its cells' tents) and its numpy twin in the runtime
+    (edgedp_runtime.instant.solve_latent_grouped; measured max 7.6e-7 there).  Equal kernels in
+    every cell are one group: the global closed form (up to the rounding of the cells' mean)."""
+    from edgedp_runtime import instant
+
+    from edgedp.fit.stage3 import GroupedLatentSolver
+
+    views, lam, w, radii = scene["views"], scene["lam"], scene["weights"], scene["radii"]
+    models = [scene["kernels"], scene["true"], kernel_pyramid(radii, "disk"), scene["kernels"]]
+    pk = torch.stack(models).reshape(2, 2, *scene["kernels"].shape)
+    solver = GroupedLatentSolver(views, pk, lam)
+    assert len(solver.parts) == 3  # cells (0, 0) and (1, 1) share kernels and touch by a corner: one window
+    x = solver.solve()
+    blend = patch_blend_weights(tuple(views.shape[-2:]), (2, 2))
+    ref = sum(blend[i, j] * solve_latent_map(views, pk[i, j], lam) for i in range(2) for j in range(2))
+    diff = ((x - ref) * w).sum(0)[9:-9, 9:-9].abs()
+    assert float(diff.mean()) < 5e-3 and float(diff.max()) < 0.1
+    twin, _ = instant.solve_latent(views.numpy(), pk.numpy(), lam)
+    assert float((x - torch.from_numpy(twin)).abs().max()) < 1e-4
+    z = torch.randn(2, *views.shape[-2:], generator=torch.Generator().manual_seed(3)) * 0.1
+    twin, _ = instant.solve_latent(views.numpy(), pk.numpy(), lam, target=z.numpy(), target_weight=0.02, layers=[2, 0])
+    assert float((solver.solve(z, 0.02, [2, 0]) - torch.from_numpy(twin)).abs().max()) < 1e-4
+    k = scene["kernels"]
+    one = GroupedLatentSolver(views, k[None, None].expand(2, 3, *k.shape), lam).solve()
+    torch.testing.assert_close(one, solve_latent_map(views, k, lam), atol=1e-5, rtol=0)  # the cells' mean, rounded
+
+
 # ---------------------------------------------------------------------------------------------
 # the fit
 
