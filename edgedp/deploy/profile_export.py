@@ -63,6 +63,7 @@ from ..errors import InputError, OutputError
 from ..io.writers import json_ready, write_json, write_npy
 from ..fit.stage2 import FUSE_WEIGHT_FLOOR
 from ..fit.config import FitConfig
+from ..fit.stage3 import FIELD_GROUPS
 from ..physics.kernels import kernel_pyramid
 from ..physics.noise import default_latent_reg
 from ..formats.profile import DeviceProfile, load_profile, view_gain_entry
@@ -95,8 +96,9 @@ INSTANT_DEFAULTS: dict[str, Any] = {
 #: is both faster and no worse.  ``edgedp fit`` keeps its TV step.
 INSTANT_TV_ITERATIONS = 0
 #: With a kernel field, the most groups of cells the instant path solves apart
-#: (``edgedp_runtime.instant.InstantConfig.kernel_groups``: its default, the time bound).
-INSTANT_KERNEL_GROUPS = 8
+#: (``edgedp_runtime.instant.InstantConfig.kernel_groups``): the fit's own bound, as the other
+#: instant settings are read off the fit's.
+INSTANT_KERNEL_GROUPS = FIELD_GROUPS
 
 
 def instant_settings(with_field: bool, kernel_groups: int | None = None) -> dict[str, Any]:

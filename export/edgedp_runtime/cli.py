@@ -465,13 +465,14 @@ def cmd_instant(args, info: ExportInfo, backend) -> int:
     alphas_name, _ = graph.resolve_names("outputs", model.output_names)
     t2 = time.perf_counter()
     seconds: dict = {}
+    groups = inst.groups  # a kernel field's cell groups: once, with the export's loading
 
     def once():
         s0 = time.perf_counter()
         alphas = instant.run_gd(model, views, multiple, (pair_name, alphas_name))
         seconds["gd"] = time.perf_counter() - s0
         return instant.instant_predict(views, alphas, inst.predict_kernels, inst.radii, config=inst.config, timings=seconds,
-                                       threads=args.threads)
+                                       threads=args.threads, groups=groups)
 
     aif, defocus, _ = timed(once, args.repeat, "instant (gd + latent + fuse)")
     t3 = time.perf_counter()

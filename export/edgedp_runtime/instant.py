@@ -63,6 +63,7 @@ Sidecar fields read here (schema: :mod:`edgedp_runtime.schema`; written by ``edg
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -925,6 +926,7 @@ def instant_predict(
     reg: float | None = None,
     timings: dict | None = None,
     threads: int | None = None,
+    groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All-in-focus image and defocus map of a DP pair from G_D's alphas (module docstring).
 
@@ -941,6 +943,8 @@ def instant_predict(
         timings: filled with seconds ``latent`` (reg + stage 1 + errors), ``fuse`` and
             ``deconvolution`` (the final TV deconvolution).
         threads: CPU threads of the layer loops (None: the CPU count; results do not depend on it).
+        groups: with a kernel field, its cells' groups (Pr, Pc); None: ``kernel_groups(kernels,
+            config.kernel_groups)`` (:attr:`InstantExport.groups` computes them once per export).
 
     Returns:
         ``(allinfocus (H, W), defocus (H, W), weights (L, H, W))`` float32; ``defocus`` is the
@@ -960,7 +964,8 @@ def instant_predict(
         raise RunnerError(f"kernels must be (2, {layers}, K, K) or per cell (Pr, Pc, 2, {layers}, K, K), got {kernels.shape}")
     t0 = time.perf_counter()
     lam = latent_reg(views, gain=config.gain, floor=config.floor, ceil=config.ceil) if reg is None else float(reg)
-    groups = kernel_groups(kernels, config.kernel_groups) if kernels.ndim == 6 else None
+    if kernels.ndim == 6 and groups is None:
+        groups = kernel_groups(kernels, config.kernel_groups)
     latent, error = solve_latent(views, kernels, lam, pad=config.pad, error=config.fuse_window > 0, groups=groups, threads=threads)
     t1 = time.perf_counter()
     weights = over_weights(alphas)
@@ -1021,6 +1026,13 @@ class InstantExport:
     radii: np.ndarray  # (L,) float32
     config: InstantConfig
     patch_kernels: np.ndarray | None = None  # (Pr, Pc, 2, L, K, K) float32 of a kernel field, or None
+
+    @functools.cached_property
+    def groups(self) -> np.ndarray | None:
+        """The kernel field's cell groups (:func:`kernel_groups` with ``config.kernel_groups``),
+        made once per export rather than per call (132 ms for a calibrated 48-cell field), or
+        None without a field."""
+        return None if self.patch_kernels is None else kernel_groups(self.patch_kernels, self.config.kernel_groups)
 
     @property
     def predict_kernels(self) -> np.ndarray:
@@ -1126,7 +1138,7 @@ def run_instant(export_folder, views: np.ndarray, threads: int | None = None) ->
     t2 = time.perf_counter()
     timings: dict = {}
     aif, defocus, weights = instant_predict(views, alphas, inst.predict_kernels, inst.radii, config=inst.config, timings=timings,
-                                            threads=threads)
+                                            threads=threads, groups=inst.groups)
     seconds = {"load": t1 - t0, "gd": t2 - t1, "latent": timings["latent"], "fuse": timings["fuse"]}
     seconds["total"] = time.perf_counter() - t0
     return {"allinfocus": aif, "defocus": defocus, "weights": weights, "latent_reg": timings["latent_reg"], "seconds": seconds}

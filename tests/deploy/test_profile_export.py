@@ -431,6 +431,10 @@ def test_export_profile_with_a_field_writes_patch_kernels(field_export, tmp_path
     # the instant path takes no TV step (profile_export.INSTANT_TV_ITERATIONS) and at most 8 groups of cells
     assert inst["deconvolution"]["iterations"] == 0 and inst["kernel_groups"] == 8
     assert instant.InstantConfig.from_sidecar(inst).kernel_groups == 8
+    # one bound: the fit's, the profile export's and the runtime's default for a sidecar without it
+    from edgedp.fit import FIELD_GROUPS
+
+    assert FIELD_GROUPS == instant.InstantConfig().kernel_groups == inst["kernel_groups"]
     assert pk.dtype == np.float32 and pk.shape == (2, 3, 2, LAYERS, k, k) and k >= 11
     # what edgedp fit --profile uses: the field's layer kernels at the fit's disparity per radius
     profile = load_profile(path)
